@@ -1,0 +1,264 @@
+//! The one place that starts external programs (lvm, qemu-img, sanlock, ...).
+//!
+//! Every command gets an argument vector (never a shell), a fixed environment (`LC_ALL=C`),
+//! a deadline and its own process group: when the deadline passes, the whole group is killed
+//! with SIGKILL, so no child the program started is left behind. A global bound limits how many
+//! external commands run at once. Each command is logged at debug level with its argv, exit
+//! status and duration. Nothing outside this module may spawn processes.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How many external commands may run at once in this process.
+pub const MAX_CONCURRENT_COMMANDS: usize = 4;
+
+/// What went wrong when running a command (before its exit status is judged).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("cannot start `{argv}`: {source}")]
+    Spawn {
+        argv: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{argv}` did not finish within {}s and was killed", .after.as_secs_f64())]
+    Timeout { argv: String, after: Duration },
+    #[error("I/O error while running `{argv}`: {source}")]
+    Io {
+        argv: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A finished command: its exit code (`None` when killed by a signal), output and duration.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub argv: String,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub duration: Duration,
+}
+
+impl Finished {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// One command to run: program, arguments, extra environment, deadline, optional stdin text.
+#[derive(Debug, Clone)]
+pub struct Cmd {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+impl Cmd {
+    pub fn new(program: impl Into<OsString>, timeout: Duration) -> Self {
+        Cmd {
+            program: program.into(),
+            args: Vec::new(),
+            env: vec![("LC_ALL".into(), "C".into())],
+            timeout,
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<OsString>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, it: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(it.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// The command line as one printable string (for logs and errors).
+    pub fn display(&self) -> String {
+        std::iter::once(&self.program)
+            .chain(self.args.iter())
+            .map(|a| {
+                let s = a.to_string_lossy();
+                if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"')
+                {
+                    format!("'{}'", s.replace('\'', "'\\''"))
+                } else {
+                    s.into_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Runs the command to completion or to its deadline.
+    pub fn run(&self) -> Result<Finished, ExecError> {
+        let _slot = SLOTS.acquire();
+        let argv = self.display();
+        let start = Instant::now();
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = command.spawn().map_err(|source| ExecError::Spawn {
+            argv: argv.clone(),
+            source,
+        })?;
+        let pid = child.id() as libc::pid_t;
+        let out = child.stdout.take().map(reader_thread);
+        let err = child.stderr.take().map(reader_thread);
+
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let status = match rx.recv_timeout(self.timeout) {
+            Ok(status) => status,
+            Err(_) => {
+                // SAFETY: kill(2) on our own child's process group; no memory is involved.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                let _ = rx.recv();
+                // Let the readers finish: the group is dead, so its pipes are closed.
+                let _ = out.map(|h| h.join());
+                let _ = err.map(|h| h.join());
+                tracing::debug!(argv = %argv, elapsed_ms = start.elapsed().as_millis() as u64, "command killed at its deadline");
+                return Err(ExecError::Timeout {
+                    argv,
+                    after: self.timeout,
+                });
+            }
+        };
+        let status = status.map_err(|source| ExecError::Io {
+            argv: argv.clone(),
+            source,
+        })?;
+        // A program may leave children holding our pipes; they belong to its group: end them.
+        // SAFETY: as above; ESRCH (group already gone) is the normal case and is ignored.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let stdout = join_reader(out);
+        let stderr = join_reader(err);
+        let duration = start.elapsed();
+        let finished = Finished {
+            argv,
+            code: status.code(),
+            signal: status.signal(),
+            stdout,
+            stderr,
+            duration,
+        };
+        tracing::debug!(
+            argv = %finished.argv,
+            code = ?finished.code,
+            signal = ?finished.signal,
+            duration_ms = duration.as_secs_f64() * 1000.0,
+            "command finished"
+        );
+        Ok(finished)
+    }
+}
+
+fn reader_thread<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf
+    })
+}
+
+fn join_reader(h: Option<std::thread::JoinHandle<Vec<u8>>>) -> String {
+    h.and_then(|h| h.join().ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// A counting semaphore bounding concurrent external commands.
+struct Slots {
+    used: Mutex<usize>,
+    freed: Condvar,
+}
+
+static SLOTS: Slots = Slots {
+    used: Mutex::new(0),
+    freed: Condvar::new(),
+};
+
+struct SlotGuard;
+
+impl Slots {
+    fn acquire(&'static self) -> SlotGuard {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *used >= MAX_CONCURRENT_COMMANDS {
+            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used += 1;
+        SlotGuard
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut used = SLOTS.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used -= 1;
+        SLOTS.freed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_output_and_exit_code() -> Result<(), ExecError> {
+        let f = Cmd::new("/bin/sh", Duration::from_secs(10))
+            .args(["-c", "echo out; echo err >&2; exit 3"])
+            .run()?;
+        assert_eq!(f.code, Some(3));
+        assert_eq!(f.stdout, "out\n");
+        assert_eq!(f.stderr, "err\n");
+        Ok(())
+    }
+
+    #[test]
+    fn kills_the_whole_group_at_the_deadline() {
+        // Unique sleep lengths mark the two processes of the group.
+        let marker = format!("sleep 7{}", std::process::id());
+        let r = Cmd::new("/bin/sh", Duration::from_millis(300))
+            .args(["-c", &format!("{marker} & sleep 8{}", std::process::id())])
+            .run();
+        assert!(matches!(r, Err(ExecError::Timeout { .. })), "{r:?}");
+        std::thread::sleep(Duration::from_millis(100));
+        let ps = Cmd::new("/bin/ps", Duration::from_secs(5))
+            .args(["-eo", "args"])
+            .run();
+        if let Ok(ps) = ps {
+            assert!(!ps.stdout.contains(&marker), "a child survived");
+        }
+    }
+
+    #[test]
+    fn display_quotes_spaces() {
+        let c = Cmd::new("lvm", Duration::from_secs(1)).args(["--config", "a { b=1 }"]);
+        assert_eq!(c.display(), "lvm --config 'a { b=1 }'");
+    }
+}
