@@ -2,6 +2,8 @@
 //!
 //! Layers, bottom up: [`exec`] runs external programs; [`lvm`] is the typed LVM command layer.
 
+pub mod directio;
 pub mod exec;
 pub mod lvm;
+pub mod tags;
 pub mod units;
