@@ -2,8 +2,19 @@
 //!
 //! Layers, bottom up: [`exec`] runs external programs; [`lvm`] is the typed LVM command layer.
 
+pub mod chain;
+pub mod cli;
+pub mod crash;
 pub mod directio;
+pub mod domain;
+pub mod error;
 pub mod exec;
+pub mod image;
+pub mod links;
+pub mod lock;
 pub mod lvm;
+pub mod metadata;
+pub mod qemu;
 pub mod tags;
 pub mod units;
+pub mod volume;

@@ -1,3 +1,22 @@
+//! The `lvchain` binary: parses the command line and hands it to [`lvchain::cli`].
+
+use clap::Parser;
+
 fn main() {
-    std::process::exit(0)
+    let cli = lvchain::cli::Cli::parse();
+    let default = if cli.verbose {
+        "lvchain=debug"
+    } else {
+        "lvchain=warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = lvchain::cli::run(&cli) {
+        lvchain::cli::report_error(cli.json, &e);
+        std::process::exit(1);
+    }
 }

@@ -33,7 +33,7 @@ impl fmt::Display for Bytes {
             ("KiB", KIB),
         ];
         for (name, size) in units {
-            if self.0 >= size && self.0 % (size / 1024 * 100).max(1) == 0 || self.0 >= size * 10 {
+            if self.0 >= size {
                 return write!(f, "{:.1}{name}", self.0 as f64 / size as f64);
             }
         }

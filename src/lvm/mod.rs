@@ -258,6 +258,20 @@ impl Lvm {
         self.run(c).map(drop)
     }
 
+    /// Adds and removes tags on several LVs (`vg/lv` names) in one command.
+    pub fn lvchange_tags_many(
+        &self,
+        lvs: &[String],
+        del: &[String],
+        add: &[String],
+    ) -> Result<(), LvmError> {
+        if lvs.is_empty() {
+            return Ok(());
+        }
+        let c = tag_args(self.command("lvchange", Kind::Write), del, add).args(lvs.iter());
+        self.run(c).map(drop)
+    }
+
     /// Activates, deactivates or refreshes LVs (`vg/lv` names) in one command.
     pub fn lvchange_activation(&self, lvs: &[String], what: Activation) -> Result<(), LvmError> {
         if lvs.is_empty() {

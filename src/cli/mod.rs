@@ -1,0 +1,277 @@
+//! The admin CLI: argument parsing (clap), dispatch, and output (tables or `--json`).
+//!
+//! Exit status: 0 success, 1 failure (one message on stderr), 2 bad usage (clap).
+//! Owns no storage logic: every command calls the library.
+
+mod output;
+
+use crate::domain::{self, Domain, FormatRequest};
+use crate::error::{Error, Result};
+use crate::lock::LocalLock;
+use crate::lvm::{Lvm, LvmConfig};
+use crate::metadata::Format;
+use crate::units::{parse_size, Bytes};
+use crate::volume::{self, Catalog, CreateRequest};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use uuid::Uuid;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lvchain",
+    version,
+    about = "VM disk-image volumes and qcow2 chains on a shared LVM volume group"
+)]
+pub struct Cli {
+    /// Machine-readable JSON output (stable field names).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log every LVM command (debug level) to stderr.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Storage domains (one VG each).
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    /// Volumes (one LV each).
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Images (chains of volumes).
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Testing aids.
+    #[command(subcommand)]
+    Debug(DebugCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DomainCmd {
+    /// Format a VG as a domain (creating it on PVs, or adopting an empty VG).
+    Create {
+        vg: String,
+        pvs: Vec<PathBuf>,
+        /// Metadata slots and leases to reserve.
+        #[arg(long, default_value_t = 2048)]
+        max_volumes: u32,
+        /// Lock manager: local (single host) or sanlock.
+        #[arg(long, default_value = "local")]
+        lock_manager: String,
+    },
+    /// Show a domain's layout and counts.
+    Info { vg: String },
+    /// Remove a domain (its VG); refuses while volumes exist unless --force.
+    Remove {
+        vg: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCmd {
+    /// Create a base volume (--image) or a snapshot of a leaf (--parent); prints the new id.
+    Create {
+        vg: String,
+        #[arg(long, value_parser = parse_uuid)]
+        image: Option<Uuid>,
+        /// Capacity, e.g. 512M or 10G (a snapshot defaults to its parent's).
+        #[arg(long, value_parser = parse_bytes)]
+        size: Option<Bytes>,
+        #[arg(long, value_parser = parse_format)]
+        format: Option<Format>,
+        #[arg(long, value_parser = parse_uuid)]
+        parent: Option<Uuid>,
+        #[arg(long, value_parser = parse_uuid)]
+        id: Option<Uuid>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List committed volumes (never those with a transaction marker).
+    List {
+        vg: String,
+        #[arg(long, value_parser = parse_uuid)]
+        image: Option<Uuid>,
+    },
+    /// Show one volume.
+    Info {
+        vg: String,
+        #[arg(value_parser = parse_uuid)]
+        volume: Uuid,
+    },
+    /// Remove a leaf volume; its parent becomes the leaf.
+    Remove {
+        vg: String,
+        #[arg(value_parser = parse_uuid)]
+        volume: Uuid,
+    },
+    /// Grow a volume (LV, qcow2 virtual size, metadata capacity).
+    Extend {
+        vg: String,
+        #[arg(value_parser = parse_uuid)]
+        volume: Uuid,
+        #[arg(long, value_parser = parse_bytes)]
+        size: Bytes,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Show the chain of an image, base first.
+    Chain {
+        vg: String,
+        #[arg(value_parser = parse_uuid)]
+        image: Uuid,
+    },
+    /// Activate the chain and create its links under /run/lvchain/VG/IMAGE.
+    Prepare {
+        vg: String,
+        #[arg(value_parser = parse_uuid)]
+        image: Uuid,
+    },
+    /// Remove the links and deactivate the chain.
+    Teardown {
+        vg: String,
+        #[arg(value_parser = parse_uuid)]
+        image: Uuid,
+    },
+    /// Remove every volume of the image.
+    Remove {
+        vg: String,
+        #[arg(value_parser = parse_uuid)]
+        image: Uuid,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DebugCmd {
+    /// List the crash points that LVCHAIN_CRASH_AT accepts (a testing aid).
+    CrashPoints,
+}
+
+fn parse_uuid(s: &str) -> std::result::Result<Uuid, String> {
+    Uuid::parse_str(s).map_err(|_| format!("{s:?} is not a UUID"))
+}
+
+fn parse_bytes(s: &str) -> std::result::Result<Bytes, String> {
+    parse_size(s)
+}
+
+fn parse_format(s: &str) -> std::result::Result<Format, String> {
+    s.parse()
+}
+
+fn domain(vg: &str) -> Result<Domain> {
+    Domain::new(
+        vg,
+        Lvm::new(LvmConfig::from_env()),
+        Box::new(LocalLock::default()),
+    )
+}
+
+/// Runs a parsed command line; prints its output.
+pub fn run(cli: &Cli) -> Result<()> {
+    let out = output::Out { json: cli.json };
+    match &cli.command {
+        Command::Domain(c) => match c {
+            DomainCmd::Create {
+                vg,
+                pvs,
+                max_volumes,
+                lock_manager,
+            } => {
+                let d = domain(vg)?;
+                let info = domain::format(
+                    &d,
+                    &FormatRequest {
+                        pvs: pvs.clone(),
+                        max_volumes: *max_volumes,
+                        lock_manager: lock_manager.clone(),
+                    },
+                )?;
+                out.domain_created(&info)
+            }
+            DomainCmd::Info { vg } => {
+                let cat = Catalog::load(&domain(vg)?)?;
+                out.domain_info(&cat)
+            }
+            DomainCmd::Remove { vg, force } => {
+                let n = domain(vg)?.remove(*force)?;
+                out.message(&format!("removed domain {vg} ({n} volume LVs)"))
+            }
+        },
+        Command::Volume(c) => match c {
+            VolumeCmd::Create {
+                vg,
+                image,
+                size,
+                format,
+                parent,
+                id,
+                description,
+            } => {
+                let v = volume::create(
+                    &domain(vg)?,
+                    &CreateRequest {
+                        image: *image,
+                        size: *size,
+                        format: *format,
+                        parent: *parent,
+                        id: *id,
+                        description: description.clone(),
+                    },
+                )?;
+                out.created(&v)
+            }
+            VolumeCmd::List { vg, image } => {
+                let cat = Catalog::load(&domain(vg)?)?;
+                out.volumes(&cat.list(image.as_ref()))
+            }
+            VolumeCmd::Info { vg, volume } => {
+                let cat = Catalog::load(&domain(vg)?)?;
+                out.volume(cat.get(vg, volume)?)
+            }
+            VolumeCmd::Remove { vg, volume } => {
+                volume::remove(&domain(vg)?, volume)?;
+                out.message(&format!("removed volume {volume}"))
+            }
+            VolumeCmd::Extend { vg, volume, size } => {
+                let v = volume::extend(&domain(vg)?, volume, *size)?;
+                out.volume(&v)
+            }
+        },
+        Command::Image(c) => match c {
+            ImageCmd::Chain { vg, image } => {
+                let cat = Catalog::load(&domain(vg)?)?;
+                out.volumes(&crate::chain::walk(&cat, image)?)
+            }
+            ImageCmd::Prepare { vg, image } => {
+                let chain = crate::image::prepare(&domain(vg)?, image)?;
+                out.prepared(vg, image, &chain)
+            }
+            ImageCmd::Teardown { vg, image } => {
+                crate::image::teardown(&domain(vg)?, image)?;
+                out.message(&format!("image {image} torn down"))
+            }
+            ImageCmd::Remove { vg, image } => {
+                let n = volume::remove_image(&domain(vg)?, image)?;
+                out.message(&format!("removed image {image} ({n} volumes)"))
+            }
+        },
+        Command::Debug(DebugCmd::CrashPoints) => out.list(crate::crash::POINTS),
+    }
+}
+
+/// Reports an error the way the CLI does: one line on stderr (JSON too with --json).
+pub fn report_error(cli_json: bool, e: &Error) {
+    if cli_json {
+        let v = serde_json::json!({ "error": e.to_string() });
+        eprintln!("{v}");
+    } else {
+        eprintln!("lvchain: error: {e}");
+    }
+}

@@ -1,0 +1,188 @@
+//! Formatting a VG as a domain.
+//!
+//! Steps: create or adopt the VG tagged `LVC_DOMAIN_UNREADY` (with the format, lock manager and
+//! slot layout tags), create the special LVs tagged `LVC_SPECIAL`, zero the metadata area, then
+//! ONE `vgchange --deltag LVC_DOMAIN_UNREADY --addtag LVC_DOMAIN`. A VG left UNREADY is never
+//! taken for a domain; running the format again completes it.
+
+use super::{scan, Domain, IDS_LV, LEASES_LV, METADATA_LV};
+use crate::directio::DirectFile;
+use crate::error::{Error, Result};
+use crate::lvm::{LvmError, NewLv};
+use crate::metadata::SlotStore;
+use crate::tags::{self, Tag, FORMAT_VERSION};
+use crate::units::{Bytes, MIB};
+use std::path::PathBuf;
+
+/// What `domain create` was asked for.
+#[derive(Debug, Clone)]
+pub struct FormatRequest {
+    pub pvs: Vec<PathBuf>,
+    pub max_volumes: u32,
+    pub lock_manager: String,
+}
+
+/// Bytes reserved in the leases LV before the first volume lease (domain lock and spares).
+pub const LEASES_RESERVED: u64 = 4 * MIB;
+/// sanlock paxos leases are 1 MiB apart (512-byte sectors).
+pub const LEASE_SIZE: u64 = MIB;
+/// The ids LV holds the delta lease of each host (up to 2000 hosts).
+pub const IDS_SIZE: u64 = 8 * MIB;
+/// VG metadata area: room for thousands of tagged LVs.
+pub const VG_METADATA_SIZE: u64 = 128 * MIB;
+
+fn logical_block_size(pvs: &[PathBuf]) -> Result<u32> {
+    let mut size = 512;
+    for pv in pvs {
+        let f =
+            DirectFile::open(pv, false).map_err(Error::io(format!("opening {}", pv.display())))?;
+        let s = f.logical_block_size().map_err(Error::io(format!(
+            "reading the block size of {}",
+            pv.display()
+        )))?;
+        size = size.max(s as u32);
+    }
+    Ok(size)
+}
+
+/// Formats `domain.vg` on `req.pvs` (creating the VG) or adopts the existing empty VG.
+pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> {
+    if req.max_volumes == 0 {
+        return Err(Error::InvalidInput(
+            "--max-volumes must be at least 1".into(),
+        ));
+    }
+    if req.lock_manager != "local" && req.lock_manager != "sanlock" {
+        return Err(Error::InvalidInput(format!(
+            "unknown lock manager {:?} (local or sanlock)",
+            req.lock_manager
+        )));
+    }
+    let _guard = domain.lock()?;
+    let lvm = &domain.lvm;
+    let vg = &domain.vg;
+    let existing = match lvm.vgs(vg) {
+        Ok(row) => Some(row),
+        Err(LvmError::VgNotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let mut have_lvs = Vec::new();
+    match &existing {
+        Some(row) => {
+            let parsed: Vec<Tag> = row
+                .vg_tags
+                .iter()
+                .filter_map(|t| Tag::parse(t).ok())
+                .collect();
+            if parsed.contains(&Tag::Domain) {
+                return Err(Error::AlreadyDomain { vg: vg.clone() });
+            }
+            if parsed.contains(&Tag::DomainUnready) {
+                // A format that died: only our special LVs may be there; finish it.
+                let rows = lvm.lvs(vg)?;
+                for r in rows {
+                    if !super::SPECIAL_LVS.contains(&r.lv_name.as_str()) {
+                        return Err(Error::VgNotEmpty {
+                            vg: vg.clone(),
+                            count: row.lv_count,
+                        });
+                    }
+                    have_lvs.push(r.lv_name);
+                }
+            } else if row.lv_count > 0 {
+                return Err(Error::VgNotEmpty {
+                    vg: vg.clone(),
+                    count: row.lv_count,
+                });
+            }
+        }
+        None => {
+            if req.pvs.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "volume group {vg} does not exist; name the devices to create it on"
+                )));
+            }
+            for pv in &req.pvs {
+                if !pv.exists() {
+                    return Err(Error::InvalidInput(format!(
+                        "device {} does not exist",
+                        pv.display()
+                    )));
+                }
+            }
+        }
+    }
+
+    let pv_paths: Vec<PathBuf> = if existing.is_some() {
+        lvm.pvs(vg)?
+            .into_iter()
+            .map(|p| PathBuf::from(p.pv_name))
+            .collect()
+    } else {
+        req.pvs.clone()
+    };
+    let slot_size = logical_block_size(&pv_paths)?;
+    let layout = [
+        Tag::DomainUnready,
+        Tag::Format(FORMAT_VERSION),
+        Tag::Lock(req.lock_manager.clone()),
+        Tag::SlotSize(slot_size),
+        Tag::MaxVolumes(req.max_volumes),
+    ];
+    match &existing {
+        None => lvm.vgcreate(
+            vg,
+            &req.pvs,
+            &tags::strings(&layout),
+            Bytes(VG_METADATA_SIZE),
+        )?,
+        Some(row) if !row.vg_tags.iter().any(|t| t == "LVC_DOMAIN_UNREADY") => {
+            lvm.vgchange_tags(vg, &[], &tags::strings(&layout))?
+        }
+        Some(_) => {}
+    }
+    let info_row = lvm.vgs(vg)?;
+    let extent = Bytes(info_row.vg_extent_size);
+    let metadata_size =
+        Bytes(u64::from(slot_size) * u64::from(req.max_volumes)).round_up_to_extents(extent);
+    let leases_size = Bytes(LEASES_RESERVED + LEASE_SIZE * u64::from(req.max_volumes))
+        .round_up_to_extents(extent);
+    let specials = [
+        (METADATA_LV, metadata_size, true),
+        (LEASES_LV, leases_size, false),
+        (IDS_LV, Bytes(IDS_SIZE).round_up_to_extents(extent), false),
+    ];
+    for (name, size, activate) in specials {
+        if have_lvs.iter().any(|n| n == name) {
+            continue;
+        }
+        lvm.lvcreate(
+            vg,
+            &NewLv {
+                name,
+                size,
+                tags: tags::strings(&[Tag::Special]),
+                activate,
+            },
+        )?;
+    }
+    if !domain.metadata_path().exists() {
+        lvm.lvchange_activation(
+            &[domain.lv_path(METADATA_LV)],
+            crate::lvm::Activation::Activate,
+        )?;
+    }
+    let store = SlotStore {
+        path: domain.metadata_path(),
+        slot_size: slot_size as usize,
+        slots: req.max_volumes,
+    };
+    store.wipe()?;
+    lvm.vgchange_tags(
+        vg,
+        &tags::strings(&[Tag::DomainUnready]),
+        &tags::strings(&[Tag::Domain]),
+    )?;
+    let snap = domain.scan()?;
+    Ok(snap.info)
+}

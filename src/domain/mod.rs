@@ -1,0 +1,144 @@
+//! Storage domains: one VG formatted with lvchain's special LVs and VG tags.
+//!
+//! Owns formatting (`LVC_DOMAIN_UNREADY` while the special LVs are made, then ONE `vgchange`
+//! that swaps it for `LVC_DOMAIN`), opening (one `lvs` report per scan), info and removal.
+//! Never changes a volume: that is the volume layer's job.
+
+mod format;
+mod scan;
+
+pub use format::{format, FormatRequest};
+pub use scan::{info_from_tags, DomainInfo, LvEntry, Snapshot};
+
+use crate::error::{Error, Result};
+use crate::lock::{DomainGuard, LockManager};
+use crate::lvm::{Activation, Lvm, LvmError};
+use crate::metadata::SlotStore;
+use std::path::PathBuf;
+
+/// Names of the special LVs.
+pub const METADATA_LV: &str = "metadata";
+pub const LEASES_LV: &str = "leases";
+pub const IDS_LV: &str = "ids";
+pub const SPECIAL_LVS: [&str; 3] = [METADATA_LV, LEASES_LV, IDS_LV];
+
+/// A domain (VG) and the means to act on it.
+pub struct Domain {
+    pub vg: String,
+    pub lvm: Lvm,
+    pub locks: Box<dyn LockManager>,
+}
+
+/// Checks a VG name against LVM's rules.
+pub fn validate_vg_name(vg: &str) -> Result<()> {
+    let ok = !vg.is_empty()
+        && vg.len() <= 127
+        && !vg.starts_with('-')
+        && vg != "."
+        && vg != ".."
+        && vg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "{vg:?} is not a valid volume group name (letters, digits, + _ . -)"
+        )))
+    }
+}
+
+impl Domain {
+    pub fn new(vg: &str, lvm: Lvm, locks: Box<dyn LockManager>) -> Result<Domain> {
+        validate_vg_name(vg)?;
+        Ok(Domain {
+            vg: vg.to_string(),
+            lvm,
+            locks,
+        })
+    }
+
+    /// Takes the domain lock (every metadata-changing operation holds it throughout).
+    pub fn lock(&self) -> Result<Box<dyn DomainGuard>> {
+        Ok(self.locks.lock_domain(&self.vg)?)
+    }
+
+    /// Reads the domain with ONE lvs report.
+    pub fn scan(&self) -> Result<Snapshot> {
+        let rows = self.lvm.lvs(&self.vg).map_err(|e| self.vg_error(e))?;
+        if rows.is_empty() {
+            // No LV: maybe a VG that is not (or not yet) a domain; its tags tell.
+            let vg = self.lvm.vgs(&self.vg).map_err(|e| self.vg_error(e))?;
+            info_from_tags(
+                &self.vg,
+                &vg.vg_tags,
+                vg.vg_extent_size,
+                vg.vg_size,
+                vg.vg_free,
+            )?;
+            return Err(Error::NotADomain {
+                vg: self.vg.clone(),
+                hint: " (its special LVs are missing)".into(),
+            });
+        }
+        Snapshot::from_rows(&self.vg, &rows)
+    }
+
+    pub(crate) fn vg_error(&self, e: LvmError) -> Error {
+        match e {
+            LvmError::VgNotFound { .. } => Error::VgNotFound {
+                vg: self.vg.clone(),
+            },
+            other => Error::Lvm(other),
+        }
+    }
+
+    pub fn metadata_path(&self) -> PathBuf {
+        PathBuf::from("/dev").join(&self.vg).join(METADATA_LV)
+    }
+
+    /// The slot store, activating the metadata LV on this host first if needed.
+    pub fn slots(&self, snap: &Snapshot) -> Result<SlotStore> {
+        let md = snap
+            .lv_named(METADATA_LV)
+            .ok_or_else(|| Error::NotADomain {
+                vg: self.vg.clone(),
+                hint: " (its metadata LV is missing)".into(),
+            })?;
+        if !md.active || !self.metadata_path().exists() {
+            self.lvm
+                .lvchange_activation(&[self.lv_path(METADATA_LV)], Activation::Activate)?;
+        }
+        Ok(SlotStore {
+            path: self.metadata_path(),
+            slot_size: snap.info.slot_size as usize,
+            slots: snap.info.max_volumes,
+        })
+    }
+
+    /// `vg/lv` as lvm takes it.
+    pub fn lv_path(&self, lv: &str) -> String {
+        format!("{}/{lv}", self.vg)
+    }
+
+    /// Removes the domain: refuses while volumes exist unless `force`.
+    pub fn remove(&self, force: bool) -> Result<usize> {
+        let _guard = self.lock()?;
+        let snap = self.scan()?;
+        let count = snap.lvs.iter().filter(|l| !l.special).count();
+        if count > 0 && !force {
+            return Err(Error::DomainNotEmpty {
+                vg: self.vg.clone(),
+                count,
+            });
+        }
+        for image in snap.images() {
+            crate::links::remove_image(&self.vg, &image)
+                .map_err(Error::io(format!("removing links of image {image}")))?;
+        }
+        let vg_dir = crate::links::run_dir().join(&self.vg);
+        let _ = std::fs::remove_dir(vg_dir);
+        self.lvm.vgremove(&self.vg, true)?;
+        Ok(count)
+    }
+}

@@ -1,0 +1,93 @@
+//! Errors of the domain, volume, chain and collector layers, in the operator's words.
+
+use crate::lock::LockError;
+use crate::lvm::LvmError;
+use crate::metadata::MetaError;
+use crate::qemu::QemuError;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("volume group {vg} not found")]
+    VgNotFound { vg: String },
+    #[error("{vg} is not an lvchain domain{hint}")]
+    NotADomain { vg: String, hint: String },
+    #[error("{vg} is already an lvchain domain")]
+    AlreadyDomain { vg: String },
+    #[error(
+        "volume group {vg} already holds {count} logical volume(s); a domain needs an empty VG"
+    )]
+    VgNotEmpty { vg: String, count: u64 },
+    #[error("domain {vg} uses on-disk format {found}; this lvchain reads format {supported}")]
+    UnsupportedFormat {
+        vg: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error("domain {vg} still holds {count} volume(s); remove them or use --force")]
+    DomainNotEmpty { vg: String, count: usize },
+    #[error("volume {id} not found in domain {vg}")]
+    VolumeNotFound { vg: String, id: Uuid },
+    #[error("image {image} not found in domain {vg}")]
+    ImageNotFound { vg: String, image: Uuid },
+    #[error("a volume or LV named {id} already exists in domain {vg}")]
+    VolumeExists { vg: String, id: Uuid },
+    #[error("image {image} already has volumes; create a snapshot with --parent instead")]
+    ImageExists { image: Uuid },
+    #[error("volume {id} is not a leaf (it has a snapshot); {what}")]
+    NotALeaf { id: Uuid, what: String },
+    #[error("volume {id} is illegal (an operation on it failed or is running)")]
+    Illegal { id: Uuid },
+    #[error("volume {id} is in use (its device is open)")]
+    InUse { id: Uuid },
+    #[error("no free metadata slot: the domain holds its maximum of {max} volumes")]
+    NoFreeSlot { max: u32 },
+    #[error("not enough free space in {vg} for {need} bytes ({free} bytes free); {source}")]
+    NoSpace {
+        vg: String,
+        need: u64,
+        free: u64,
+        #[source]
+        source: Box<LvmError>,
+    },
+    #[error("volume {id}: {source}")]
+    Metadata {
+        id: Uuid,
+        #[source]
+        source: MetaError,
+    },
+    #[error("metadata: {0}")]
+    Slot(#[from] MetaError),
+    #[error("chain of image {image} is broken: {reason}")]
+    BrokenChain { image: Uuid, reason: String },
+    #[error(transparent)]
+    Lvm(#[from] LvmError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("qemu-img: {0}")]
+    Qemu(#[from] QemuError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{original}; rolling back also failed ({rollback}); the LV keeps its marker and `lvchain gc` will finish the job")]
+    RollbackFailed {
+        original: Box<Error>,
+        rollback: Box<Error>,
+    },
+    #[error("{original}; the LV keeps its marker and `lvchain gc` will finish the job")]
+    LeftForGc { original: Box<Error> },
+}
+
+impl Error {
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Io { what, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

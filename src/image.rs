@@ -1,0 +1,56 @@
+//! Images on this host: prepare (activate the chain in one command, make the links) and
+//! teardown (remove the links, deactivate in one command). Neither changes VG metadata.
+
+use crate::domain::Domain;
+use crate::error::{Error, Result};
+use crate::links;
+use crate::lvm::Activation;
+use crate::volume::{Catalog, Volume};
+use uuid::Uuid;
+
+/// Activates the chain of `image` and links every member; returns the chain, base first.
+pub fn prepare(domain: &Domain, image: &Uuid) -> Result<Vec<Volume>> {
+    let cat = Catalog::load(domain)?;
+    let chain = crate::chain::walk(&cat, image)?;
+    let inactive: Vec<String> = chain
+        .iter()
+        .filter(|v| !v.active || !links::device_path(&domain.vg, &v.id).exists())
+        .map(|v| domain.lv_path(&v.id.to_string()))
+        .collect();
+    domain
+        .lvm
+        .lvchange_activation(&inactive, Activation::Activate)?;
+    let dir = links::image_dir(&domain.vg, image);
+    std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    for v in &chain {
+        links::add(&domain.vg, image, &v.id).map_err(Error::io("creating a link"))?;
+    }
+    Ok(chain)
+}
+
+/// Removes the links of `image` and deactivates its volumes.
+pub fn teardown(domain: &Domain, image: &Uuid) -> Result<()> {
+    let cat = Catalog::load(domain)?;
+    let members: Vec<_> = cat.snap.image_volumes(image);
+    if members.is_empty() {
+        return Err(Error::ImageNotFound {
+            vg: domain.vg.clone(),
+            image: *image,
+        });
+    }
+    if let Some(open) = members.iter().find(|l| l.open) {
+        return Err(Error::InUse {
+            id: open.id.unwrap_or_default(),
+        });
+    }
+    links::remove_image(&domain.vg, image).map_err(Error::io("removing the links"))?;
+    let active: Vec<String> = members
+        .iter()
+        .filter(|l| l.active)
+        .map(|l| domain.lv_path(&l.name))
+        .collect();
+    domain
+        .lvm
+        .lvchange_activation(&active, Activation::Deactivate)?;
+    Ok(())
+}

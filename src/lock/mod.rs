@@ -1,0 +1,123 @@
+//! The domain lock: serializes every change of a domain's VG metadata.
+//!
+//! [`LockManager`] is the seam where a cluster lock manager (sanlock) takes the place of the
+//! single-host [`LocalLock`] (an exclusive `flock` on `/run/lock/lvchain/<VG>.lock`). The lock
+//! is held by the returned guard and released when it drops, or when the process dies.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("domain {vg} is locked by another process; gave up after {}s", .waited.as_secs())]
+    Busy { vg: String, waited: Duration },
+    #[error("cannot use the lock file {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A held domain lock; dropping it releases the lock.
+pub trait DomainGuard {}
+
+/// Something that can take a domain's exclusive lock.
+pub trait LockManager {
+    fn lock_domain(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError>;
+}
+
+/// Single-host lock: `flock(LOCK_EX)` on a file per VG, waiting up to `timeout`.
+#[derive(Debug, Clone)]
+pub struct LocalLock {
+    pub dir: PathBuf,
+    pub timeout: Duration,
+}
+
+impl Default for LocalLock {
+    fn default() -> Self {
+        let timeout = std::env::var("LVCHAIN_LOCK_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| *s >= 0.0)
+            .map_or(Duration::from_secs(300), Duration::from_secs_f64);
+        LocalLock {
+            dir: PathBuf::from("/run/lock/lvchain"),
+            timeout,
+        }
+    }
+}
+
+struct FileGuard(#[allow(dead_code)] File);
+impl DomainGuard for FileGuard {}
+
+impl LockManager for LocalLock {
+    fn lock_domain(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError> {
+        let path = self.dir.join(format!("{vg}.lock"));
+        let io = |source| LockError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(2);
+        loop {
+            // SAFETY: flock on a file descriptor we own.
+            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if r == 0 {
+                tracing::debug!(
+                    vg,
+                    waited_ms = start.elapsed().as_millis() as u64,
+                    "domain lock taken"
+                );
+                return Ok(Box::new(FileGuard(file)));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io(e));
+            }
+            if start.elapsed() >= self.timeout {
+                return Err(LockError::Busy {
+                    vg: vg.to_string(),
+                    waited: start.elapsed(),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_holder_waits_then_gives_up() -> Result<(), LockError> {
+        let dir = tempfile::tempdir().map_err(|source| LockError::Io {
+            path: "tmp".into(),
+            source,
+        })?;
+        let lock = LocalLock {
+            dir: dir.path().to_path_buf(),
+            timeout: Duration::from_millis(100),
+        };
+        let held = lock.lock_domain("vg")?;
+        assert!(matches!(
+            lock.lock_domain("vg"),
+            Err(LockError::Busy { .. })
+        ));
+        assert!(lock.lock_domain("other").is_ok());
+        drop(held);
+        assert!(lock.lock_domain("vg").is_ok());
+        Ok(())
+    }
+}

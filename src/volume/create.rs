@@ -1,0 +1,268 @@
+//! Creating a volume: the transaction of the mission's first claim.
+//!
+//! Under the domain lock: (1) one report, validate, pick the lowest free slot; (2) ONE
+//! `lvcreate` carrying `LVC_CREATING` and every identity tag; (3) the metadata slot, and for
+//! qcow2 the header (backed by the parent's bare id, relative to the image's link directory);
+//! (4) the parent turns internal, the link appears when the image is prepared; (5) ONE
+//! `lvchange --deltag LVC_CREATING`: the commit point. A failure before the commit rolls back
+//! what it can; whatever it cannot stays marked for the collector.
+
+use super::{undo, Catalog, Volume};
+use crate::crash;
+use crate::domain::Domain;
+use crate::error::{Error, Result};
+use crate::links;
+use crate::lvm::{Activation, LvmError, NewLv};
+use crate::metadata::{Format, Legality, Role, VolumeMeta, MAX_DESCRIPTION};
+use crate::qemu;
+use crate::tags::{self, Tag};
+use crate::units::Bytes;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub image: Option<Uuid>,
+    pub size: Option<Bytes>,
+    pub format: Option<Format>,
+    pub parent: Option<Uuid>,
+    pub id: Option<Uuid>,
+    pub description: String,
+}
+
+/// What validation decided, before anything changes.
+struct Plan {
+    meta: VolumeMeta,
+    slot: u32,
+    lv_size: Bytes,
+    parent: Option<Volume>,
+    prepared: bool,
+}
+
+fn plan(domain: &Domain, cat: &Catalog, req: &CreateRequest) -> Result<Plan> {
+    let vg = &domain.vg;
+    if req.description.len() > MAX_DESCRIPTION {
+        return Err(Error::InvalidInput(format!(
+            "the description is {} bytes; at most {MAX_DESCRIPTION} fit",
+            req.description.len()
+        )));
+    }
+    let parent = match &req.parent {
+        Some(p) => Some(cat.get(vg, p)?.clone()),
+        None => None,
+    };
+    let image = match (&req.image, &parent) {
+        (Some(i), Some(p)) if *i != p.image => {
+            return Err(Error::InvalidInput(format!(
+                "parent {} belongs to image {}, not {i}",
+                p.id, p.image
+            )))
+        }
+        (_, Some(p)) => p.image,
+        (Some(i), None) => {
+            if !cat.snap.image_volumes(i).is_empty() {
+                return Err(Error::ImageExists { image: *i });
+            }
+            *i
+        }
+        (None, None) => {
+            return Err(Error::InvalidInput(
+                "--image is required for a base volume".into(),
+            ))
+        }
+    };
+    let format = match (req.format, &parent) {
+        (Some(Format::Raw), Some(_)) => {
+            return Err(Error::InvalidInput(
+                "a snapshot (--parent) must be qcow2".into(),
+            ))
+        }
+        (Some(f), _) => f,
+        (None, Some(_)) => Format::Qcow2,
+        (None, None) => Format::Raw,
+    };
+    let capacity = match (req.size, &parent) {
+        (Some(s), Some(p)) if s.0 < p.capacity => {
+            return Err(Error::InvalidInput(format!(
+                "size {} is smaller than the parent's capacity {}",
+                s.0, p.capacity
+            )))
+        }
+        (Some(s), _) => s.0,
+        (None, Some(p)) => p.capacity,
+        (None, None) => {
+            return Err(Error::InvalidInput(
+                "--size is required for a base volume".into(),
+            ))
+        }
+    };
+    if let Some(p) = &parent {
+        if p.role != Role::Leaf || !cat.snap.children(&p.id).is_empty() {
+            return Err(Error::NotALeaf {
+                id: p.id,
+                what: "only the leaf of a chain can get a snapshot".into(),
+            });
+        }
+        if p.legality != Legality::Legal {
+            return Err(Error::Illegal { id: p.id });
+        }
+    }
+    let id = req.id.unwrap_or_else(Uuid::new_v4);
+    if cat.snap.lv_named(&id.to_string()).is_some() {
+        return Err(Error::VolumeExists { vg: vg.clone(), id });
+    }
+    let slot = cat.snap.lowest_free_slot().ok_or(Error::NoFreeSlot {
+        max: cat.snap.info.max_volumes,
+    })?;
+    let extent = Bytes(cat.snap.info.extent_size);
+    let lv_size = match format {
+        Format::Raw => Bytes(capacity),
+        Format::Qcow2 => Bytes(qemu::qcow2_lv_size(capacity)),
+    }
+    .round_up_to_extents(extent);
+    Ok(Plan {
+        meta: VolumeMeta {
+            id,
+            image,
+            parent: parent.as_ref().map(|p| p.id),
+            format,
+            capacity,
+            role: Role::Leaf,
+            legality: Legality::Legal,
+            generation: 0,
+            ctime: super::now(),
+            description: req.description.clone(),
+        },
+        slot,
+        lv_size,
+        prepared: links::prepared(vg, &image),
+        parent,
+    })
+}
+
+/// Creates a volume; returns it as committed.
+pub fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
+    let _guard = domain.lock()?;
+    let cat = Catalog::load(domain)?;
+    let plan = plan(domain, &cat, req)?;
+    let store = domain.slots(&cat.snap)?;
+    let id = plan.meta.id;
+    let name = id.to_string();
+    let mut tags = vec![
+        Tag::Creating,
+        Tag::Image(plan.meta.image),
+        Tag::Slot(plan.slot),
+    ];
+    if let Some(p) = &plan.parent {
+        tags.push(Tag::Parent(p.id));
+    }
+    // qcow2 needs the device to write its header; a prepared image keeps its volumes active.
+    let activate = plan.meta.format == Format::Qcow2 || plan.prepared;
+    let new_lv = NewLv {
+        name: &name,
+        size: plan.lv_size,
+        tags: tags::strings(&tags),
+        activate,
+    };
+    domain
+        .lvm
+        .lvcreate(&domain.vg, &new_lv)
+        .map_err(|e| match e {
+            LvmError::NoSpace { .. } => Error::NoSpace {
+                vg: domain.vg.clone(),
+                need: plan.lv_size.0,
+                free: cat.snap.info.vg_free,
+                source: Box::new(e),
+            },
+            LvmError::AlreadyExists { .. } => Error::VolumeExists {
+                vg: domain.vg.clone(),
+                id,
+            },
+            other => Error::Lvm(other),
+        })?;
+    crash::point("create.after-lvcreate");
+
+    if let Err(original) = prepare_contents(domain, &store, &plan) {
+        // Roll back from what the VG says now (the LV exists and carries its marker).
+        let rollback = domain.scan().and_then(|snap| {
+            let lv = snap.lv_named(&name).cloned();
+            match lv {
+                Some(lv) => undo::release(domain, &snap, &store, &lv, undo::Points::default()),
+                None => Ok(vec![]),
+            }
+        });
+        return Err(match rollback {
+            Ok(_) => original,
+            Err(rollback) => Error::RollbackFailed {
+                original: Box::new(original),
+                rollback: Box::new(rollback),
+            },
+        });
+    }
+
+    // The commit point: one metadata commit removes the marker.
+    domain
+        .lvm
+        .lvchange_tags(&domain.vg, &name, &tags::strings(&[Tag::Creating]), &[])
+        .map_err(|e| Error::LeftForGc {
+            original: Box::new(Error::Lvm(e)),
+        })?;
+    crash::point("create.after-commit");
+    if activate && !plan.prepared {
+        // Best effort: the volume is committed; an active LV is harmless.
+        if let Err(e) = domain
+            .lvm
+            .lvchange_activation(&[domain.lv_path(&name)], Activation::Deactivate)
+        {
+            tracing::warn!(volume = %id, error = %e, "could not deactivate the new volume");
+        }
+    }
+    let lv = crate::domain::LvEntry {
+        name,
+        id: Some(id),
+        size: plan.lv_size.0,
+        active: plan.prepared,
+        open: false,
+        image: Some(plan.meta.image),
+        parent: plan.meta.parent,
+        slot: Some(plan.slot),
+        creating: false,
+        removing: false,
+        special: false,
+        bad_tags: vec![],
+    };
+    Ok(Volume::from_parts(&lv, plan.slot, &plan.meta))
+}
+
+/// Steps 3 and 4: everything between the marked `lvcreate` and the commit.
+fn prepare_contents(
+    domain: &Domain,
+    store: &crate::metadata::SlotStore,
+    plan: &Plan,
+) -> Result<()> {
+    let meta = &plan.meta;
+    store.write(plan.slot, meta)?;
+    crash::point("create.after-metadata");
+    if meta.format == Format::Qcow2 {
+        let backing = plan
+            .parent
+            .as_ref()
+            .map(|p| (p.id.to_string(), p.format.to_string()));
+        qemu::create_qcow2(
+            &links::device_path(&domain.vg, &meta.id),
+            meta.capacity,
+            backing.as_ref().map(|(f, fmt)| (f.as_str(), fmt.as_str())),
+        )?;
+    }
+    crash::point("create.after-qemu-img");
+    if let Some(p) = &plan.parent {
+        let mut pm = p.meta();
+        pm.role = Role::Internal;
+        store.write(p.slot, &pm)?;
+    }
+    crash::point("create.after-parent-update");
+    if plan.prepared {
+        links::add(&domain.vg, &meta.image, &meta.id).map_err(Error::io("creating the link"))?;
+    }
+    crash::point("create.after-links");
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! Growing a volume: the LV (rounded to extents), the qcow2 virtual size, then the capacity in
+//! its metadata. Each step is idempotent, so a retry after a failure finishes the job.
+
+use super::{Catalog, Volume};
+use crate::domain::Domain;
+use crate::error::{Error, Result};
+use crate::lvm::Activation;
+use crate::metadata::Format;
+use crate::units::Bytes;
+use crate::{crash, links, qemu};
+use uuid::Uuid;
+
+/// Grows volume `id` to `size` bytes of capacity.
+pub fn extend(domain: &Domain, id: &Uuid, size: Bytes) -> Result<Volume> {
+    let _guard = domain.lock()?;
+    let cat = Catalog::load(domain)?;
+    let vol = cat.get(&domain.vg, id)?.clone();
+    if size.0 < vol.capacity {
+        return Err(Error::InvalidInput(format!(
+            "volumes only grow: {} is smaller than the capacity {}",
+            size.0, vol.capacity
+        )));
+    }
+    let want_lv = match vol.format {
+        Format::Raw => size,
+        Format::Qcow2 => Bytes(qemu::qcow2_lv_size(size.0)),
+    }
+    .round_up_to_extents(Bytes(cat.snap.info.extent_size));
+    let name = id.to_string();
+    if want_lv.0 > vol.lv_size {
+        domain.lvm.lvextend(&domain.vg, &name, want_lv)?;
+    }
+    crash::point("extend.after-lvextend");
+    if vol.format == Format::Qcow2 && size.0 > vol.capacity {
+        let was_active = vol.active;
+        if !was_active {
+            domain
+                .lvm
+                .lvchange_activation(&[domain.lv_path(&name)], Activation::Activate)?;
+        }
+        let r = qemu::resize_qcow2(&links::device_path(&domain.vg, id), size.0);
+        if !was_active {
+            domain
+                .lvm
+                .lvchange_activation(&[domain.lv_path(&name)], Activation::Deactivate)?;
+        }
+        r?;
+    }
+    crash::point("extend.after-resize");
+    let store = domain.slots(&cat.snap)?;
+    let mut meta = vol.meta();
+    meta.capacity = size.0;
+    store.write(vol.slot, &meta)?;
+    crash::point("extend.after-metadata");
+    let mut out = vol;
+    out.capacity = size.0;
+    out.lv_size = want_lv.0.max(out.lv_size);
+    Ok(out)
+}

@@ -1,0 +1,180 @@
+//! Volumes: the view that joins an LV (tags) with its metadata slot, and the transactions that
+//! create, remove and extend volumes under the domain lock.
+//!
+//! Readers never show an LV that carries a transaction marker. The metadata is the truth for
+//! a volume's parent and role; the `LVC_PARENT` tag is an index kept in step with it.
+
+mod create;
+mod extend;
+mod remove;
+pub(crate) mod undo;
+
+pub use create::{create, CreateRequest};
+pub use extend::extend;
+pub use remove::{remove, remove_image};
+
+use crate::domain::{Domain, LvEntry, Snapshot};
+use crate::error::{Error, Result};
+use crate::metadata::{Format, Legality, MetaError, Role, VolumeMeta};
+use serde::Serialize;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// A committed volume as the CLI and the JSON output show it (stable field names).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Volume {
+    pub id: Uuid,
+    pub image: Uuid,
+    pub parent: Option<Uuid>,
+    pub role: Role,
+    pub legality: Legality,
+    pub generation: u64,
+    pub format: Format,
+    pub capacity: u64,
+    pub lv_size: u64,
+    pub slot: u32,
+    pub active: bool,
+    pub ctime: u64,
+    pub description: String,
+}
+
+impl Volume {
+    pub fn from_parts(lv: &LvEntry, slot: u32, meta: &VolumeMeta) -> Volume {
+        Volume {
+            id: meta.id,
+            image: meta.image,
+            parent: meta.parent,
+            role: meta.role,
+            legality: meta.legality,
+            generation: meta.generation,
+            format: meta.format,
+            capacity: meta.capacity,
+            lv_size: lv.size,
+            slot,
+            active: lv.active,
+            ctime: meta.ctime,
+            description: meta.description.clone(),
+        }
+    }
+
+    pub fn meta(&self) -> VolumeMeta {
+        VolumeMeta {
+            id: self.id,
+            image: self.image,
+            parent: self.parent,
+            format: self.format,
+            capacity: self.capacity,
+            role: self.role,
+            legality: self.legality,
+            generation: self.generation,
+            ctime: self.ctime,
+            description: self.description.clone(),
+        }
+    }
+}
+
+/// Committed volumes with their metadata, read with one report and one read of all slots.
+pub struct Catalog {
+    pub snap: Snapshot,
+    pub volumes: HashMap<Uuid, Volume>,
+    /// Committed LVs whose slot does not hold their metadata.
+    pub bad: Vec<(Uuid, Error)>,
+}
+
+impl Catalog {
+    pub fn load(domain: &Domain) -> Result<Catalog> {
+        let snap = domain.scan()?;
+        Catalog::from_snapshot(domain, snap)
+    }
+
+    pub fn from_snapshot(domain: &Domain, snap: Snapshot) -> Result<Catalog> {
+        let store = domain.slots(&snap)?;
+        let slots = store.read_all()?;
+        let mut volumes = HashMap::new();
+        let mut bad = Vec::new();
+        for lv in snap.volumes() {
+            let (Some(id), Some(slot)) = (lv.id, lv.slot) else {
+                continue;
+            };
+            match slots.get(slot as usize) {
+                Some(Ok(meta)) if meta.id == id => {
+                    volumes.insert(id, Volume::from_parts(lv, slot, meta));
+                }
+                Some(Ok(meta)) => bad.push((
+                    id,
+                    Error::Metadata {
+                        id,
+                        source: MetaError::Damaged {
+                            slot,
+                            reason: format!("it holds volume {}", meta.id),
+                        },
+                    },
+                )),
+                Some(Err(e)) => bad.push((
+                    id,
+                    Error::Metadata {
+                        id,
+                        source: e.clone(),
+                    },
+                )),
+                None => bad.push((
+                    id,
+                    Error::Metadata {
+                        id,
+                        source: MetaError::OutOfRange {
+                            slot,
+                            max: store.slots,
+                        },
+                    },
+                )),
+            }
+        }
+        Ok(Catalog { snap, volumes, bad })
+    }
+
+    pub fn get(&self, vg: &str, id: &Uuid) -> Result<&Volume> {
+        if let Some(v) = self.volumes.get(id) {
+            return Ok(v);
+        }
+        if let Some((_, e)) = self.bad.iter().find(|(b, _)| b == id) {
+            return Err(Error::InvalidInput(e.to_string()));
+        }
+        Err(Error::VolumeNotFound {
+            vg: vg.to_string(),
+            id: *id,
+        })
+    }
+
+    /// Volumes sorted by image, then chain order (base first) where the chain is sound.
+    pub fn list(&self, image: Option<&Uuid>) -> Vec<Volume> {
+        let mut images: Vec<Uuid> = self.volumes.values().map(|v| v.image).collect();
+        images.sort();
+        images.dedup();
+        let mut out = Vec::new();
+        for img in images
+            .iter()
+            .filter(|i| image.is_none_or(|want| want == *i))
+        {
+            match crate::chain::walk(self, img) {
+                Ok(chain) => out.extend(chain),
+                Err(_) => {
+                    let mut vs: Vec<Volume> = self
+                        .volumes
+                        .values()
+                        .filter(|v| &v.image == img)
+                        .cloned()
+                        .collect();
+                    vs.sort_by_key(|v| v.ctime);
+                    out.extend(vs);
+                }
+            }
+        }
+        out
+    }
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,96 @@
+//! Removing a leaf volume, or a whole image.
+//!
+//! Under the domain lock: ONE `lvchange --addtag LVC_REMOVING` (the point of no return: from
+//! here the removal is completed, by this process or by the collector), then the parent becomes
+//! a leaf again, the link and the metadata slot go, and `lvremove` ends it.
+
+use super::{undo, Catalog};
+use crate::domain::Domain;
+use crate::error::{Error, Result};
+use crate::tags::{self, Tag};
+use uuid::Uuid;
+
+const POINTS: undo::Points = undo::Points {
+    parent: Some("remove.after-parent-update"),
+    links: Some("remove.after-links"),
+    metadata: Some("remove.after-metadata"),
+    lvremove: Some("remove.after-lvremove"),
+};
+
+/// Removes the leaf volume `id`.
+pub fn remove(domain: &Domain, id: &Uuid) -> Result<()> {
+    let _guard = domain.lock()?;
+    let cat = Catalog::load(domain)?;
+    let vol = cat.get(&domain.vg, id)?;
+    let lv = cat.snap.volume(id).cloned().ok_or(Error::VolumeNotFound {
+        vg: domain.vg.clone(),
+        id: *id,
+    })?;
+    if !cat.snap.children(id).is_empty() || vol.role != crate::metadata::Role::Leaf {
+        return Err(Error::NotALeaf {
+            id: *id,
+            what: "remove its snapshots first, or use `image remove`".into(),
+        });
+    }
+    if lv.open {
+        return Err(Error::InUse { id: *id });
+    }
+    let store = domain.slots(&cat.snap)?;
+    domain
+        .lvm
+        .lvchange_tags(&domain.vg, &lv.name, &[], &tags::strings(&[Tag::Removing]))?;
+    crate::crash::point("remove.after-mark");
+    let mut marked = lv;
+    marked.removing = true;
+    undo::release(domain, &cat.snap, &store, &marked, POINTS).map_err(|e| Error::LeftForGc {
+        original: Box::new(e),
+    })?;
+    Ok(())
+}
+
+/// Removes every volume of `image` (leaf first) and its link directory.
+pub fn remove_image(domain: &Domain, image: &Uuid) -> Result<usize> {
+    let _guard = domain.lock()?;
+    let cat = Catalog::load(domain)?;
+    let members: Vec<_> = cat.snap.image_volumes(image).into_iter().cloned().collect();
+    if members.is_empty() {
+        return Err(Error::ImageNotFound {
+            vg: domain.vg.clone(),
+            image: *image,
+        });
+    }
+    if let Some(open) = members.iter().find(|l| l.open) {
+        return Err(Error::InUse {
+            id: open.id.unwrap_or_default(),
+        });
+    }
+    let store = domain.slots(&cat.snap)?;
+    // Chain order when the chain is sound, so removal goes leaf first.
+    let mut order: Vec<Uuid> = match crate::chain::walk(&cat, image) {
+        Ok(chain) => chain.iter().map(|v| v.id).collect(),
+        Err(_) => members.iter().filter_map(|l| l.id).collect(),
+    };
+    order.reverse();
+    let names: Vec<String> = members.iter().map(|l| domain.lv_path(&l.name)).collect();
+    domain
+        .lvm
+        .lvchange_tags_many(&names, &[], &tags::strings(&[Tag::Removing]))?;
+    crate::crash::point("remove.after-mark");
+    let mut snap = cat.snap.clone();
+    for id in &order {
+        let Some(lv) = members.iter().find(|l| l.id.as_ref() == Some(id)) else {
+            continue;
+        };
+        let mut marked = lv.clone();
+        marked.removing = true;
+        undo::release(domain, &snap, &store, &marked, undo::Points::default()).map_err(|e| {
+            Error::LeftForGc {
+                original: Box::new(e),
+            }
+        })?;
+        snap.lvs.retain(|l| l.name != lv.name);
+    }
+    crate::links::remove_image(&domain.vg, image)
+        .map_err(Error::io("removing the link directory"))?;
+    Ok(order.len())
+}

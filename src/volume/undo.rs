@@ -1,0 +1,117 @@
+//! Taking a marked LV out of the domain: the one procedure behind a creation's rollback, a
+//! removal, and the collector. Order: parent's role, link, metadata slot, then the LV itself
+//! (last, so the marker stays until everything else is undone). Every step is idempotent:
+//! rerunning it after a crash at any point finishes the job.
+
+use crate::crash;
+use crate::domain::{Domain, LvEntry, Snapshot};
+use crate::error::Result;
+use crate::metadata::{MetaError, Role, SlotStore};
+use crate::{links, lvm::LvmError};
+
+/// Crash points to pass on the way (the caller's operation names them).
+#[derive(Clone, Copy, Default)]
+pub struct Points {
+    pub parent: Option<&'static str>,
+    pub links: Option<&'static str>,
+    pub metadata: Option<&'static str>,
+    pub lvremove: Option<&'static str>,
+}
+
+fn pass(p: Option<&'static str>) {
+    if let Some(p) = p {
+        crash::point(p);
+    }
+}
+
+/// Undoes what the marked LV `lv` changed and removes it. Returns what was done.
+pub fn release(
+    domain: &Domain,
+    snap: &Snapshot,
+    store: &SlotStore,
+    lv: &LvEntry,
+    points: Points,
+) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    let own_meta = lv
+        .slot
+        .and_then(|n| store.read(n).ok())
+        .filter(|m| Some(m.id) == lv.id);
+    // 1. The parent becomes a leaf again when no committed child is left.
+    let parent = lv.parent.or(own_meta.as_ref().and_then(|m| m.parent));
+    if let Some(p) = parent {
+        let other_children = snap
+            .children(&p)
+            .iter()
+            .filter(|c| c.name != lv.name)
+            .count();
+        if let (Some(pl), 0) = (snap.volume(&p), other_children) {
+            if let Some(pslot) = pl.slot {
+                match store.read(pslot) {
+                    Ok(mut m) if m.id == p && m.role == Role::Internal => {
+                        m.role = Role::Leaf;
+                        store.write(pslot, &m)?;
+                        done.push(format!("parent {p} is a leaf again"));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    pass(points.parent);
+    // 2. Its link, when the image is prepared here.
+    if let (Some(image), Some(id)) = (lv.image.or(own_meta.as_ref().map(|m| m.image)), lv.id) {
+        if links::link_path(&domain.vg, &image, &id)
+            .symlink_metadata()
+            .is_ok()
+        {
+            links::remove(&domain.vg, &image, &id)
+                .map_err(crate::error::Error::io("removing a link"))?;
+            done.push("link removed".into());
+        }
+    }
+    pass(points.links);
+    // 3. Its metadata slot, which no other LV can own (marked LVs keep their slot taken).
+    if let Some(n) = lv.slot {
+        let shared = snap
+            .lvs
+            .iter()
+            .any(|o| o.name != lv.name && o.slot == Some(n));
+        let ours = match store.read(n) {
+            Ok(m) => Some(m.id) == lv.id,
+            Err(MetaError::Empty { .. }) => false,
+            Err(_) => !shared,
+        };
+        if ours {
+            store.clear(n)?;
+            done.push(format!("slot {n} cleared"));
+        }
+    }
+    pass(points.metadata);
+    // 4. The LV (deactivated by lvremove), and with it the marker.
+    match domain.lvm.lvremove(&[domain.lv_path(&lv.name)]) {
+        Ok(()) => done.push("LV removed".into()),
+        Err(LvmError::LvNotFound { .. }) => {}
+        Err(e) => {
+            remove_stale_mapping(domain, &lv.name);
+            domain
+                .lvm
+                .lvremove(&[domain.lv_path(&lv.name)])
+                .map_err(|_| e)?;
+            done.push("stale device-mapper mapping removed; LV removed".into());
+        }
+    }
+    pass(points.lvremove);
+    Ok(done)
+}
+
+/// Removes a device-mapper mapping left behind by a failed deactivation, if any.
+fn remove_stale_mapping(domain: &Domain, lv: &str) {
+    let name = format!("{}-{}", domain.vg.replace('-', "--"), lv.replace('-', "--"));
+    if std::path::Path::new("/dev/mapper").join(&name).exists() {
+        let r = crate::exec::Cmd::new("/sbin/dmsetup", domain.lvm.config.timeout)
+            .args(["remove", "--retry", &name])
+            .run();
+        tracing::warn!(mapping = %name, result = ?r.map(|f| f.code), "removed a stale mapping");
+    }
+}
