@@ -21,8 +21,8 @@ pub const POINTS: &[&str] = &[
     "extend.after-lvextend",
     "extend.after-resize",
     "extend.after-metadata",
-    "gc.after-mark",
     "gc.after-parent-update",
+    "gc.after-links",
     "gc.after-metadata",
     "gc.after-lvremove",
 ];

@@ -79,6 +79,8 @@ pub enum Error {
         original: Box<Error>,
         rollback: Box<Error>,
     },
+    #[error("domain {vg} is not clean: {problems} problem(s)")]
+    Unclean { vg: String, problems: usize },
     #[error("{original}; the LV keeps its marker and `lvchain gc` will finish the job")]
     LeftForGc { original: Box<Error> },
 }

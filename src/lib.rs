@@ -3,12 +3,14 @@
 //! Layers, bottom up: [`exec`] runs external programs; [`lvm`] is the typed LVM command layer.
 
 pub mod chain;
+pub mod check;
 pub mod cli;
 pub mod crash;
 pub mod directio;
 pub mod domain;
 pub mod error;
 pub mod exec;
+pub mod gc;
 pub mod image;
 pub mod links;
 pub mod lock;

@@ -44,6 +44,13 @@ pub enum Command {
     /// Images (chains of volumes).
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Collect orphans: roll back creations and complete removals that died.
+    Gc {
+        vg: String,
+        /// List what would be done, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Testing aids.
     #[command(subcommand)]
     Debug(DebugCmd),
@@ -64,6 +71,8 @@ pub enum DomainCmd {
     },
     /// Show a domain's layout and counts.
     Info { vg: String },
+    /// Read-only consistency report (exit status 0 only when clean).
+    Check { vg: String },
     /// Remove a domain (its VG); refuses while volumes exist unless --force.
     Remove {
         vg: String,
@@ -199,6 +208,18 @@ pub fn run(cli: &Cli) -> Result<()> {
                 let cat = Catalog::load(&domain(vg)?)?;
                 out.domain_info(&cat)
             }
+            DomainCmd::Check { vg } => {
+                let report = crate::check::check(&domain(vg)?)?;
+                out.check(&report)?;
+                if report.clean {
+                    Ok(())
+                } else {
+                    Err(Error::Unclean {
+                        vg: vg.clone(),
+                        problems: report.problems.len(),
+                    })
+                }
+            }
             DomainCmd::Remove { vg, force } => {
                 let n = domain(vg)?.remove(*force)?;
                 out.message(&format!("removed domain {vg} ({n} volume LVs)"))
@@ -262,6 +283,25 @@ pub fn run(cli: &Cli) -> Result<()> {
                 out.message(&format!("removed image {image} ({n} volumes)"))
             }
         },
+        Command::Gc { vg, dry_run } => {
+            let tty = !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let mut progress = |done: usize, total: usize| {
+                if tty {
+                    eprint!("\rgc: {done}/{total} orphans");
+                    if done == total {
+                        eprintln!();
+                    }
+                }
+            };
+            let report = crate::gc::collect(&domain(vg)?, *dry_run, &mut progress)?;
+            out.gc(&report)?;
+            match report.orphans.iter().filter(|o| o.error.is_some()).count() {
+                0 => Ok(()),
+                failed => Err(Error::InvalidInput(format!(
+                    "{failed} orphan(s) could not be collected; see the report"
+                ))),
+            }
+        }
         Command::Debug(DebugCmd::CrashPoints) => out.list(crate::crash::POINTS),
     }
 }

@@ -213,4 +213,52 @@ impl Out {
         );
         Ok(())
     }
+
+    pub fn check(&self, r: &crate::check::Report) -> Result<()> {
+        if self.json {
+            return print_json(r);
+        }
+        if r.clean {
+            println!(
+                "domain {} is clean: {} volumes in {} images",
+                r.vg, r.volumes, r.images
+            );
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = r
+            .problems
+            .iter()
+            .map(|p| vec![p.kind.to_string(), p.subject.clone(), p.detail.clone()])
+            .collect();
+        table(&["PROBLEM", "SUBJECT", "DETAIL"], &rows);
+        Ok(())
+    }
+
+    pub fn gc(&self, r: &crate::gc::Report) -> Result<()> {
+        if self.json {
+            return print_json(r);
+        }
+        let rows: Vec<Vec<String>> = r
+            .orphans
+            .iter()
+            .map(|o| {
+                vec![
+                    o.lv.clone(),
+                    o.marker.to_string(),
+                    o.actions.join("; "),
+                    o.error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        let verb = if r.dry_run {
+            "would collect"
+        } else {
+            "collected"
+        };
+        println!("{verb} {} orphan(s) in {:.2}s", r.orphans.len(), r.seconds);
+        if !rows.is_empty() {
+            table(&["LV", "MARKER", "ACTIONS", "ERROR"], &rows);
+        }
+        Ok(())
+    }
 }

@@ -115,3 +115,119 @@ impl Drop for TestVg {
         }
     }
 }
+
+/// The `lvchain` binary run against a test domain.
+pub struct Domain {
+    pub vg: TestVg,
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_lvchain");
+
+impl Domain {
+    /// A formatted domain on two 4 GiB sparse loop devices.
+    pub fn new(test: &str) -> Domain {
+        let vg = TestVg::devices(test, 2, Bytes(4 * lvchain::units::GIB));
+        let d = Domain { vg };
+        let mut args = vec!["domain".to_string(), "create".into(), d.vg.name.clone()];
+        args.extend(d.vg.loops.iter().map(|l| l.display().to_string()));
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        d.ok(&a);
+        d
+    }
+
+    pub fn name(&self) -> &str {
+        &self.vg.name
+    }
+
+    /// Runs lvchain with extra environment.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> lvchain::exec::Finished {
+        let mut c = Cmd::new(BIN, Duration::from_secs(300)).args(args.iter().copied());
+        for (k, v) in self.vg.env() {
+            c = c.env(&k, &v);
+        }
+        for (k, v) in env {
+            c = c.env(k, v);
+        }
+        c.run().unwrap()
+    }
+
+    pub fn run(&self, args: &[&str]) -> lvchain::exec::Finished {
+        self.run_env(args, &[])
+    }
+
+    /// Runs lvchain, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let f = self.run(args);
+        assert!(
+            f.success(),
+            "lvchain {args:?} failed ({:?}): {}",
+            f.code,
+            f.stderr
+        );
+        f.stdout
+    }
+
+    /// Runs lvchain with --json, asserts success, parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Runs lvchain, asserts exit status 1 with one message, returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let f = self.run(args);
+        assert_eq!(f.code, Some(1), "lvchain {args:?} should fail: {f:?}");
+        assert!(f.stderr.starts_with("lvchain: error: "), "{}", f.stderr);
+        f.stderr
+    }
+
+    /// Creates a volume, returns its id.
+    pub fn create(&self, extra: &[&str]) -> String {
+        let mut a = vec!["volume", "create", self.name()];
+        a.extend_from_slice(extra);
+        self.ok(&a).trim().to_string()
+    }
+
+    /// Everything that identifies the domain's state: every LV with tags, size and attributes,
+    /// the VG tags and free space, and the whole metadata area.
+    pub fn state(&self) -> String {
+        let cfg = self.vg.lvm.config.config_string();
+        let f = Cmd::new("/sbin/lvm", Duration::from_secs(60))
+            .args([
+                "lvs",
+                "--config",
+                &cfg,
+                "--noheadings",
+                "--units",
+                "b",
+                "-o",
+                "lv_name,lv_size,lv_attr,lv_tags,vg_tags,vg_free",
+                "--sort",
+                "lv_name",
+                self.name(),
+            ])
+            .run()
+            .unwrap();
+        assert!(f.success(), "{}", f.stderr);
+        let md = std::fs::read(format!("/dev/{}/metadata", self.name())).unwrap_or_default();
+        let sum: u64 = md
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i as u64 + 1) * u64::from(*b))
+            .sum();
+        format!("{}\nmetadata checksum {sum}", f.stdout)
+    }
+
+    /// Raw tags of one LV (None when the LV does not exist).
+    pub fn lv_tags(&self, lv: &str) -> Option<Vec<String>> {
+        let rows = self.vg.lvm.lvs(self.name()).unwrap();
+        rows.into_iter()
+            .find(|r| r.lv_name == lv)
+            .map(|r| r.lv_tags)
+    }
+}
+
+pub fn uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

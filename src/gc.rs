@@ -1,0 +1,99 @@
+//! The garbage collector: finds LVs that still carry a transaction marker and finishes them.
+//!
+//! It holds the domain lock, the same one every creation and removal holds throughout, so any
+//! marked LV it sees belongs to an operation that died. A creation that died is rolled back, a
+//! removal that died is completed; both go through [`crate::volume::undo::release`], whose
+//! steps are idempotent, so a collector that itself dies is finished by the next run. It never
+//! touches a committed volume other than to make a parent a leaf again.
+
+use crate::domain::{Domain, LvEntry};
+use crate::error::Result;
+use crate::volume::undo::{self, Points};
+use serde::Serialize;
+use std::time::Instant;
+use uuid::Uuid;
+
+const POINTS: Points = Points {
+    parent: Some("gc.after-parent-update"),
+    links: Some("gc.after-links"),
+    metadata: Some("gc.after-metadata"),
+    lvremove: Some("gc.after-lvremove"),
+};
+
+/// What the collector did (or, with `dry_run`, would do) with one orphan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Orphan {
+    pub lv: String,
+    pub marker: &'static str,
+    pub image: Option<Uuid>,
+    pub parent: Option<Uuid>,
+    pub slot: Option<u32>,
+    pub actions: Vec<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub vg: String,
+    pub dry_run: bool,
+    pub orphans: Vec<Orphan>,
+    pub seconds: f64,
+}
+
+fn describe(lv: &LvEntry) -> Orphan {
+    Orphan {
+        lv: lv.name.clone(),
+        marker: if lv.removing {
+            "LVC_REMOVING"
+        } else {
+            "LVC_CREATING"
+        },
+        image: lv.image,
+        parent: lv.parent,
+        slot: lv.slot,
+        actions: Vec::new(),
+        error: None,
+    }
+}
+
+/// Collects every orphan of the domain. `progress` is called after each orphan (done, total).
+pub fn collect(
+    domain: &Domain,
+    dry_run: bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Report> {
+    let start = Instant::now();
+    let _guard = domain.lock()?;
+    let mut snap = domain.scan()?;
+    let orphans: Vec<LvEntry> = snap.orphans().cloned().collect();
+    let store = domain.slots(&snap)?;
+    let mut out = Vec::new();
+    let total = orphans.len();
+    for (i, lv) in orphans.iter().enumerate() {
+        let mut o = describe(lv);
+        if dry_run {
+            o.actions.push(if lv.removing {
+                "complete the removal: parent role, link, slot, LV".into()
+            } else {
+                "roll back the creation: parent role, link, slot, LV".into()
+            });
+        } else {
+            match undo::release(domain, &snap, &store, lv, POINTS) {
+                Ok(done) => {
+                    o.actions = done;
+                    snap.lvs.retain(|l| l.name != lv.name);
+                }
+                Err(e) => o.error = Some(e.to_string()),
+            }
+        }
+        tracing::info!(lv = %o.lv, marker = o.marker, actions = ?o.actions, error = ?o.error, "orphan");
+        out.push(o);
+        progress(i + 1, total);
+    }
+    Ok(Report {
+        vg: domain.vg.clone(),
+        dry_run,
+        orphans: out,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
