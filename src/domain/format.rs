@@ -136,10 +136,29 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
             &tags::strings(&layout),
             Bytes(VG_METADATA_SIZE),
         )?,
-        Some(row) if !row.vg_tags.iter().any(|t| t == "LVC_DOMAIN_UNREADY") => {
-            lvm.vgchange_tags(vg, &[], &tags::strings(&layout))?
+        Some(row) => {
+            // Adopting an empty VG, or finishing a format that died: make the layout tags
+            // exactly `layout` in one vgchange.
+            let want = tags::strings(&layout);
+            let del: Vec<String> = row
+                .vg_tags
+                .iter()
+                .filter(|t| {
+                    matches!(
+                        Tag::parse(t),
+                        Ok(Tag::Format(_) | Tag::Lock(_) | Tag::SlotSize(_) | Tag::MaxVolumes(_))
+                    ) && !want.contains(t)
+                })
+                .cloned()
+                .collect();
+            let add: Vec<String> = want
+                .into_iter()
+                .filter(|t| !row.vg_tags.contains(t))
+                .collect();
+            if !del.is_empty() || !add.is_empty() {
+                lvm.vgchange_tags(vg, &del, &add)?;
+            }
         }
-        Some(_) => {}
     }
     let info_row = lvm.vgs(vg)?;
     let extent = Bytes(info_row.vg_extent_size);
