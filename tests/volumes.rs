@@ -66,7 +66,7 @@ fn raw_base_and_three_qcow2_snapshots_form_a_chain_that_reads_back() {
     }
     let out = qemu_io(&leaf, "read -v 0 16");
     assert!(
-        out.contains("base-data"),
+        out.contains("62 61 73 65 2d 64 61 74 61"),
         "base data through the chain: {out}"
     );
     // qemu resolves the whole chain through the links.
