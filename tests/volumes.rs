@@ -368,7 +368,7 @@ fn a_vg_with_lvs_or_half_formatted_is_not_taken_for_a_domain() {
     assert_eq!(info["volumes"], 0);
     assert_eq!(info["format"], 1);
     d.ok(&["domain", "remove", d.name()]);
-    let f = lvchain::exec::Cmd::new(BIN, std::time::Duration::from_secs(60))
+    let f = lvchain::exec::Cmd::new(BIN.as_str(), std::time::Duration::from_secs(60))
         .args(["domain", "info", d.name()])
         .env("LVCHAIN_DEVICES", &d.vg.loops[0].display().to_string())
         .run()

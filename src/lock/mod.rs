@@ -2,7 +2,8 @@
 //!
 //! [`LockManager`] is the seam where a cluster lock manager (sanlock) takes the place of the
 //! single-host [`LocalLock`] (an exclusive `flock` on `/run/lock/lvchain/<VG>.lock`). The lock
-//! is held by the returned guard and released when it drops, or when the process dies.
+//! is held by the returned guard and released when it drops, or when the process and every
+//! child it started while holding it have exited.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
@@ -51,6 +52,24 @@ impl Default for LocalLock {
 }
 
 struct FileGuard(#[allow(dead_code)] File);
+
+/// Lets the lock's file description pass into every child (lvm, qemu-img) we start: a flock
+/// lives until all holders close it, so when lvchain is killed the domain stays locked until
+/// its in-flight lvm command has finished too. Otherwise a collector could act on a scan taken
+/// before that command's commit.
+fn inherit_into_children(file: &File) -> std::io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 impl DomainGuard for FileGuard {}
 
 impl LockManager for LocalLock {
@@ -73,6 +92,7 @@ impl LockManager for LocalLock {
             // SAFETY: flock on a file descriptor we own.
             let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
             if r == 0 {
+                inherit_into_children(&file).map_err(io)?;
                 tracing::debug!(
                     vg,
                     waited_ms = start.elapsed().as_millis() as u64,

@@ -121,7 +121,10 @@ pub struct Domain {
     pub vg: TestVg,
 }
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_lvchain");
+/// The lvchain binary: `LVCHAIN_TEST_BIN` (a copy made by scripts/test) or cargo's.
+pub static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("LVCHAIN_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_lvchain").to_string())
+});
 
 impl Domain {
     /// A formatted domain on two 4 GiB sparse loop devices.
@@ -141,7 +144,7 @@ impl Domain {
 
     /// Runs lvchain with extra environment.
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> lvchain::exec::Finished {
-        let mut c = Cmd::new(BIN, Duration::from_secs(300)).args(args.iter().copied());
+        let mut c = Cmd::new(BIN.as_str(), Duration::from_secs(300)).args(args.iter().copied());
         for (k, v) in self.vg.env() {
             c = c.env(&k, &v);
         }
