@@ -25,6 +25,9 @@ pub const POINTS: &[&str] = &[
     "gc.after-links",
     "gc.after-metadata",
     "gc.after-lvremove",
+    "op.after-illegal",
+    "op.after-work",
+    "op.after-legal",
 ];
 
 /// Aborts the process when `LVCHAIN_CRASH_AT` names `point`.

@@ -79,6 +79,16 @@ pub enum Error {
         original: Box<Error>,
         rollback: Box<Error>,
     },
+    #[error("domain {vg} uses the {domain} lock manager, but this command ran with {ours}; for sanlock run `lvchain host join {vg} --host-id N` first")]
+    WrongLockManager {
+        vg: String,
+        domain: String,
+        ours: String,
+    },
+    #[error("volume {id} has generation {found}, not {expected}; nothing was changed")]
+    WrongGeneration { id: Uuid, expected: u64, found: u64 },
+    #[error(transparent)]
+    Lease(#[from] crate::lease::LeaseError),
     #[error("domain {vg} is not clean: {problems} problem(s)")]
     Unclean { vg: String, problems: usize },
     #[error("{original}; the LV keeps its marker and `lvchain gc` will finish the job")]

@@ -8,6 +8,7 @@
 
 use std::ffi::OsString;
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -60,6 +61,10 @@ pub struct Cmd {
     pub args: Vec<OsString>,
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
+    /// Send the program's stdout to our stderr as it comes (progress output), not captured.
+    pub stdout_to_stderr: bool,
+    /// Kill the program when lvchain dies (data writers: no write may outlive the lease).
+    pub die_with_parent: bool,
 }
 
 impl Cmd {
@@ -69,6 +74,8 @@ impl Cmd {
             args: Vec::new(),
             env: vec![("LC_ALL".into(), "C".into())],
             timeout,
+            stdout_to_stderr: false,
+            die_with_parent: false,
         }
     }
 
@@ -118,9 +125,32 @@ impl Cmd {
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(if self.stdout_to_stderr {
+                Stdio::from(
+                    std::io::stderr()
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .map_err(|source| ExecError::Spawn {
+                            argv: argv.clone(),
+                            source,
+                        })?,
+                )
+            } else {
+                Stdio::piped()
+            })
             .stderr(Stdio::piped())
             .process_group(0);
+        if self.die_with_parent {
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = command.spawn().map_err(|source| ExecError::Spawn {
             argv: argv.clone(),
             source,

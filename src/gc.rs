@@ -17,7 +17,7 @@ const POINTS: Points = Points {
     parent: Some("gc.after-parent-update"),
     links: Some("gc.after-links"),
     metadata: Some("gc.after-metadata"),
-    lvremove: Some("gc.after-lvremove"),
+    lvremove: None,
 };
 
 /// What the collector did (or, with `dry_run`, would do) with one orphan.
@@ -69,6 +69,8 @@ pub fn collect(
     let store = domain.slots(&snap)?;
     let mut out = Vec::new();
     let total = orphans.len();
+    // Undo what each orphan changed, then remove all of them with ONE lvremove.
+    let mut undone = Vec::new();
     for (i, lv) in orphans.iter().enumerate() {
         let mut o = describe(lv);
         if dry_run {
@@ -78,17 +80,36 @@ pub fn collect(
                 "roll back the creation: parent role, link, slot, LV".into()
             });
         } else {
-            match undo::release(domain, &snap, &store, lv, POINTS) {
+            match undo::undo_changes(domain, &snap, &store, lv, POINTS) {
                 Ok(done) => {
                     o.actions = done;
                     snap.lvs.retain(|l| l.name != lv.name);
+                    undone.push(out.len());
                 }
                 Err(e) => o.error = Some(e.to_string()),
             }
         }
-        tracing::info!(lv = %o.lv, marker = o.marker, actions = ?o.actions, error = ?o.error, "orphan");
         out.push(o);
         progress(i + 1, total);
+    }
+    let names: Vec<String> = undone.iter().map(|&i| out[i].lv.clone()).collect();
+    match undo::remove_lvs(domain, &names) {
+        Ok(_) => {
+            for &i in &undone {
+                out[i].actions.push("LV removed".into());
+            }
+        }
+        Err(e) => {
+            for &i in &undone {
+                out[i].error = Some(format!("removing the LVs: {e}"));
+            }
+        }
+    }
+    if !names.is_empty() {
+        crate::crash::point("gc.after-lvremove");
+    }
+    for o in &out {
+        tracing::info!(lv = %o.lv, marker = o.marker, actions = ?o.actions, error = ?o.error, "orphan");
     }
     Ok(Report {
         vg: domain.vg.clone(),

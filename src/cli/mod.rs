@@ -9,7 +9,8 @@ use crate::domain::{self, Domain, FormatRequest};
 use crate::error::{Error, Result};
 use crate::lock::LocalLock;
 use crate::lvm::{Lvm, LvmConfig};
-use crate::metadata::Format;
+use crate::metadata::{Format, Legality};
+use crate::operation::{self, Source, Work};
 use crate::units::{parse_size, Bytes};
 use crate::volume::{self, Catalog, CreateRequest};
 use clap::{Parser, Subcommand};
@@ -118,13 +119,55 @@ pub enum VolumeCmd {
         #[arg(value_parser = parse_uuid)]
         volume: Uuid,
     },
-    /// Grow a volume (LV, qcow2 virtual size, metadata capacity).
+    /// Grow a volume (LV, qcow2 virtual size, metadata capacity); with --generation, under
+    /// the lease/generation protocol.
     Extend {
         vg: String,
         #[arg(value_parser = parse_uuid)]
         volume: Uuid,
         #[arg(long, value_parser = parse_bytes)]
         size: Bytes,
+        #[arg(long)]
+        generation: Option<u64>,
+    },
+    /// Copy data into a volume (qemu-img convert; a FIFO is streamed) under its lease.
+    Copy {
+        vg: String,
+        #[arg(value_parser = parse_uuid)]
+        volume: Uuid,
+        /// A file, device or FIFO, or the id of a volume of this domain.
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        generation: u64,
+    },
+    /// Change a volume's description or legality under its lease.
+    Update {
+        vg: String,
+        #[arg(value_parser = parse_uuid)]
+        volume: Uuid,
+        #[arg(long)]
+        generation: u64,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long, value_parser = parse_legality)]
+        legality: Option<Legality>,
+    },
+    /// Status of the operation started at --generation, read from shared storage only.
+    Status {
+        vg: String,
+        #[arg(value_parser = parse_uuid)]
+        volume: Uuid,
+        #[arg(long)]
+        generation: u64,
+    },
+    /// Move the generation from N to N+3 under the lease so a late runner refuses to write.
+    Fence {
+        vg: String,
+        #[arg(value_parser = parse_uuid)]
+        volume: Uuid,
+        #[arg(long)]
+        generation: u64,
     },
 }
 
@@ -168,6 +211,10 @@ fn parse_uuid(s: &str) -> std::result::Result<Uuid, String> {
 
 fn parse_bytes(s: &str) -> std::result::Result<Bytes, String> {
     parse_size(s)
+}
+
+fn parse_legality(s: &str) -> std::result::Result<Legality, String> {
+    s.parse()
 }
 
 fn parse_format(s: &str) -> std::result::Result<Format, String> {
@@ -260,10 +307,62 @@ pub fn run(cli: &Cli) -> Result<()> {
                 volume::remove(&domain(vg)?, volume)?;
                 out.message(&format!("removed volume {volume}"))
             }
-            VolumeCmd::Extend { vg, volume, size } => {
-                let v = volume::extend(&domain(vg)?, volume, *size)?;
+            VolumeCmd::Extend {
+                vg,
+                volume,
+                size,
+                generation,
+            } => {
+                let d = domain(vg)?;
+                let v = match generation {
+                    Some(g) => operation::run(&d, volume, *g, &Work::Extend { size: *size })?,
+                    None => volume::extend(&d, volume, *size)?,
+                };
                 out.volume(&v)
             }
+            VolumeCmd::Copy {
+                vg,
+                volume,
+                from,
+                generation,
+            } => {
+                let path = PathBuf::from(from);
+                let source = match Uuid::parse_str(from) {
+                    Ok(id) if !path.exists() => Source::Volume(id),
+                    _ => Source::File(path),
+                };
+                let progress = !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+                let work = Work::Copy {
+                    from: source,
+                    progress,
+                };
+                let v = operation::run(&domain(vg)?, volume, *generation, &work)?;
+                out.volume(&v)
+            }
+            VolumeCmd::Update {
+                vg,
+                volume,
+                generation,
+                description,
+                legality,
+            } => {
+                let work = Work::Update {
+                    description: description.clone(),
+                    legality: *legality,
+                };
+                let v = operation::run(&domain(vg)?, volume, *generation, &work)?;
+                out.volume(&v)
+            }
+            VolumeCmd::Status {
+                vg,
+                volume,
+                generation,
+            } => out.status(&operation::status(&domain(vg)?, volume, *generation)?),
+            VolumeCmd::Fence {
+                vg,
+                volume,
+                generation,
+            } => out.volume(&operation::fence(&domain(vg)?, volume, *generation)?),
         },
         Command::Image(c) => match c {
             ImageCmd::Chain { vg, image } => {

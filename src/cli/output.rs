@@ -261,4 +261,21 @@ impl Out {
         }
         Ok(())
     }
+
+    pub fn status(&self, st: &crate::operation::Status) -> Result<()> {
+        if self.json {
+            return print_json(st);
+        }
+        let host = st
+            .host_id
+            .map(|h| format!(" (host {h})"))
+            .unwrap_or_default();
+        let reason = st
+            .reason
+            .as_ref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        println!("{}{host}{reason}", st.state);
+        Ok(())
+    }
 }

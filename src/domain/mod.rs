@@ -4,13 +4,14 @@
 //! that swaps it for `LVC_DOMAIN`), opening (one `lvs` report per scan), info and removal.
 //! Never changes a volume: that is the volume layer's job.
 
-mod format;
+pub mod format;
 mod scan;
 
 pub use format::{format, FormatRequest};
 pub use scan::{info_from_tags, DomainInfo, LvEntry, Snapshot};
 
 use crate::error::{Error, Result};
+use crate::lease::LeaseManager;
 use crate::lock::{DomainGuard, LockManager};
 use crate::lvm::{Activation, Lvm, LvmError};
 use crate::metadata::SlotStore;
@@ -27,6 +28,9 @@ pub struct Domain {
     pub vg: String,
     pub lvm: Lvm,
     pub locks: Box<dyn LockManager>,
+    pub leases: Box<dyn LeaseManager>,
+    /// The lock manager these belong to ("local" or "sanlock"): must match the domain's.
+    pub lock_kind: String,
 }
 
 /// Checks a VG name against LVM's rules.
@@ -49,12 +53,15 @@ pub fn validate_vg_name(vg: &str) -> Result<()> {
 }
 
 impl Domain {
+    /// A domain on this host's local lock and lease managers.
     pub fn new(vg: &str, lvm: Lvm, locks: Box<dyn LockManager>) -> Result<Domain> {
         validate_vg_name(vg)?;
         Ok(Domain {
             vg: vg.to_string(),
             lvm,
             locks,
+            leases: Box::new(crate::lease::local::LocalLeases::default()),
+            lock_kind: "local".into(),
         })
     }
 
@@ -81,7 +88,15 @@ impl Domain {
                 hint: " (its special LVs are missing)".into(),
             });
         }
-        Snapshot::from_rows(&self.vg, &rows)
+        let snap = Snapshot::from_rows(&self.vg, &rows)?;
+        if snap.info.lock_manager != self.lock_kind {
+            return Err(Error::WrongLockManager {
+                vg: self.vg.clone(),
+                domain: snap.info.lock_manager.clone(),
+                ours: self.lock_kind.clone(),
+            });
+        }
+        Ok(snap)
     }
 
     pub(crate) fn vg_error(&self, e: LvmError) -> Error {

@@ -255,9 +255,14 @@ fn prepare_contents(
     }
     crash::point("create.after-qemu-img");
     if let Some(p) = &plan.parent {
-        let mut pm = p.meta();
-        pm.role = Role::Internal;
-        store.write(p.slot, &pm)?;
+        super::update_meta(domain, store, &p.id, p.slot, |pm| {
+            // Re-checked under the parent's lease: an operation may have started meanwhile.
+            if pm.legality != Legality::Legal {
+                return Err(Error::Illegal { id: p.id });
+            }
+            pm.role = Role::Internal;
+            Ok(true)
+        })?;
     }
     crash::point("create.after-parent-update");
     if plan.prepared {

@@ -10,11 +10,31 @@ use crate::units::Bytes;
 use crate::{crash, links, qemu};
 use uuid::Uuid;
 
-/// Grows volume `id` to `size` bytes of capacity.
+/// Grows volume `id` to `size` bytes of capacity (takes the domain lock and the volume lease).
 pub fn extend(domain: &Domain, id: &Uuid, size: Bytes) -> Result<Volume> {
     let _guard = domain.lock()?;
     let cat = Catalog::load(domain)?;
-    let vol = cat.get(&domain.vg, id)?.clone();
+    let mut vol = cat.get(&domain.vg, id)?.clone();
+    let store = domain.slots(&cat.snap)?;
+    let _lease = domain.leases.acquire(&domain.vg, id, vol.slot)?;
+    vol.lv_size = grow_storage(domain, &cat, &vol, size)?;
+    let mut meta = store.read(vol.slot)?;
+    meta.capacity = size.0;
+    store.write(vol.slot, &meta)?;
+    crash::point("extend.after-metadata");
+    vol.capacity = size.0;
+    Ok(vol)
+}
+
+/// Grows the LV and the qcow2 virtual size (not the metadata); returns the LV size.
+/// The caller holds the domain lock and the volume's lease.
+pub(crate) fn grow_storage(
+    domain: &Domain,
+    cat: &Catalog,
+    vol: &Volume,
+    size: Bytes,
+) -> Result<u64> {
+    let id = &vol.id;
     if size.0 < vol.capacity {
         return Err(Error::InvalidInput(format!(
             "volumes only grow: {} is smaller than the capacity {}",
@@ -47,13 +67,5 @@ pub fn extend(domain: &Domain, id: &Uuid, size: Bytes) -> Result<Volume> {
         r?;
     }
     crash::point("extend.after-resize");
-    let store = domain.slots(&cat.snap)?;
-    let mut meta = vol.meta();
-    meta.capacity = size.0;
-    store.write(vol.slot, &meta)?;
-    crash::point("extend.after-metadata");
-    let mut out = vol;
-    out.capacity = size.0;
-    out.lv_size = want_lv.0.max(out.lv_size);
-    Ok(out)
+    Ok(want_lv.0.max(vol.lv_size))
 }

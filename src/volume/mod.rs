@@ -11,6 +11,7 @@ pub(crate) mod undo;
 
 pub use create::{create, CreateRequest};
 pub use extend::extend;
+pub(crate) use extend::grow_storage;
 pub use remove::{remove, remove_image};
 
 use crate::domain::{Domain, LvEntry, Snapshot};
@@ -177,4 +178,33 @@ pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Rewrites the metadata of volume `id` (slot `slot`) while holding its lease, so that it never
+/// interleaves with an operation's ILLEGAL/LEGAL writes. `change` sees the current metadata and
+/// returns whether to write it back.
+pub(crate) fn update_meta(
+    domain: &Domain,
+    store: &crate::metadata::SlotStore,
+    id: &Uuid,
+    slot: u32,
+    change: impl FnOnce(&mut VolumeMeta) -> Result<bool>,
+) -> Result<VolumeMeta> {
+    let _lease = domain.leases.acquire(&domain.vg, id, slot)?;
+    let mut meta = store
+        .read(slot)
+        .map_err(|source| Error::Metadata { id: *id, source })?;
+    if meta.id != *id {
+        return Err(Error::Metadata {
+            id: *id,
+            source: MetaError::Damaged {
+                slot,
+                reason: format!("it holds volume {}", meta.id),
+            },
+        });
+    }
+    if change(&mut meta)? {
+        store.write(slot, &meta)?;
+    }
+    Ok(meta)
 }

@@ -36,6 +36,8 @@ pub fn remove(domain: &Domain, id: &Uuid) -> Result<()> {
         return Err(Error::InUse { id: *id });
     }
     let store = domain.slots(&cat.snap)?;
+    // No operation may be running on it: hold its lease through the removal.
+    let _lease = domain.leases.acquire(&domain.vg, id, vol.slot)?;
     domain
         .lvm
         .lvchange_tags(&domain.vg, &lv.name, &[], &tags::strings(&[Tag::Removing]))?;
@@ -71,25 +73,37 @@ pub fn remove_image(domain: &Domain, image: &Uuid) -> Result<usize> {
         Err(_) => members.iter().filter_map(|l| l.id).collect(),
     };
     order.reverse();
+    let mut leases = Vec::new();
+    for l in &members {
+        if let (Some(id), Some(slot)) = (l.id, l.slot) {
+            leases.push(domain.leases.acquire(&domain.vg, &id, slot)?);
+        }
+    }
     let names: Vec<String> = members.iter().map(|l| domain.lv_path(&l.name)).collect();
     domain
         .lvm
         .lvchange_tags_many(&names, &[], &tags::strings(&[Tag::Removing]))?;
     crate::crash::point("remove.after-mark");
+    // Undo each volume's changes leaf first, then remove all LVs with ONE lvremove.
     let mut snap = cat.snap.clone();
+    let mut names = Vec::new();
     for id in &order {
         let Some(lv) = members.iter().find(|l| l.id.as_ref() == Some(id)) else {
             continue;
         };
         let mut marked = lv.clone();
         marked.removing = true;
-        undo::release(domain, &snap, &store, &marked, undo::Points::default()).map_err(|e| {
-            Error::LeftForGc {
+        undo::undo_changes(domain, &snap, &store, &marked, undo::Points::default()).map_err(
+            |e| Error::LeftForGc {
                 original: Box::new(e),
-            }
-        })?;
+            },
+        )?;
         snap.lvs.retain(|l| l.name != lv.name);
+        names.push(lv.name.clone());
     }
+    undo::remove_lvs(domain, &names).map_err(|e| Error::LeftForGc {
+        original: Box::new(e),
+    })?;
     crate::links::remove_image(&domain.vg, image)
         .map_err(Error::io("removing the link directory"))?;
     Ok(order.len())

@@ -32,6 +32,20 @@ pub fn release(
     lv: &LvEntry,
     points: Points,
 ) -> Result<Vec<String>> {
+    let mut done = undo_changes(domain, snap, store, lv, points)?;
+    done.extend(remove_lvs(domain, std::slice::from_ref(&lv.name))?);
+    pass(points.lvremove);
+    Ok(done)
+}
+
+/// Steps 1 to 3 of [`release`]: everything but removing the LV (which keeps its marker).
+pub fn undo_changes(
+    domain: &Domain,
+    snap: &Snapshot,
+    store: &SlotStore,
+    lv: &LvEntry,
+    points: Points,
+) -> Result<Vec<String>> {
     let mut done = Vec::new();
     let own_meta = lv
         .slot
@@ -47,13 +61,16 @@ pub fn release(
             .count();
         if let (Some(pl), 0) = (snap.volume(&p), other_children) {
             if let Some(pslot) = pl.slot {
-                match store.read(pslot) {
-                    Ok(mut m) if m.id == p && m.role == Role::Internal => {
-                        m.role = Role::Leaf;
-                        store.write(pslot, &m)?;
-                        done.push(format!("parent {p} is a leaf again"));
-                    }
-                    _ => {}
+                let mut changed = false;
+                let r = super::update_meta(domain, store, &p, pslot, |m| {
+                    changed = m.role == Role::Internal;
+                    m.role = Role::Leaf;
+                    Ok(changed)
+                });
+                match r {
+                    Ok(_) if changed => done.push(format!("parent {p} is a leaf again")),
+                    Ok(_) | Err(crate::error::Error::Metadata { .. }) => {}
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -88,20 +105,33 @@ pub fn release(
         }
     }
     pass(points.metadata);
-    // 4. The LV (deactivated by lvremove), and with it the marker.
-    match domain.lvm.lvremove(&[domain.lv_path(&lv.name)]) {
-        Ok(()) => done.push("LV removed".into()),
-        Err(LvmError::LvNotFound { .. }) => {}
-        Err(e) => {
-            remove_stale_mapping(domain, &lv.name);
-            domain
-                .lvm
-                .lvremove(&[domain.lv_path(&lv.name)])
-                .map_err(|_| e)?;
-            done.push("stale device-mapper mapping removed; LV removed".into());
+    Ok(done)
+}
+
+/// Step 4: removes the LVs (deactivating them), and with them their markers, in ONE lvremove;
+/// when that fails, one LV at a time, clearing a stale device-mapper mapping first if needed.
+pub fn remove_lvs(domain: &Domain, names: &[String]) -> Result<Vec<String>> {
+    let paths: Vec<String> = names.iter().map(|n| domain.lv_path(n)).collect();
+    if paths.is_empty() || domain.lvm.lvremove(&paths).is_ok() {
+        return Ok(names.iter().map(|n| format!("LV {n} removed")).collect());
+    }
+    let mut done = Vec::new();
+    for (name, path) in names.iter().zip(&paths) {
+        match domain.lvm.lvremove(std::slice::from_ref(path)) {
+            Ok(()) => done.push(format!("LV {name} removed")),
+            Err(LvmError::LvNotFound { .. }) => {}
+            Err(e) => {
+                remove_stale_mapping(domain, name);
+                domain
+                    .lvm
+                    .lvremove(std::slice::from_ref(path))
+                    .map_err(|_| e)?;
+                done.push(format!(
+                    "stale device-mapper mapping removed; LV {name} removed"
+                ));
+            }
         }
     }
-    pass(points.lvremove);
     Ok(done)
 }
 

@@ -1,0 +1,244 @@
+//! The lease/generation protocol on real LVM with the local lease manager (issue 5, one host):
+//! a copy's status read by another process while it runs, after it succeeds, after kill -9;
+//! wrong generations refused; fencing.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{lvm_available, uuid, Domain, BIN};
+use serde_json::Value;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+fn status(d: &Domain, vol: &str, generation: u64) -> Value {
+    d.json(&[
+        "volume",
+        "status",
+        d.name(),
+        vol,
+        "--generation",
+        &generation.to_string(),
+    ])
+}
+
+fn wait_for_state(d: &Domain, vol: &str, generation: u64, want: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = status(d, vol, generation);
+        if s["state"] == want || start.elapsed() > Duration::from_secs(60) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A copy process reading from a FIFO that the test feeds.
+fn start_copy(
+    d: &Domain,
+    vol: &str,
+    fifo: &std::path::Path,
+    generation: u64,
+) -> std::process::Child {
+    let mut c = std::process::Command::new(BIN.as_str());
+    c.args([
+        "volume",
+        "copy",
+        d.name(),
+        vol,
+        "--from",
+        fifo.to_str().unwrap(),
+        "--generation",
+        &generation.to_string(),
+    ]);
+    for (k, v) in d.vg.env() {
+        c.env(k, v);
+    }
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn read_volume(d: &Domain, img: &str, vol: &str, len: usize) -> Vec<u8> {
+    d.ok(&["image", "prepare", d.name(), img]);
+    let mut data = std::fs::read(format!("/run/lvchain/{}/{img}/{vol}", d.name())).unwrap();
+    d.ok(&["image", "teardown", d.name(), img]);
+    data.truncate(len);
+    data
+}
+
+#[test]
+fn a_running_copy_is_seen_running_then_succeeded_and_its_data_reads_back() {
+    if !lvm_available("copyrunning") {
+        return;
+    }
+    let d = Domain::new("copyrunning");
+    let img = uuid();
+    let vol = d.create(&["--image", &img, "--size", "8M", "--format", "raw"]);
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("input");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let child = start_copy(&d, &vol, &fifo, 0);
+    let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    w.write_all(&[0x61; 1 << 20]).unwrap();
+    let s = wait_for_state(&d, &vol, 0, "running");
+    assert_eq!(s["state"], "running", "{s}");
+    assert_eq!(s["legality"], "illegal", "illegal while the copy runs: {s}");
+    w.write_all(&[0x62; 1 << 20]).unwrap();
+    drop(w);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = status(&d, &vol, 0);
+    assert_eq!(s["state"], "succeeded", "{s}");
+    assert_eq!(s["current_generation"], 1);
+    assert_eq!(s["legality"], "legal");
+    let data = read_volume(&d, &img, &vol, 2 << 20);
+    assert!(data[..1 << 20].iter().all(|&b| b == 0x61));
+    assert!(data[1 << 20..].iter().all(|&b| b == 0x62));
+}
+
+#[test]
+fn a_copy_killed_with_kill_9_is_failed_and_can_be_run_again() {
+    if !lvm_available("copykilled") {
+        return;
+    }
+    let d = Domain::new("copykilled");
+    let img = uuid();
+    let vol = d.create(&["--image", &img, "--size", "8M", "--format", "raw"]);
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("input");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let mut child = start_copy(&d, &vol, &fifo, 0);
+    let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    w.write_all(&[0x63; 1 << 20]).unwrap();
+    assert_eq!(wait_for_state(&d, &vol, 0, "running")["state"], "running");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(w);
+    let s = wait_for_state(&d, &vol, 0, "failed");
+    assert_eq!(s["state"], "failed", "{s}");
+    let v = d.json(&["volume", "info", d.name(), &vol]);
+    assert_eq!(v["legality"], "illegal");
+    assert_eq!(v["generation"], 0);
+    // The same generation again, from a regular file this time.
+    let file = dir.path().join("data.raw");
+    std::fs::write(&file, vec![0x64u8; 3 << 20]).unwrap();
+    d.ok(&[
+        "volume",
+        "copy",
+        d.name(),
+        &vol,
+        "--from",
+        file.to_str().unwrap(),
+        "--generation",
+        "0",
+    ]);
+    assert_eq!(status(&d, &vol, 0)["state"], "succeeded");
+    let data = read_volume(&d, &img, &vol, 3 << 20);
+    assert!(data.iter().all(|&b| b == 0x64));
+}
+
+#[test]
+fn a_wrong_generation_is_refused_and_changes_nothing_and_fencing_stops_late_runners() {
+    if !lvm_available("generation") {
+        return;
+    }
+    let d = Domain::new("generation");
+    let img = uuid();
+    let vol = d.create(&["--image", &img, "--size", "8M", "--format", "raw"]);
+    d.json(&[
+        "volume",
+        "update",
+        d.name(),
+        &vol,
+        "--generation",
+        "0",
+        "--description",
+        "first",
+    ]);
+    let before = d.state();
+    let e = d.fails(&[
+        "volume",
+        "update",
+        d.name(),
+        &vol,
+        "--generation",
+        "0",
+        "--description",
+        "late",
+    ]);
+    assert!(e.contains("generation 1, not 0"), "{e}");
+    let e = d.fails(&[
+        "volume",
+        "extend",
+        d.name(),
+        &vol,
+        "--size",
+        "16M",
+        "--generation",
+        "5",
+    ]);
+    assert!(e.contains("not 5"), "{e}");
+    assert_eq!(d.state(), before, "a refused operation changes nothing");
+    // Extend under the protocol.
+    let v = d.json(&[
+        "volume",
+        "extend",
+        d.name(),
+        &vol,
+        "--size",
+        "16M",
+        "--generation",
+        "1",
+    ]);
+    assert_eq!(v["capacity"], 16 << 20);
+    assert_eq!(v["generation"], 2);
+    assert_eq!(v["legality"], "legal");
+    // Fence generation 2: a runner that was told "2" now refuses.
+    let v = d.json(&["volume", "fence", d.name(), &vol, "--generation", "2"]);
+    assert_eq!(v["generation"], 5);
+    assert_eq!(status(&d, &vol, 2)["state"], "fenced");
+    let e = d.fails(&[
+        "volume",
+        "update",
+        d.name(),
+        &vol,
+        "--generation",
+        "2",
+        "--description",
+        "late",
+    ]);
+    assert!(e.contains("generation 5, not 2"), "{e}");
+    // Fencing is refused while the lease is held.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("input");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let mut child = start_copy(&d, &vol, &fifo, 5);
+    let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    w.write_all(&[1; 4096]).unwrap();
+    assert_eq!(wait_for_state(&d, &vol, 5, "running")["state"], "running");
+    let e = d.fails(&["volume", "fence", d.name(), &vol, "--generation", "5"]);
+    assert!(e.contains("held"), "{e}");
+    let e = d.fails(&["volume", "remove", d.name(), &vol]);
+    assert!(e.contains("held"), "removal waits for the operation: {e}");
+    drop(w);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(status(&d, &vol, 5)["state"], "succeeded");
+    let _ = BIN.as_str();
+}
