@@ -14,6 +14,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = lvchain::cli::run(&cli) {
         lvchain::cli::report_error(cli.json, &e);
