@@ -31,18 +31,7 @@ pub fn prepare(domain: &Domain, image: &Uuid) -> Result<Vec<Volume>> {
 /// Removes the links of `image` and deactivates its volumes.
 pub fn teardown(domain: &Domain, image: &Uuid) -> Result<()> {
     let cat = Catalog::load(domain)?;
-    let members: Vec<_> = cat.snap.image_volumes(image);
-    if members.is_empty() {
-        return Err(Error::ImageNotFound {
-            vg: domain.vg.clone(),
-            image: *image,
-        });
-    }
-    if let Some(open) = members.iter().find(|l| l.open) {
-        return Err(Error::InUse {
-            id: open.id.unwrap_or_default(),
-        });
-    }
+    let members = crate::volume::idle_members(&cat.snap, &domain.vg, image)?;
     links::remove_image(&domain.vg, image).map_err(Error::io("removing the links"))?;
     let active: Vec<String> = members
         .iter()

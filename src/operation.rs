@@ -64,18 +64,13 @@ pub fn run(domain: &Domain, id: &Uuid, generation: u64, work: &Work) -> Result<V
         Work::Extend { .. } => Some(domain.lock()?),
         _ => None,
     };
-    let cat = Catalog::load(domain)?;
-    let vol = cat.get(&domain.vg, id)?.clone();
-    let store = domain.slots(&cat.snap)?;
-    let _lease = domain.leases.acquire(&domain.vg, id, vol.slot)?;
-    let mut meta = read_own(&store, &vol)?;
-    if meta.generation != generation {
-        return Err(Error::WrongGeneration {
-            id: *id,
-            expected: generation,
-            found: meta.generation,
-        });
-    }
+    let Started {
+        cat,
+        vol,
+        store,
+        _lease,
+        mut meta,
+    } = start(domain, id, generation)?;
     meta.legality = Legality::Illegal;
     store.write(vol.slot, &meta)?;
     crash::point("op.after-illegal");
@@ -106,6 +101,38 @@ pub fn run(domain: &Domain, id: &Uuid, generation: u64, work: &Work) -> Result<V
     crash::point("op.after-legal");
     let cat = Catalog::load(domain)?;
     Ok(cat.get(&domain.vg, id)?.clone())
+}
+
+/// A volume whose lease this process holds, at the generation the caller expected.
+struct Started {
+    cat: Catalog,
+    vol: Volume,
+    store: SlotStore,
+    _lease: Box<dyn crate::lease::LeaseGuard>,
+    meta: VolumeMeta,
+}
+
+/// Takes the volume's lease and checks its generation (refusing, changing nothing, if not N).
+fn start(domain: &Domain, id: &Uuid, generation: u64) -> Result<Started> {
+    let cat = Catalog::load(domain)?;
+    let vol = cat.get(&domain.vg, id)?.clone();
+    let store = domain.slots(&cat.snap)?;
+    let _lease = domain.leases.acquire(&domain.vg, id, vol.slot)?;
+    let meta = read_own(&store, &vol)?;
+    if meta.generation != generation {
+        return Err(Error::WrongGeneration {
+            id: *id,
+            expected: generation,
+            found: meta.generation,
+        });
+    }
+    Ok(Started {
+        cat,
+        vol,
+        store,
+        _lease,
+        meta,
+    })
 }
 
 fn read_own(store: &SlotStore, vol: &Volume) -> Result<VolumeMeta> {
@@ -320,18 +347,13 @@ pub fn status(domain: &Domain, id: &Uuid, generation: u64) -> Result<Status> {
 
 /// Moves the generation from N to N+3 under the lease, so a late runner refuses to write.
 pub fn fence(domain: &Domain, id: &Uuid, generation: u64) -> Result<Volume> {
-    let cat = Catalog::load(domain)?;
-    let vol = cat.get(&domain.vg, id)?.clone();
-    let store = domain.slots(&cat.snap)?;
-    let _lease = domain.leases.acquire(&domain.vg, id, vol.slot)?;
-    let mut meta = read_own(&store, &vol)?;
-    if meta.generation != generation {
-        return Err(Error::WrongGeneration {
-            id: *id,
-            expected: generation,
-            found: meta.generation,
-        });
-    }
+    let Started {
+        vol,
+        store,
+        _lease,
+        mut meta,
+        ..
+    } = start(domain, id, generation)?;
     meta.generation = generation + FENCE_STEP;
     meta.legality = Legality::Illegal;
     store.write(vol.slot, &meta)?;

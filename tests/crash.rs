@@ -122,6 +122,20 @@ impl Fixture {
             .collect();
     }
 
+    /// Every crash point of one operation, as the binary lists them (so none is left out).
+    fn points(&self, prefix: &str) -> Vec<String> {
+        let all = self.d.json(&["debug", "crash-points"]);
+        let points: Vec<String> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .filter(|p| p.starts_with(prefix))
+            .collect();
+        assert!(!points.is_empty(), "no crash points for {prefix}");
+        points
+    }
+
     fn crash(&self, args: &[&str], point: &str) {
         let f = self.d.run_env(args, &[("LVCHAIN_CRASH_AT", point)]);
         assert_eq!(f.signal, Some(libc::SIGABRT), "{point}: must abort: {f:?}");
@@ -134,15 +148,8 @@ fn every_create_crash_point_is_reported_and_repaired() {
         return;
     }
     let mut f = Fixture::new("crashcreate");
-    let points = [
-        "create.after-lvcreate",
-        "create.after-metadata",
-        "create.after-qemu-img",
-        "create.after-parent-update",
-        "create.after-links",
-        "create.after-commit",
-    ];
-    for point in points {
+    for point in f.points("create.") {
+        let point = point.as_str();
         let id = uuid();
         f.crash(
             &[
@@ -181,14 +188,8 @@ fn every_remove_crash_point_is_reported_and_repaired() {
         return;
     }
     let mut f = Fixture::new("crashremove");
-    let points = [
-        "remove.after-mark",
-        "remove.after-parent-update",
-        "remove.after-links",
-        "remove.after-metadata",
-        "remove.after-lvremove",
-    ];
-    for point in points {
+    for point in f.points("remove.") {
+        let point = point.as_str();
         let extra = f.d.create(&["--parent", f.leaf()]);
         f.chain.push(extra.clone());
         f.crash(&["volume", "remove", f.d.name(), &extra], point);
@@ -213,14 +214,8 @@ fn every_extend_crash_point_leaves_a_consistent_volume_and_retry_finishes() {
         return;
     }
     let f = Fixture::new("crashextend");
-    for (i, point) in [
-        "extend.after-lvextend",
-        "extend.after-resize",
-        "extend.after-metadata",
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (i, point) in f.points("extend.").iter().enumerate() {
+        let point = point.as_str();
         let size = format!("{}M", 32 + 16 * i);
         f.crash(
             &["volume", "extend", f.d.name(), f.leaf(), "--size", &size],
@@ -244,12 +239,8 @@ fn a_collector_that_crashes_at_every_point_is_finished_by_the_next_run() {
         return;
     }
     let f = Fixture::new("crashgc");
-    for point in [
-        "gc.after-parent-update",
-        "gc.after-links",
-        "gc.after-metadata",
-        "gc.after-lvremove",
-    ] {
+    for point in f.points("gc.") {
+        let point = point.as_str();
         let id = uuid();
         f.crash(
             &[

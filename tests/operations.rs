@@ -59,6 +59,17 @@ fn start_copy(
         .unwrap()
 }
 
+fn make_fifo() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("input");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    (dir, fifo)
+}
+
 fn read_volume(d: &Domain, img: &str, vol: &str, len: usize) -> Vec<u8> {
     d.ok(&["image", "prepare", d.name(), img]);
     let mut data = std::fs::read(format!("/run/lvchain/{}/{img}/{vol}", d.name())).unwrap();
@@ -75,13 +86,7 @@ fn a_running_copy_is_seen_running_then_succeeded_and_its_data_reads_back() {
     let d = Domain::new("copyrunning");
     let img = uuid();
     let vol = d.create(&["--image", &img, "--size", "8M", "--format", "raw"]);
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("input");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    let (_dir, fifo) = make_fifo();
     let child = start_copy(&d, &vol, &fifo, 0);
     let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     w.write_all(&[0x61; 1 << 20]).unwrap();
@@ -113,13 +118,7 @@ fn a_copy_killed_with_kill_9_is_failed_and_can_be_run_again() {
     let d = Domain::new("copykilled");
     let img = uuid();
     let vol = d.create(&["--image", &img, "--size", "8M", "--format", "raw"]);
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("input");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    let (dir, fifo) = make_fifo();
     let mut child = start_copy(&d, &vol, &fifo, 0);
     let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     w.write_all(&[0x63; 1 << 20]).unwrap();
@@ -222,13 +221,7 @@ fn a_wrong_generation_is_refused_and_changes_nothing_and_fencing_stops_late_runn
     ]);
     assert!(e.contains("generation 5, not 2"), "{e}");
     // Fencing is refused while the lease is held.
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("input");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    let (_dir, fifo) = make_fifo();
     let mut child = start_copy(&d, &vol, &fifo, 5);
     let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     w.write_all(&[1; 4096]).unwrap();

@@ -174,6 +174,23 @@ impl Catalog {
     }
 }
 
+/// The committed LVs of `image`; an error when there are none or one is open.
+pub(crate) fn idle_members(snap: &Snapshot, vg: &str, image: &Uuid) -> Result<Vec<LvEntry>> {
+    let members: Vec<LvEntry> = snap.image_volumes(image).into_iter().cloned().collect();
+    if members.is_empty() {
+        return Err(Error::ImageNotFound {
+            vg: vg.to_string(),
+            image: *image,
+        });
+    }
+    if let Some(open) = members.iter().find(|l| l.open) {
+        return Err(Error::InUse {
+            id: open.id.unwrap_or_default(),
+        });
+    }
+    Ok(members)
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -54,18 +54,7 @@ pub fn remove(domain: &Domain, id: &Uuid) -> Result<()> {
 pub fn remove_image(domain: &Domain, image: &Uuid) -> Result<usize> {
     let _guard = domain.lock()?;
     let cat = Catalog::load(domain)?;
-    let members: Vec<_> = cat.snap.image_volumes(image).into_iter().cloned().collect();
-    if members.is_empty() {
-        return Err(Error::ImageNotFound {
-            vg: domain.vg.clone(),
-            image: *image,
-        });
-    }
-    if let Some(open) = members.iter().find(|l| l.open) {
-        return Err(Error::InUse {
-            id: open.id.unwrap_or_default(),
-        });
-    }
+    let members = super::idle_members(&cat.snap, &domain.vg, image)?;
     let store = domain.slots(&cat.snap)?;
     // Chain order when the chain is sound, so removal goes leaf first.
     let mut order: Vec<Uuid> = match crate::chain::walk(&cat, image) {
