@@ -65,6 +65,7 @@ pub fn collect(
     let start = Instant::now();
     let _guard = domain.lock()?;
     let mut snap = domain.scan()?;
+    domain.check_kind(&snap)?;
     let orphans: Vec<LvEntry> = snap.orphans().cloned().collect();
     let store = domain.slots(&snap)?;
     let mut out = Vec::new();

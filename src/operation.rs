@@ -114,7 +114,7 @@ struct Started {
 
 /// Takes the volume's lease and checks its generation (refusing, changing nothing, if not N).
 fn start(domain: &Domain, id: &Uuid, generation: u64) -> Result<Started> {
-    let cat = Catalog::load(domain)?;
+    let cat = Catalog::load_for_change(domain)?;
     let vol = cat.get(&domain.vg, id)?.clone();
     let store = domain.slots(&cat.snap)?;
     let _lease = domain.leases.acquire(&domain.vg, id, vol.slot)?;
@@ -306,7 +306,15 @@ pub fn status(domain: &Domain, id: &Uuid, generation: u64) -> Result<Status> {
     let cat = Catalog::load(domain)?;
     let vol = cat.get(&domain.vg, id)?.clone();
     let store = domain.slots(&cat.snap)?;
-    let holder = domain.leases.holder(&domain.vg, id, vol.slot)?;
+    // The reader follows the domain's lock manager, not this host's: a host that never joined
+    // a sanlock domain still reads its leases (from disk when no daemon can answer).
+    let sanlock_reader = crate::lease::cluster::SanlockLeases;
+    let reader: &dyn crate::lease::LeaseManager = if cat.snap.info.lock_manager == "sanlock" {
+        &sanlock_reader
+    } else {
+        domain.leases.as_ref()
+    };
+    let holder = reader.holder(&domain.vg, id, vol.slot)?;
     let meta = read_own(&store, &vol)?;
     let mut s = Status {
         volume: *id,

@@ -52,9 +52,24 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// This host's membership of sanlock domains.
+    #[command(subcommand)]
+    Host(HostCmd),
     /// Testing aids.
     #[command(subcommand)]
     Debug(DebugCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCmd {
+    /// Join the domain's sanlock lockspace with a host id unique among the hosts.
+    Join {
+        vg: String,
+        #[arg(long)]
+        host_id: u64,
+    },
+    /// Leave the domain's lockspace (refused while this host holds leases in it).
+    Leave { vg: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -221,12 +236,39 @@ fn parse_format(s: &str) -> std::result::Result<Format, String> {
     s.parse()
 }
 
+/// The domain with this host's lock and lease managers: sanlock once `host join` ran here.
 fn domain(vg: &str) -> Result<Domain> {
-    Domain::new(
-        vg,
-        Lvm::new(LvmConfig::from_env()),
-        Box::new(LocalLock::default()),
-    )
+    let lvm = Lvm::new(LvmConfig::from_env());
+    if crate::lease::cluster::joined_host_id(vg).is_some() {
+        Domain::new_sanlock(vg, lvm)
+    } else {
+        Domain::new(vg, lvm, Box::new(LocalLock::default()))
+    }
+}
+
+fn host_join(vg: &str, host_id: u64) -> Result<String> {
+    if !(1..=crate::lease::sanlock::MAX_HOSTS).contains(&host_id) {
+        return Err(Error::InvalidInput(format!(
+            "--host-id must be 1 to {}",
+            crate::lease::sanlock::MAX_HOSTS
+        )));
+    }
+    let d = Domain::new_sanlock(vg, Lvm::new(LvmConfig::from_env()))?;
+    let snap = d.scan()?;
+    let inactive: Vec<String> = domain::SPECIAL_LVS
+        .iter()
+        .filter(|n| snap.lv_named(n).is_some_and(|l| !l.active))
+        .map(|n| d.lv_path(n))
+        .collect();
+    d.lvm
+        .lvchange_activation(&inactive, crate::lvm::Activation::Activate)?;
+    let new = crate::lease::cluster::join(vg, host_id)
+        .map_err(|e| Error::InvalidInput(format!("cannot join the lockspace of {vg}: {e}")))?;
+    Ok(if new {
+        format!("joined domain {vg} as host {host_id}")
+    } else {
+        format!("already joined domain {vg}; host id {host_id} recorded")
+    })
 }
 
 /// Runs a parsed command line; prints its output.
@@ -400,6 +442,13 @@ pub fn run(cli: &Cli) -> Result<()> {
                     "{failed} orphan(s) could not be collected; see the report"
                 ))),
             }
+        }
+        Command::Host(HostCmd::Join { vg, host_id }) => out.message(&host_join(vg, *host_id)?),
+        Command::Host(HostCmd::Leave { vg }) => {
+            let id = crate::lease::cluster::leave(vg).map_err(|e| {
+                Error::InvalidInput(format!("cannot leave the lockspace of {vg}: {e}"))
+            })?;
+            out.message(&format!("host {id} left domain {vg}"))
         }
         Command::Debug(DebugCmd::CrashPoints) => out.list(crate::crash::POINTS),
     }

@@ -197,11 +197,24 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
         slots: req.max_volumes,
     };
     store.wipe()?;
+    if req.lock_manager == "sanlock" {
+        let lvs = [domain.lv_path(IDS_LV), domain.lv_path(LEASES_LV)];
+        lvm.lvchange_activation(&lvs, crate::lvm::Activation::Activate)?;
+        crate::lease::cluster::format_domain(vg).map_err(|e| {
+            Error::InvalidInput(format!("cannot format the sanlock areas of {vg}: {e}"))
+        })?;
+    }
     lvm.vgchange_tags(
         vg,
         &tags::strings(&[Tag::DomainUnready]),
         &tags::strings(&[Tag::Domain]),
     )?;
-    let snap = domain.scan()?;
-    Ok(snap.info)
+    let row = lvm.vgs(vg)?;
+    super::info_from_tags(
+        vg,
+        &row.vg_tags,
+        row.vg_extent_size,
+        row.vg_size,
+        row.vg_free,
+    )
 }

@@ -65,6 +65,24 @@ impl Domain {
         })
     }
 
+    /// A domain shared through sanlock (this host joined its lockspace).
+    pub fn new_sanlock(vg: &str, lvm: Lvm) -> Result<Domain> {
+        validate_vg_name(vg)?;
+        if vg.len() > crate::lease::sanlock::NAME_LEN {
+            return Err(Error::InvalidInput(format!(
+                "{vg}: a sanlock domain's VG name has at most {} characters",
+                crate::lease::sanlock::NAME_LEN
+            )));
+        }
+        Ok(Domain {
+            vg: vg.to_string(),
+            lvm,
+            locks: Box::new(crate::lease::cluster::SanlockLock::default()),
+            leases: Box::new(crate::lease::cluster::SanlockLeases),
+            lock_kind: "sanlock".into(),
+        })
+    }
+
     /// Takes the domain lock (every metadata-changing operation holds it throughout).
     pub fn lock(&self) -> Result<Box<dyn DomainGuard>> {
         Ok(self.locks.lock_domain(&self.vg)?)
@@ -88,7 +106,12 @@ impl Domain {
                 hint: " (its special LVs are missing)".into(),
             });
         }
-        let snap = Snapshot::from_rows(&self.vg, &rows)?;
+        Snapshot::from_rows(&self.vg, &rows)
+    }
+
+    /// Refuses to change a domain through lock managers other than its own (a sanlock domain
+    /// changed under a local lock would not be protected from the other hosts).
+    pub fn check_kind(&self, snap: &Snapshot) -> Result<()> {
         if snap.info.lock_manager != self.lock_kind {
             return Err(Error::WrongLockManager {
                 vg: self.vg.clone(),
@@ -96,7 +119,7 @@ impl Domain {
                 ours: self.lock_kind.clone(),
             });
         }
-        Ok(snap)
+        Ok(())
     }
 
     pub(crate) fn vg_error(&self, e: LvmError) -> Error {
@@ -138,8 +161,9 @@ impl Domain {
 
     /// Removes the domain: refuses while volumes exist unless `force`.
     pub fn remove(&self, force: bool) -> Result<usize> {
-        let _guard = self.lock()?;
+        let guard = self.lock()?;
         let snap = self.scan()?;
+        self.check_kind(&snap)?;
         let count = snap.lvs.iter().filter(|l| !l.special).count();
         if count > 0 && !force {
             return Err(Error::DomainNotEmpty {
@@ -151,8 +175,15 @@ impl Domain {
             crate::links::remove_image(&self.vg, &image)
                 .map_err(Error::io(format!("removing links of image {image}")))?;
         }
+        if self.lock_kind == "sanlock" {
+            // sanlock keeps the ids and leases LVs open: release, leave, then remove.
+            drop(guard);
+            crate::lease::cluster::leave(&self.vg).map_err(|e| {
+                Error::InvalidInput(format!("cannot leave the lockspace of {}: {e}", self.vg))
+            })?;
+        }
         let vg_dir = crate::links::run_dir().join(&self.vg);
-        let _ = std::fs::remove_dir(vg_dir);
+        let _ = std::fs::remove_dir_all(vg_dir);
         self.lvm.vgremove(&self.vg, true)?;
         Ok(count)
     }

@@ -1,11 +1,14 @@
 //! Volume leases: who may change a volume's data, readable by anyone without the holder's help.
 //!
 //! [`LeaseManager`] is implemented by [`local::LocalLeases`] (open-file-description locks, one
-//! host) and by sanlock (paxos leases in the domain's `leases` LV, many hosts). A lease belongs
+//! host) and by [`cluster::SanlockLeases`] (paxos leases in the domain's `leases` LV, many
+//! hosts; the binding itself is [`sanlock`]). A lease belongs
 //! to the process that acquired it and is released when that process dies, so a reader can
 //! tell a running operation (lease held by a live holder) from a dead one (lease free).
 
+pub mod cluster;
 pub mod local;
+pub mod sanlock;
 
 use crate::domain::format::{LEASES_RESERVED, LEASE_SIZE};
 use uuid::Uuid;
@@ -47,4 +50,8 @@ pub trait LeaseManager {
     ) -> Result<Box<dyn LeaseGuard>, LeaseError>;
     /// Reads who holds the lease, without taking it.
     fn holder(&self, vg: &str, volume: &Uuid, slot: u32) -> Result<Option<Holder>, LeaseError>;
+    /// Prepares the lease area of a new volume (sanlock writes its paxos lease).
+    fn init(&self, _vg: &str, _volume: &Uuid, _slot: u32) -> Result<(), LeaseError> {
+        Ok(())
+    }
 }

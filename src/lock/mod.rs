@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 pub enum LockError {
     #[error("domain {vg} is locked by another process; gave up after {}s", .waited.as_secs())]
     Busy { vg: String, waited: Duration },
+    #[error("cannot take the cluster lock of domain {vg}: {detail}")]
+    Cluster { vg: String, detail: String },
     #[error("cannot use the lock file {path}: {source}")]
     Io {
         path: String,

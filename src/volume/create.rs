@@ -142,7 +142,7 @@ fn plan(domain: &Domain, cat: &Catalog, req: &CreateRequest) -> Result<Plan> {
 /// Creates a volume; returns it as committed.
 pub fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
     let _guard = domain.lock()?;
-    let cat = Catalog::load(domain)?;
+    let cat = Catalog::load_for_change(domain)?;
     let plan = plan(domain, &cat, req)?;
     let store = domain.slots(&cat.snap)?;
     let id = plan.meta.id;
@@ -241,6 +241,7 @@ fn prepare_contents(
 ) -> Result<()> {
     let meta = &plan.meta;
     store.write(plan.slot, meta)?;
+    domain.leases.init(&domain.vg, &meta.id, plan.slot)?;
     crash::point("create.after-metadata");
     if meta.format == Format::Qcow2 {
         let backing = plan

@@ -83,8 +83,16 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// For readers: no lock is held, any lock manager will do.
     pub fn load(domain: &Domain) -> Result<Catalog> {
         let snap = domain.scan()?;
+        Catalog::from_snapshot(domain, snap)
+    }
+
+    /// For changes: the caller holds the domain lock or a lease of the domain's own manager.
+    pub fn load_for_change(domain: &Domain) -> Result<Catalog> {
+        let snap = domain.scan()?;
+        domain.check_kind(&snap)?;
         Catalog::from_snapshot(domain, snap)
     }
 

@@ -20,7 +20,7 @@ const POINTS: undo::Points = undo::Points {
 /// Removes the leaf volume `id`.
 pub fn remove(domain: &Domain, id: &Uuid) -> Result<()> {
     let _guard = domain.lock()?;
-    let cat = Catalog::load(domain)?;
+    let cat = Catalog::load_for_change(domain)?;
     let vol = cat.get(&domain.vg, id)?;
     let lv = cat.snap.volume(id).cloned().ok_or(Error::VolumeNotFound {
         vg: domain.vg.clone(),
@@ -53,7 +53,7 @@ pub fn remove(domain: &Domain, id: &Uuid) -> Result<()> {
 /// Removes every volume of `image` (leaf first) and its link directory.
 pub fn remove_image(domain: &Domain, image: &Uuid) -> Result<usize> {
     let _guard = domain.lock()?;
-    let cat = Catalog::load(domain)?;
+    let cat = Catalog::load_for_change(domain)?;
     let members = super::idle_members(&cat.snap, &domain.vg, image)?;
     let store = domain.slots(&cat.snap)?;
     // Chain order when the chain is sound, so removal goes leaf first.

@@ -1,0 +1,218 @@
+//! Volume leases on shared storage through sanlock.
+//!
+//! This module owns everything lvchain does with sanlock: formatting lockspace and resource
+//! areas, joining and leaving a lockspace with this host's id, acquiring and releasing a
+//! volume's lease for the calling process, and reading who holds a lease — through the daemon
+//! ([`client::owner_status`]) and without it, straight from the disk ([`ondisk::probe_owner`]) —
+//! so that a reader that holds nothing can tell whether an operation on a volume is running
+//! (the lease/generation protocol of the team notes, lvchain issue 5).
+//!
+//! # Why libsanlock through FFI, loaded with `dlopen`
+//! A sanlock lease belongs to a *registered process*: the daemon releases it when that process
+//! exits or dies, which is the property the protocol relies on ("lease held ⇒ the worker is
+//! alive"). With the `sanlock client ...` commands the registered process would be the short
+//! lived `sanlock` command, not lvchain, so a lease taken that way would be gone (or would belong
+//! to some other process) while lvchain works. lvchain therefore calls `sanlock_register` and
+//! `sanlock_acquire` itself ([`Registration`]); the leases then live exactly as long as the
+//! lvchain process (or until [`Registration`] is dropped, which closes the registered socket).
+//! The registered socket is made close-on-exec, so children started by [`crate::exec`] do not
+//! inherit it and cannot keep a lease alive after lvchain is gone.
+//!
+//! libsanlock is loaded at run time (`dlopen("libsanlock.so.1")`, package `libsanlock1`, which
+//! the `sanlock` package pulls in) rather than linked: the crate then builds with no `-dev`
+//! package and no build script, and lvchain runs on hosts without sanlock, where every lease
+//! call fails with [`SanlockError::LibraryUnavailable`]. The hand-written declarations in
+//! [`ffi`] follow the 3.8.x headers; a unit test pins the struct layouts.
+//!
+//! Calls into libsanlock block and have no deadline of their own (sanlock applies its I/O
+//! timeout to storage; a hung daemon would hang the call). Formatting uses the `direct`
+//! functions, which need no daemon; everything else talks to the local daemon.
+//!
+//! # Geometry
+//! Every area uses 512-byte sectors and 1 MiB alignment ([`SECTOR_SIZE`], [`ALIGN`]): a
+//! lockspace area holds the delta leases of host ids 1..=[`MAX_HOSTS`], a resource area holds one
+//! paxos lease. Offsets must be multiples of [`ALIGN`].
+//!
+//! # Caveat for long-running work
+//! Only the registered process's death frees the lease. Work done by a child (e.g. `qemu-img`
+//! started through [`crate::exec`]) survives a SIGKILL of lvchain, and would go on writing after
+//! the lease was freed, unless the child dies with it. Two ways out, neither done here: the
+//! child gets `PR_SET_PDEATHSIG(SIGKILL)` (a `pre_exec` hook in `exec`, used for work under a
+//! lease), or the worker is started as `sanlock client command -r RESOURCE -c PROG ARGS`, which
+//! registers, acquires and then execs PROG, so that the lease belongs to the worker itself.
+//!
+//! # Reading the owner
+//! [`owner_status`] asks this host's daemon (which must have joined the lockspace to judge other
+//! hosts) and answers at once. [`probe_owner`] needs no daemon at all: it reads the lease's
+//! leader sector and the owner's host lease, and watches that host lease for up to a renewal
+//! period ([`ondisk::renewal_window`]) to see the owner alive. Both give `is_running()`:
+//! `Some(true)` held by a live host instance, `Some(false)` free or held by a dead/restarted
+//! instance, `None` undecided (the owner stopped renewing but may not be dead yet).
+
+pub mod client;
+pub mod error;
+pub mod ffi;
+pub mod ondisk;
+
+use std::path::PathBuf;
+
+pub use client::{
+    format_lockspace, format_resource, get_hosts, is_joined, join_lockspace, leave_lockspace,
+    owner_status, read_resource_owners, AcquireOptions, HostInfo, HostState, LeaveMode,
+    OwnerStatus, Registration, ResourceOwners,
+};
+pub use error::{Op, SanlockError};
+pub use ondisk::{probe_owner, DiskOwnerStatus, LeaderRecord};
+
+/// Sector size of every lvchain lease area.
+pub const SECTOR_SIZE: u64 = 512;
+/// Size and alignment of a lockspace area and of a resource lease.
+pub const ALIGN: u64 = 1 << 20;
+/// Host ids usable in a lockspace with 512-byte sectors and 1 MiB alignment.
+pub const MAX_HOSTS: u64 = 2000;
+/// sanlock's limit on lockspace and resource names (bytes, no terminating NUL needed).
+pub const NAME_LEN: usize = ffi::SANLK_NAME_LEN;
+
+/// A lockspace: the delta-lease area `path`+`offset`, joined by this host as `host_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lockspace {
+    pub name: String,
+    /// This host's id, 1..=[`MAX_HOSTS`] (ignored by [`format_lockspace`]).
+    pub host_id: u64,
+    pub path: PathBuf,
+    pub offset: u64,
+}
+
+/// A resource lease (one paxos lease) in `lockspace`, at `path`+`offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// Name of the lockspace the lease belongs to.
+    pub lockspace: String,
+    pub name: String,
+    pub path: PathBuf,
+    pub offset: u64,
+}
+
+/// Checks a lockspace or resource name: 1..=48 bytes of `A-Z a-z 0-9 _ . - +` (sanlock's string
+/// forms use `:` and spaces as separators, and lvchain names volumes with UUIDs and tags).
+pub fn validate_name(what: &str, name: &str) -> Result<(), SanlockError> {
+    if name.is_empty() || name.len() > NAME_LEN {
+        return Err(SanlockError::InvalidArgument(format!(
+            "{what} name {name:?} must be 1..={NAME_LEN} bytes"
+        )));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '+')))
+    {
+        return Err(SanlockError::InvalidArgument(format!(
+            "{what} name {name:?} contains {c:?} (allowed: A-Z a-z 0-9 _ . - +)"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_area(what: &str, path: &std::path::Path, offset: u64) -> Result<(), SanlockError> {
+    if offset % ALIGN != 0 {
+        return Err(SanlockError::InvalidArgument(format!(
+            "{what} offset {offset} is not a multiple of {ALIGN}"
+        )));
+    }
+    let bytes = path.as_os_str().len();
+    if bytes == 0 || bytes >= ffi::SANLK_PATH_LEN {
+        return Err(SanlockError::InvalidArgument(format!(
+            "{what} path {} must be 1..{} bytes",
+            path.display(),
+            ffi::SANLK_PATH_LEN
+        )));
+    }
+    Ok(())
+}
+
+impl Lockspace {
+    /// Checks name, area and (unless `for_format`) the host id.
+    pub fn validate(&self, for_format: bool) -> Result<(), SanlockError> {
+        validate_name("lockspace", &self.name)?;
+        validate_area("lockspace", &self.path, self.offset)?;
+        if !for_format && !(1..=MAX_HOSTS).contains(&self.host_id) {
+            return Err(SanlockError::InvalidArgument(format!(
+                "host id {} of lockspace {:?} is outside 1..={MAX_HOSTS}",
+                self.host_id, self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Where host `host_id`'s delta lease sector lies on [`Lockspace::path`].
+    pub fn host_lease_offset(&self, host_id: u64) -> Result<u64, SanlockError> {
+        if !(1..=MAX_HOSTS).contains(&host_id) {
+            return Err(SanlockError::InvalidArgument(format!(
+                "host id {host_id} is outside 1..={MAX_HOSTS}"
+            )));
+        }
+        Ok(self.offset + (host_id - 1) * SECTOR_SIZE)
+    }
+}
+
+impl Resource {
+    pub fn validate(&self) -> Result<(), SanlockError> {
+        validate_name("lockspace", &self.lockspace)?;
+        validate_name("resource", &self.name)?;
+        validate_area("resource", &self.path, self.offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ls() -> Lockspace {
+        Lockspace {
+            name: "lvchain-vg1".into(),
+            host_id: 1,
+            path: "/dev/vg1/leases".into(),
+            offset: 0,
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("resource", "0b9e0c8e-1f0d-4c43-9d4e-3f6f0e3b1a2c").is_ok());
+        assert!(validate_name("resource", "").is_err());
+        assert!(validate_name("resource", &"x".repeat(49)).is_err());
+        assert!(validate_name("resource", &"x".repeat(48)).is_ok());
+        assert!(validate_name("resource", "a:b").is_err());
+        assert!(validate_name("resource", "a b").is_err());
+    }
+
+    #[test]
+    fn areas_are_aligned_and_host_ids_in_range() {
+        assert!(ls().validate(false).is_ok());
+        let mut l = ls();
+        l.offset = 512;
+        assert!(l.validate(true).is_err());
+        let mut l = ls();
+        l.host_id = 0;
+        assert!(l.validate(false).is_err());
+        assert!(l.validate(true).is_ok());
+        l.host_id = MAX_HOSTS + 1;
+        assert!(l.validate(false).is_err());
+        let r = Resource {
+            lockspace: "lvchain-vg1".into(),
+            name: "vol1".into(),
+            path: "".into(),
+            offset: ALIGN,
+        };
+        assert!(r.validate().is_err());
+    }
+
+    #[test]
+    fn host_lease_sectors() {
+        let mut l = ls();
+        l.offset = 3 * ALIGN;
+        assert_eq!(l.host_lease_offset(1).ok(), Some(3 * ALIGN));
+        assert_eq!(l.host_lease_offset(2).ok(), Some(3 * ALIGN + 512));
+        assert!(l.host_lease_offset(0).is_err());
+        assert!(l.host_lease_offset(2001).is_err());
+    }
+}

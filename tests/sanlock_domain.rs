@@ -1,0 +1,151 @@
+//! A domain on the sanlock lock manager, on one host with the sanlock daemon (in the VM):
+//! format, join, the domain lock and volume leases as sanlock leases, an operation's status
+//! read from the leases (running with its host id, failed after kill -9), fencing, leave.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{lvm_available, uuid, Domain, TestVg, BIN};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+fn sanlock_available(test: &str) -> bool {
+    if std::env::var("LVCHAIN_TEST_SANLOCK").as_deref() == Ok("1") {
+        return true;
+    }
+    if std::env::var("LVCHAIN_TEST_REQUIRE_LVM").as_deref() == Ok("1") {
+        panic!("{test}: the sanlock daemon is required here (LVCHAIN_TEST_SANLOCK=1)");
+    }
+    eprintln!("skipped {test}: needs the sanlock daemon (run scripts/test)");
+    false
+}
+
+fn sanlock_domain(test: &str) -> Domain {
+    let vg = TestVg::devices(test, 1, lvchain::units::Bytes(4 << 30));
+    let d = Domain { vg };
+    let dev = d.vg.loops[0].display().to_string();
+    d.ok(&[
+        "domain",
+        "create",
+        d.name(),
+        &dev,
+        "--lock-manager",
+        "sanlock",
+    ]);
+    d
+}
+
+fn status(d: &Domain, vol: &str, generation: u64) -> serde_json::Value {
+    d.json(&[
+        "volume",
+        "status",
+        d.name(),
+        vol,
+        "--generation",
+        &generation.to_string(),
+    ])
+}
+
+#[test]
+fn a_sanlock_domain_serves_leases_and_status_from_shared_storage() {
+    if !lvm_available("sanlockdomain") || !sanlock_available("sanlockdomain") {
+        return;
+    }
+    let d = sanlock_domain("sanlockdomain");
+    let info = d.json(&["domain", "info", d.name()]);
+    assert_eq!(info["lock_manager"], "sanlock", "{info}");
+    // Without joining, commands say what is missing and change nothing.
+    let img = uuid();
+    let e = d.fails(&[
+        "volume",
+        "create",
+        d.name(),
+        "--image",
+        &img,
+        "--size",
+        "8M",
+    ]);
+    assert!(e.contains("host join"), "{e}");
+    let e = d.fails(&["host", "join", d.name(), "--host-id", "0"]);
+    assert!(e.contains("--host-id must be"), "{e}");
+    d.ok(&["host", "join", d.name(), "--host-id", "7"]);
+    let vol = d.create(&["--image", &img, "--size", "8M", "--format", "raw"]);
+    // A copy fed through a FIFO runs under the volume's sanlock lease: status names host 7.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("input");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let mut c = std::process::Command::new(BIN.as_str());
+    c.args([
+        "volume",
+        "copy",
+        d.name(),
+        &vol,
+        "--from",
+        fifo.to_str().unwrap(),
+        "--generation",
+        "0",
+    ]);
+    for (k, v) in d.vg.env() {
+        c.env(k, v);
+    }
+    let mut child = c.stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    w.write_all(&[0x71; 1 << 20]).unwrap();
+    let start = Instant::now();
+    let mut s = status(&d, &vol, 0);
+    while s["state"] != "running" && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(300));
+        s = status(&d, &vol, 0);
+    }
+    assert_eq!(s["state"], "running", "{s}");
+    assert_eq!(s["host_id"], 7, "{s}");
+    let e = d.fails(&["volume", "fence", d.name(), &vol, "--generation", "0"]);
+    assert!(e.contains("held"), "{e}");
+    // kill -9: sanlock frees the lease of a dead process; the operation reads as failed.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(w);
+    let start = Instant::now();
+    let mut s = status(&d, &vol, 0);
+    while s["state"] != "failed" && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(300));
+        s = status(&d, &vol, 0);
+    }
+    assert_eq!(s["state"], "failed", "{s}");
+    // Fence, then a late runner with the old generation refuses.
+    let v = d.json(&["volume", "fence", d.name(), &vol, "--generation", "0"]);
+    assert_eq!(v["generation"], 3);
+    assert_eq!(status(&d, &vol, 0)["state"], "fenced");
+    let e = d.fails(&[
+        "volume",
+        "update",
+        d.name(),
+        &vol,
+        "--generation",
+        "0",
+        "--description",
+        "late",
+    ]);
+    assert!(e.contains("generation 3, not 0"), "{e}");
+    d.json(&[
+        "volume",
+        "update",
+        d.name(),
+        &vol,
+        "--generation",
+        "3",
+        "--legality",
+        "legal",
+    ]);
+    assert_eq!(status(&d, &vol, 3)["state"], "succeeded");
+    // Snapshots and removal take the sanlock domain lock; the domain stays clean.
+    let snap = d.create(&["--parent", &vol]);
+    d.ok(&["volume", "remove", d.name(), &snap]);
+    d.ok(&["domain", "check", d.name()]);
+    d.ok(&["image", "remove", d.name(), &img]);
+    d.ok(&["domain", "remove", d.name()]);
+}
