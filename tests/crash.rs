@@ -87,6 +87,11 @@ impl Fixture {
             );
         }
         let chain = self.d.json(&["image", "chain", self.d.name(), &self.img]);
+        self.verify_chain(what, &chain);
+    }
+
+    /// The chain is the expected one, ends in its only leaf, and the data reads back.
+    fn verify_chain(&self, what: &str, chain: &Value) {
         let ids: Vec<&str> = chain
             .as_array()
             .unwrap()
@@ -112,7 +117,7 @@ impl Fixture {
     }
 
     /// Re-reads the chain after an operation that may or may not have committed.
-    fn resync(&mut self) {
+    fn resync(&mut self) -> Value {
         let chain = self.d.json(&["image", "chain", self.d.name(), &self.img]);
         self.chain = chain
             .as_array()
@@ -120,6 +125,7 @@ impl Fixture {
             .iter()
             .map(|v| v["id"].as_str().unwrap().to_string())
             .collect();
+        chain
     }
 
     /// Every crash point of one operation, as the binary lists them (so none is left out).
@@ -307,8 +313,11 @@ fn kill_9_at_random_moments_fifty_times() {
         }
         // gc waits for the lock: the killed process's lvm child may still be finishing.
         f.d.ok(&["gc", f.d.name()]);
-        f.resync();
-        f.verify(&format!("round {round}"));
+        // Clean (no orphan, i.e. no marker left, every chain sound), then chain and data.
+        let (clean, report) = f.check();
+        assert!(clean, "round {round}: not clean after gc: {report}");
+        let chain = f.resync();
+        f.verify_chain(&format!("round {round}"), &chain);
     }
     assert!(
         killed_before_commit > 10,
