@@ -142,6 +142,20 @@ impl Fixture {
         points
     }
 
+    /// Creates a snapshot of the leaf with the given id, crashing at `point`.
+    fn crash_create(&self, id: &str, point: &str) {
+        let args = [
+            "volume",
+            "create",
+            self.d.name(),
+            "--parent",
+            self.leaf(),
+            "--id",
+            id,
+        ];
+        self.crash(&args, point);
+    }
+
     fn crash(&self, args: &[&str], point: &str) {
         let f = self.d.run_env(args, &[("LVCHAIN_CRASH_AT", point)]);
         assert_eq!(f.signal, Some(libc::SIGABRT), "{point}: must abort: {f:?}");
@@ -157,18 +171,7 @@ fn every_create_crash_point_is_reported_and_repaired() {
     for point in f.points("create.") {
         let point = point.as_str();
         let id = uuid();
-        f.crash(
-            &[
-                "volume",
-                "create",
-                f.d.name(),
-                "--parent",
-                f.leaf(),
-                "--id",
-                &id,
-            ],
-            point,
-        );
+        f.crash_create(&id, point);
         let (clean, report) = f.check();
         if point == "create.after-commit" {
             assert!(
@@ -248,18 +251,7 @@ fn a_collector_that_crashes_at_every_point_is_finished_by_the_next_run() {
     for point in f.points("gc.") {
         let point = point.as_str();
         let id = uuid();
-        f.crash(
-            &[
-                "volume",
-                "create",
-                f.d.name(),
-                "--parent",
-                f.leaf(),
-                "--id",
-                &id,
-            ],
-            "create.after-links",
-        );
+        f.crash_create(&id, "create.after-links");
         let dry = f.d.json(&["gc", f.d.name(), "--dry-run"]);
         assert_eq!(dry["orphans"].as_array().unwrap().len(), 1, "{dry}");
         assert!(f.d.lv_tags(&id).is_some(), "dry run changed nothing");

@@ -5,70 +5,8 @@
 
 mod common;
 
-use common::{lvm_available, uuid, Domain, BIN};
-use serde_json::Value;
+use common::{lvm_available, make_fifo, start_copy, status, uuid, wait_for_state, Domain};
 use std::io::Write;
-use std::time::{Duration, Instant};
-
-fn status(d: &Domain, vol: &str, generation: u64) -> Value {
-    d.json(&[
-        "volume",
-        "status",
-        d.name(),
-        vol,
-        "--generation",
-        &generation.to_string(),
-    ])
-}
-
-fn wait_for_state(d: &Domain, vol: &str, generation: u64, want: &str) -> Value {
-    let start = Instant::now();
-    loop {
-        let s = status(d, vol, generation);
-        if s["state"] == want || start.elapsed() > Duration::from_secs(60) {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A copy process reading from a FIFO that the test feeds.
-fn start_copy(
-    d: &Domain,
-    vol: &str,
-    fifo: &std::path::Path,
-    generation: u64,
-) -> std::process::Child {
-    let mut c = std::process::Command::new(BIN.as_str());
-    c.args([
-        "volume",
-        "copy",
-        d.name(),
-        vol,
-        "--from",
-        fifo.to_str().unwrap(),
-        "--generation",
-        &generation.to_string(),
-    ]);
-    for (k, v) in d.vg.env() {
-        c.env(k, v);
-    }
-    c.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn make_fifo() -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("input");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
-    (dir, fifo)
-}
 
 fn read_volume(d: &Domain, img: &str, vol: &str, len: usize) -> Vec<u8> {
     d.ok(&["image", "prepare", d.name(), img]);
@@ -237,5 +175,4 @@ fn a_wrong_generation_is_refused_and_changes_nothing_and_fencing_stops_late_runn
     drop(w);
     assert!(child.wait().unwrap().success());
     assert_eq!(status(&d, &vol, 5)["state"], "succeeded");
-    let _ = BIN.as_str();
 }

@@ -5,9 +5,8 @@
 
 mod common;
 
-use common::{lvm_available, uuid, Domain, TestVg, BIN};
+use common::{lvm_available, make_fifo, start_copy, status, uuid, wait_for_state, Domain, TestVg};
 use std::io::Write;
-use std::time::{Duration, Instant};
 
 fn sanlock_available(test: &str) -> bool {
     if std::env::var("LVCHAIN_TEST_SANLOCK").as_deref() == Ok("1") {
@@ -35,17 +34,6 @@ fn sanlock_domain(test: &str) -> Domain {
     d
 }
 
-fn status(d: &Domain, vol: &str, generation: u64) -> serde_json::Value {
-    d.json(&[
-        "volume",
-        "status",
-        d.name(),
-        vol,
-        "--generation",
-        &generation.to_string(),
-    ])
-}
-
 #[test]
 fn a_sanlock_domain_serves_leases_and_status_from_shared_storage() {
     if !lvm_available("sanlockdomain") || !sanlock_available("sanlockdomain") {
@@ -71,36 +59,11 @@ fn a_sanlock_domain_serves_leases_and_status_from_shared_storage() {
     d.ok(&["host", "join", d.name(), "--host-id", "7"]);
     let vol = d.create(&["--image", &img, "--size", "8M", "--format", "raw"]);
     // A copy fed through a FIFO runs under the volume's sanlock lease: status names host 7.
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("input");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
-    let mut c = std::process::Command::new(BIN.as_str());
-    c.args([
-        "volume",
-        "copy",
-        d.name(),
-        &vol,
-        "--from",
-        fifo.to_str().unwrap(),
-        "--generation",
-        "0",
-    ]);
-    for (k, v) in d.vg.env() {
-        c.env(k, v);
-    }
-    let mut child = c.stdout(std::process::Stdio::null()).spawn().unwrap();
+    let (_dir, fifo) = make_fifo();
+    let mut child = start_copy(&d, &vol, &fifo, 0);
     let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     w.write_all(&[0x71; 1 << 20]).unwrap();
-    let start = Instant::now();
-    let mut s = status(&d, &vol, 0);
-    while s["state"] != "running" && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(300));
-        s = status(&d, &vol, 0);
-    }
+    let s = wait_for_state(&d, &vol, 0, "running");
     assert_eq!(s["state"], "running", "{s}");
     assert_eq!(s["host_id"], 7, "{s}");
     let e = d.fails(&["volume", "fence", d.name(), &vol, "--generation", "0"]);
@@ -109,12 +72,7 @@ fn a_sanlock_domain_serves_leases_and_status_from_shared_storage() {
     child.kill().unwrap();
     child.wait().unwrap();
     drop(w);
-    let start = Instant::now();
-    let mut s = status(&d, &vol, 0);
-    while s["state"] != "failed" && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(300));
-        s = status(&d, &vol, 0);
-    }
+    let s = wait_for_state(&d, &vol, 0, "failed");
     assert_eq!(s["state"], "failed", "{s}");
     // Fence, then a late runner with the old generation refuses.
     let v = d.json(&["volume", "fence", d.name(), &vol, "--generation", "0"]);

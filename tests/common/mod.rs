@@ -11,7 +11,7 @@ use lvchain::lvm::{Lvm, LvmConfig};
 use lvchain::units::{Bytes, MIB};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -233,4 +233,67 @@ impl Domain {
 
 pub fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+// The lease/generation protocol, driven through the binary.
+
+pub fn status(d: &Domain, vol: &str, generation: u64) -> serde_json::Value {
+    d.json(&[
+        "volume",
+        "status",
+        d.name(),
+        vol,
+        "--generation",
+        &generation.to_string(),
+    ])
+}
+
+/// Polls the status until it reads `want` (or a minute passed); returns the last status.
+pub fn wait_for_state(d: &Domain, vol: &str, generation: u64, want: &str) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let s = status(d, vol, generation);
+        if s["state"] == want || start.elapsed() > Duration::from_secs(60) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A copy process reading from a FIFO that the test feeds.
+pub fn start_copy(
+    d: &Domain,
+    vol: &str,
+    fifo: &std::path::Path,
+    generation: u64,
+) -> std::process::Child {
+    let mut c = std::process::Command::new(BIN.as_str());
+    c.args([
+        "volume",
+        "copy",
+        d.name(),
+        vol,
+        "--from",
+        fifo.to_str().unwrap(),
+        "--generation",
+        &generation.to_string(),
+    ]);
+    for (k, v) in d.vg.env() {
+        c.env(k, v);
+    }
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+pub fn make_fifo() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("input");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    (dir, fifo)
 }
