@@ -73,8 +73,11 @@ pub fn remove_image(domain: &Domain, image: &Uuid) -> Result<usize> {
         .lvm
         .lvchange_tags_many(&names, &[], &tags::strings(&[Tag::Removing]))?;
     crate::crash::point("remove.after-mark");
-    // Undo each volume's changes leaf first, then remove all LVs with ONE lvremove.
+    // Undo each volume's changes leaf first, then remove all LVs with ONE lvremove. The undo
+    // sees the domain as it will be: without any member, so no parent is made a leaf again
+    // (its lease is ours already, and it goes too).
     let mut snap = cat.snap.clone();
+    snap.lvs.retain(|l| !members.iter().any(|m| m.name == l.name));
     let mut names = Vec::new();
     for id in &order {
         let Some(lv) = members.iter().find(|l| l.id.as_ref() == Some(id)) else {
@@ -87,7 +90,6 @@ pub fn remove_image(domain: &Domain, image: &Uuid) -> Result<usize> {
                 original: Box::new(e),
             },
         )?;
-        snap.lvs.retain(|l| l.name != lv.name);
         names.push(lv.name.clone());
     }
     undo::remove_lvs(domain, &names).map_err(|e| Error::LeftForGc {
