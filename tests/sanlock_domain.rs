@@ -19,6 +19,14 @@ fn sanlock_available(test: &str) -> bool {
     false
 }
 
+/// A file holding `data` (kept alive by the returned directory).
+fn dir_file(data: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.raw");
+    std::fs::write(&path, data).unwrap();
+    (dir, path)
+}
+
 fn sanlock_domain(test: &str) -> Domain {
     let vg = TestVg::devices(test, 1, lvchain::units::Bytes(4 << 30));
     let d = Domain { vg };
@@ -74,32 +82,57 @@ fn a_sanlock_domain_serves_leases_and_status_from_shared_storage() {
     drop(w);
     let s = wait_for_state(&d, &vol, 0, "failed");
     assert_eq!(s["state"], "failed", "{s}");
-    // Fence, then a late runner with the old generation refuses.
-    let v = d.json(&["volume", "fence", d.name(), &vol, "--generation", "0"]);
-    assert_eq!(v["generation"], 3);
-    assert_eq!(status(&d, &vol, 0)["state"], "fenced");
+    let v = d.json(&["volume", "info", d.name(), &vol]);
+    assert_eq!(
+        (v["legality"].as_str(), v["generation"].as_u64()),
+        (Some("illegal"), Some(0))
+    );
+    // A new copy with the same generation runs to the end: succeeded, and the data reads back.
+    let file = dir_file(&vec![0x72; 3 << 20]);
+    d.ok(&[
+        "volume",
+        "copy",
+        d.name(),
+        &vol,
+        "--from",
+        file.1.to_str().unwrap(),
+        "--generation",
+        "0",
+    ]);
+    assert_eq!(status(&d, &vol, 0)["state"], "succeeded");
+    d.ok(&["image", "prepare", d.name(), &img]);
+    let data = std::fs::read(format!("/run/lvchain/{}/{img}/{vol}", d.name())).unwrap();
+    d.ok(&["image", "teardown", d.name(), &img]);
+    assert!(
+        data[..3 << 20].iter().all(|&b| b == 0x72),
+        "the copied data reads back"
+    );
+    // Fence generation 1, then a late runner with that generation refuses.
+    let v = d.json(&["volume", "fence", d.name(), &vol, "--generation", "1"]);
+    assert_eq!(v["generation"], 4);
+    assert_eq!(status(&d, &vol, 1)["state"], "fenced");
     let e = d.fails(&[
         "volume",
         "update",
         d.name(),
         &vol,
         "--generation",
-        "0",
+        "1",
         "--description",
         "late",
     ]);
-    assert!(e.contains("generation 3, not 0"), "{e}");
+    assert!(e.contains("generation 4, not 1"), "{e}");
     d.json(&[
         "volume",
         "update",
         d.name(),
         &vol,
         "--generation",
-        "3",
+        "4",
         "--legality",
         "legal",
     ]);
-    assert_eq!(status(&d, &vol, 3)["state"], "succeeded");
+    assert_eq!(status(&d, &vol, 4)["state"], "succeeded");
     // Snapshots and removal take the sanlock domain lock; the domain stays clean.
     let snap = d.create(&["--parent", &vol]);
     d.ok(&["volume", "remove", d.name(), &snap]);

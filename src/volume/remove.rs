@@ -77,7 +77,8 @@ pub fn remove_image(domain: &Domain, image: &Uuid) -> Result<usize> {
     // sees the domain as it will be: without any member, so no parent is made a leaf again
     // (its lease is ours already, and it goes too).
     let mut snap = cat.snap.clone();
-    snap.lvs.retain(|l| !members.iter().any(|m| m.name == l.name));
+    snap.lvs
+        .retain(|l| !members.iter().any(|m| m.name == l.name));
     let mut names = Vec::new();
     for id in &order {
         let Some(lv) = members.iter().find(|l| l.id.as_ref() == Some(id)) else {
