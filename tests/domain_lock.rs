@@ -10,23 +10,12 @@
 
 mod common;
 
-use common::{lvm_available, uuid, Domain, TestVg, BIN};
+use common::{lvm_available, sanlock_available, uuid, Domain, BIN};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How long the wrapper holds `lvcreate` before running it.
 const HOLD_SECS: u64 = 10;
-
-fn sanlock_available(test: &str) -> bool {
-    if std::env::var("LVCHAIN_TEST_SANLOCK").as_deref() == Ok("1") {
-        return true;
-    }
-    if std::env::var("LVCHAIN_TEST_REQUIRE_LVM").as_deref() == Ok("1") {
-        panic!("{test}: the sanlock daemon is required here (LVCHAIN_TEST_SANLOCK=1)");
-    }
-    eprintln!("skipped {test}: needs the sanlock daemon (run scripts/test)");
-    false
-}
 
 /// An `lvm` that marks `started`, waits, runs `lvcreate`, then marks `done`; other
 /// subcommands go straight to /sbin/lvm.
@@ -150,17 +139,7 @@ fn a_killed_lvchain_keeps_the_sanlock_domain_lease_until_its_lvm_command_ends() 
     if !lvm_available("sanlocklockheld") || !sanlock_available("sanlocklockheld") {
         return;
     }
-    let vg = TestVg::devices("sanlocklockheld", 1, lvchain::units::Bytes(4 << 30));
-    let d = Domain { vg };
-    let dev = d.vg.loops[0].display().to_string();
-    d.ok(&[
-        "domain",
-        "create",
-        d.name(),
-        &dev,
-        "--lock-manager",
-        "sanlock",
-    ]);
+    let d = Domain::new_sanlock("sanlocklockheld");
     d.ok(&["host", "join", d.name(), "--host-id", "9"]);
     let img = uuid();
     let base = d.create(&["--image", &img, "--size", "8M", "--format", "qcow2"]);

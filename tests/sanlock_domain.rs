@@ -5,19 +5,10 @@
 
 mod common;
 
-use common::{lvm_available, make_fifo, start_copy, status, uuid, wait_for_state, Domain, TestVg};
+use common::{
+    lvm_available, make_fifo, sanlock_available, start_copy, status, uuid, wait_for_state, Domain,
+};
 use std::io::Write;
-
-fn sanlock_available(test: &str) -> bool {
-    if std::env::var("LVCHAIN_TEST_SANLOCK").as_deref() == Ok("1") {
-        return true;
-    }
-    if std::env::var("LVCHAIN_TEST_REQUIRE_LVM").as_deref() == Ok("1") {
-        panic!("{test}: the sanlock daemon is required here (LVCHAIN_TEST_SANLOCK=1)");
-    }
-    eprintln!("skipped {test}: needs the sanlock daemon (run scripts/test)");
-    false
-}
 
 /// A file holding `data` (kept alive by the returned directory).
 fn dir_file(data: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -27,27 +18,12 @@ fn dir_file(data: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
-fn sanlock_domain(test: &str) -> Domain {
-    let vg = TestVg::devices(test, 1, lvchain::units::Bytes(4 << 30));
-    let d = Domain { vg };
-    let dev = d.vg.loops[0].display().to_string();
-    d.ok(&[
-        "domain",
-        "create",
-        d.name(),
-        &dev,
-        "--lock-manager",
-        "sanlock",
-    ]);
-    d
-}
-
 #[test]
 fn a_sanlock_domain_serves_leases_and_status_from_shared_storage() {
     if !lvm_available("sanlockdomain") || !sanlock_available("sanlockdomain") {
         return;
     }
-    let d = sanlock_domain("sanlockdomain");
+    let d = Domain::new_sanlock("sanlockdomain");
     let info = d.json(&["domain", "info", d.name()]);
     assert_eq!(info["lock_manager"], "sanlock", "{info}");
     // Without joining, commands say what is missing and change nothing.

@@ -30,6 +30,19 @@ pub fn lvm_available(test: &str) -> bool {
     ok
 }
 
+/// Whether the sanlock daemon runs here (scripts/run-integration-tests starts it in the VM);
+/// panics when it is required but missing.
+pub fn sanlock_available(test: &str) -> bool {
+    if std::env::var("LVCHAIN_TEST_SANLOCK").as_deref() == Ok("1") {
+        return true;
+    }
+    if std::env::var("LVCHAIN_TEST_REQUIRE_LVM").as_deref() == Ok("1") {
+        panic!("{test}: the sanlock daemon is required here (LVCHAIN_TEST_SANLOCK=1)");
+    }
+    eprintln!("skipped {test}: needs the sanlock daemon (run scripts/test)");
+    false
+}
+
 fn sh(program: &str, args: &[&str]) -> String {
     let f = Cmd::new(program, Duration::from_secs(60))
         .args(args.iter().copied())
@@ -135,6 +148,22 @@ impl Domain {
         args.extend(d.vg.loops.iter().map(|l| l.display().to_string()));
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         d.ok(&a);
+        d
+    }
+
+    /// A domain on the sanlock lock manager, on one 4 GiB sparse loop device (not joined yet).
+    pub fn new_sanlock(test: &str) -> Domain {
+        let vg = TestVg::devices(test, 1, Bytes(4 * lvchain::units::GIB));
+        let d = Domain { vg };
+        let dev = d.vg.loops[0].display().to_string();
+        d.ok(&[
+            "domain",
+            "create",
+            d.name(),
+            &dev,
+            "--lock-manager",
+            "sanlock",
+        ]);
         d
     }
 
