@@ -1,7 +1,11 @@
 //! qemu-img operations (create, resize, info), run through [`crate::exec`].
 
+use crate::directio::{AlignedBuf, DirectFile, ALIGN};
 use crate::exec::Cmd;
-use std::path::Path;
+use std::fs::File;
+use std::io::{Read, Seek};
+use std::os::unix::io::FromRawFd;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +18,8 @@ pub enum QemuError {
     },
     #[error(transparent)]
     Exec(#[from] crate::exec::ExecError),
+    #[error("qcow2 header in memory: {0}")]
+    Scratch(#[source] std::io::Error),
 }
 
 fn qemu_img() -> String {
@@ -52,6 +58,40 @@ pub fn create_qcow2(
     run(c).map(drop)
 }
 
+/// The bytes `qemu-img create` writes for a new qcow2 image, made in memory (a memfd) so that
+/// it can run while the LV is still being created. qemu-img writes the same header, refcount
+/// and L1 clusters to a file as to a device; [`write_qcow2_header`] puts them on the device.
+pub fn qcow2_header(capacity: u64, backing: Option<(&str, &str)>) -> Result<Vec<u8>, QemuError> {
+    // SAFETY: memfd_create with a valid C string; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"lvchain-qcow2".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(QemuError::Scratch(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a new descriptor that nothing else owns.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    let path = PathBuf::from(format!("/proc/{}/fd/{fd}", std::process::id()));
+    create_qcow2(&path, capacity, backing)?;
+    let mut bytes = Vec::new();
+    file.rewind()
+        .and_then(|()| file.read_to_end(&mut bytes))
+        .map_err(QemuError::Scratch)?;
+    if bytes.is_empty() {
+        return Err(QemuError::Scratch(std::io::Error::other(
+            "qemu-img wrote nothing",
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Writes a header made by [`qcow2_header`] at the start of `device` in one O_DIRECT write,
+/// zero-padded to whole 4 KiB blocks.
+pub fn write_qcow2_header(device: &Path, header: &[u8]) -> std::io::Result<()> {
+    let f = DirectFile::open(device, true)?;
+    let mut buf = AlignedBuf::zeroed(header.len().div_ceil(ALIGN) * ALIGN)?;
+    buf.as_mut_slice()[..header.len()].copy_from_slice(header);
+    f.write_at(0, &buf)
+}
+
 /// Grows a qcow2 image's virtual size.
 pub fn resize_qcow2(target: &Path, capacity: u64) -> Result<(), QemuError> {
     let c = Cmd::new(qemu_img(), Duration::from_secs(120))
@@ -68,4 +108,57 @@ pub fn qcow2_lv_size(capacity: u64) -> u64 {
     let l2 = clusters * 8;
     let refcounts = clusters * 2;
     capacity + l2 + refcounts + (4 << 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_made_in_memory_is_the_image_qemu_img_would_write() {
+        if !Path::new(&qemu_img()).exists() {
+            eprintln!("skipped: no qemu-img");
+            return;
+        }
+        let header = qcow2_header(3 << 30, Some(("parent-id", "raw"))).expect("header");
+        assert_eq!(&header[..4], b"QFI\xfb");
+        // On a "device" of stale bytes, the header written over its start makes a valid image.
+        let dir = std::env::temp_dir().join(format!("lvchain-qcow2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let dev = dir.join("dev");
+        std::fs::write(&dev, vec![0xa5u8; 8 << 20]).expect("device");
+        write_qcow2_header(&dev, &header).expect("write");
+        let info = Cmd::new(qemu_img(), Duration::from_secs(60))
+            .args(["info", "--output", "json", "-f", "qcow2"])
+            .arg(dev.as_os_str())
+            .run()
+            .expect("qemu-img info");
+        // Checked without opening the backing file (it does not exist here).
+        let spec = format!(
+            r#"json:{{"driver":"qcow2","file":{{"driver":"file","filename":"{}"}},"backing":null}}"#,
+            dev.display()
+        );
+        let check = Cmd::new(qemu_img(), Duration::from_secs(60))
+            .args(["check", &spec])
+            .run()
+            .expect("qemu-img check");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(info.success(), "{}", info.stderr);
+        assert!(
+            info.stdout.contains("\"virtual-size\": 3221225472"),
+            "{}",
+            info.stdout
+        );
+        assert!(
+            info.stdout.contains("\"backing-filename\": \"parent-id\""),
+            "{}",
+            info.stdout
+        );
+        assert!(
+            info.stdout.contains("\"backing-filename-format\": \"raw\""),
+            "{}",
+            info.stdout
+        );
+        assert!(check.success(), "{} {}", check.stdout, check.stderr);
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! Under the domain lock: (1) one report, validate, pick the lowest free slot; (2) ONE
 //! `lvcreate` carrying `LVC_CREATING` and every identity tag; (3) the metadata slot, and for
-//! qcow2 the header (backed by the parent's bare id, relative to the image's link directory);
+//! qcow2 the header (backed by the parent's bare id, relative to the image's link directory;
+//! `qemu-img create` makes it in memory while the lvcreate runs);
 //! (4) the parent turns internal, the link appears when the image is prepared; (5) ONE
 //! `lvchange --deltag LVC_CREATING`: the commit point. A failure before the commit rolls back
 //! what it can; whatever it cannot stays marked for the collector.
@@ -163,25 +164,42 @@ pub fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
         tags: tags::strings(&tags),
         activate,
     };
-    domain
-        .lvm
-        .lvcreate(&domain.vg, &new_lv)
-        .map_err(|e| match e {
-            LvmError::NoSpace { .. } => Error::NoSpace {
-                vg: domain.vg.clone(),
-                need: plan.lv_size.0,
-                free: cat.snap.info.vg_free,
-                source: Box::new(e),
-            },
-            LvmError::AlreadyExists { .. } => Error::VolumeExists {
-                vg: domain.vg.clone(),
-                id,
-            },
-            other => Error::Lvm(other),
-        })?;
+    // qemu-img makes the qcow2 header in memory while lvcreate runs: each takes a while.
+    let backing = plan
+        .parent
+        .as_ref()
+        .map(|p| (p.id.to_string(), p.format.to_string()));
+    let (created, header) = std::thread::scope(|s| {
+        let capacity = plan.meta.capacity;
+        let backing = backing.as_ref().map(|(f, fmt)| (f.as_str(), fmt.as_str()));
+        let header = (plan.meta.format == Format::Qcow2)
+            .then(|| s.spawn(move || qemu::qcow2_header(capacity, backing)));
+        let created = domain.lvm.lvcreate(&domain.vg, &new_lv);
+        let header = header.map(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(qemu::QemuError::Scratch(std::io::Error::other(
+                    "the qemu-img thread panicked",
+                )))
+            })
+        });
+        (created, header)
+    });
+    created.map_err(|e| match e {
+        LvmError::NoSpace { .. } => Error::NoSpace {
+            vg: domain.vg.clone(),
+            need: plan.lv_size.0,
+            free: cat.snap.info.vg_free,
+            source: Box::new(e),
+        },
+        LvmError::AlreadyExists { .. } => Error::VolumeExists {
+            vg: domain.vg.clone(),
+            id,
+        },
+        other => Error::Lvm(other),
+    })?;
     crash::point("create.after-lvcreate");
 
-    if let Err(original) = prepare_contents(domain, &store, &plan) {
+    if let Err(original) = prepare_contents(domain, &store, &plan, header) {
         // Roll back from what the VG says now (the LV exists and carries its marker).
         let rollback = domain.scan().and_then(|snap| {
             let lv = snap.lv_named(&name).cloned();
@@ -238,21 +256,15 @@ fn prepare_contents(
     domain: &Domain,
     store: &crate::metadata::SlotStore,
     plan: &Plan,
+    qcow2_header: Option<std::result::Result<Vec<u8>, qemu::QemuError>>,
 ) -> Result<()> {
     let meta = &plan.meta;
     store.write(plan.slot, meta)?;
     domain.leases.init(&domain.vg, &meta.id, plan.slot)?;
     crash::point("create.after-metadata");
-    if meta.format == Format::Qcow2 {
-        let backing = plan
-            .parent
-            .as_ref()
-            .map(|p| (p.id.to_string(), p.format.to_string()));
-        qemu::create_qcow2(
-            &links::device_path(&domain.vg, &meta.id),
-            meta.capacity,
-            backing.as_ref().map(|(f, fmt)| (f.as_str(), fmt.as_str())),
-        )?;
+    if let Some(header) = qcow2_header {
+        qemu::write_qcow2_header(&links::device_path(&domain.vg, &meta.id), &header?)
+            .map_err(Error::io("writing the qcow2 header"))?;
     }
     crash::point("create.after-qemu-img");
     if let Some(p) = &plan.parent {
