@@ -4,8 +4,9 @@
 //! An operation started with `--generation N`: acquire the volume's lease -> check the
 //! generation is N (else refuse, changing nothing) -> metadata ILLEGAL -> work -> ONE slot write
 //! of LEGAL and generation N+1 -> release. A failure leaves the volume ILLEGAL at generation N.
-//! A reader holding nothing then decides: lease held by a live holder -> running; generation
-//! N+1 -> succeeded; lease free, generation N, illegal -> failed; generation N+3 -> fenced.
+//! A reader holding nothing then decides: generation N+1 -> succeeded (whoever holds the lease
+//! now runs a later change); N+3 -> fenced; at N, lease held by a live holder -> running,
+//! lease free and illegal -> failed.
 
 use crate::domain::Domain;
 use crate::error::{Error, Result};
@@ -316,41 +317,57 @@ pub fn status(domain: &Domain, id: &Uuid, generation: u64) -> Result<Status> {
     };
     let holder = reader.holder(&domain.vg, id, vol.slot)?;
     let meta = read_own(&store, &vol)?;
-    let mut s = Status {
+    let (state, host_id, reason) = decide(generation, &meta, holder.as_ref());
+    Ok(Status {
         volume: *id,
         generation,
-        state: "unknown",
-        host_id: None,
+        state,
+        host_id,
         current_generation: meta.generation,
         legality: meta.legality,
-        reason: None,
-    };
-    match &holder {
-        Some(h) if h.alive => {
-            s.state = "running";
-            s.host_id = Some(h.host_id);
-        }
-        _ if meta.generation == generation + 1 && meta.legality == Legality::Legal => {
-            s.state = "succeeded"
-        }
-        _ if meta.generation == generation + FENCE_STEP => s.state = "fenced",
-        Some(h) => {
-            s.host_id = Some(h.host_id);
-            s.reason = Some(format!(
+        reason,
+    })
+}
+
+/// The verdict on the operation started at `generation`, from the volume's metadata and the
+/// holder of its lease. The generation decides first: once it has moved on, whoever holds the
+/// lease now runs a later operation (or a brief structural change), not the one asked about.
+fn decide(
+    generation: u64,
+    meta: &VolumeMeta,
+    holder: Option<&crate::lease::Holder>,
+) -> (&'static str, Option<u64>, Option<String>) {
+    // The operation's last write is generation N+1 (with the legality its work chose).
+    if meta.generation == generation + 1 {
+        return ("succeeded", None, None);
+    }
+    if meta.generation == generation + FENCE_STEP {
+        return ("fenced", None, None);
+    }
+    if meta.generation != generation {
+        return (
+            "unknown",
+            None,
+            Some(format!("the volume is at generation {}", meta.generation)),
+        );
+    }
+    match holder {
+        Some(h) if h.alive => ("running", Some(h.host_id), None),
+        Some(h) => (
+            "unknown",
+            Some(h.host_id),
+            Some(format!(
                 "the lease is held by host {} whose liveness is unknown",
                 h.host_id
-            ));
-        }
-        None if meta.generation == generation && meta.legality == Legality::Illegal => {
-            s.state = "failed"
-        }
-        None if meta.generation == generation => {
-            s.reason =
-                Some("the volume is legal at this generation: the operation never started".into())
-        }
-        None => s.reason = Some(format!("the volume is at generation {}", meta.generation)),
+            )),
+        ),
+        None if meta.legality == Legality::Illegal => ("failed", None, None),
+        None => (
+            "unknown",
+            None,
+            Some("the volume is legal at this generation: the operation never started".into()),
+        ),
     }
-    Ok(s)
 }
 
 /// Moves the generation from N to N+3 under the lease, so a late runner refuses to write.
@@ -367,4 +384,68 @@ pub fn fence(domain: &Domain, id: &Uuid, generation: u64) -> Result<Volume> {
     store.write(vol.slot, &meta)?;
     let cat = Catalog::load(domain)?;
     Ok(cat.get(&domain.vg, id)?.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::Holder;
+
+    fn meta(generation: u64, legality: Legality) -> VolumeMeta {
+        VolumeMeta {
+            id: Uuid::nil(),
+            image: Uuid::nil(),
+            parent: None,
+            format: Format::Raw,
+            capacity: 1 << 20,
+            role: crate::metadata::Role::Leaf,
+            legality,
+            generation,
+            ctime: 0,
+            description: String::new(),
+        }
+    }
+
+    const LIVE: Holder = Holder {
+        host_id: 7,
+        alive: true,
+    };
+    const UNSURE: Holder = Holder {
+        host_id: 7,
+        alive: false,
+    };
+
+    #[test]
+    fn a_live_holder_at_the_generation_is_running() {
+        let m = meta(4, Legality::Illegal);
+        assert_eq!(decide(4, &m, Some(&LIVE)), ("running", Some(7), None));
+    }
+
+    #[test]
+    fn the_next_generation_is_success_whoever_holds_the_lease_now() {
+        for l in [Legality::Legal, Legality::Illegal] {
+            let m = meta(5, l);
+            assert_eq!(decide(4, &m, Some(&LIVE)).0, "succeeded");
+            assert_eq!(decide(4, &m, None).0, "succeeded");
+        }
+    }
+
+    #[test]
+    fn free_lease_illegal_at_the_generation_is_failed() {
+        assert_eq!(decide(4, &meta(4, Legality::Illegal), None).0, "failed");
+        let never = decide(4, &meta(4, Legality::Legal), None);
+        assert_eq!(never.0, "unknown");
+    }
+
+    #[test]
+    fn fenced_and_other_generations() {
+        assert_eq!(
+            decide(4, &meta(7, Legality::Illegal), Some(&LIVE)).0,
+            "fenced"
+        );
+        let other = decide(4, &meta(9, Legality::Legal), Some(&LIVE));
+        assert_eq!(other.0, "unknown");
+        let unsure = decide(4, &meta(4, Legality::Illegal), Some(&UNSURE));
+        assert_eq!((unsure.0, unsure.1), ("unknown", Some(7)));
+    }
 }
