@@ -72,6 +72,12 @@ pub fn run(domain: &Domain, id: &Uuid, generation: u64, work: &Work) -> Result<V
         _lease,
         mut meta,
     } = start(domain, id, generation)?;
+    if matches!(work, Work::Copy { .. }) && !cat.snap.children(id).is_empty() {
+        return Err(Error::NotALeaf {
+            id: *id,
+            what: "copying into it would change what its snapshots read".into(),
+        });
+    }
     meta.legality = Legality::Illegal;
     store.write(vol.slot, &meta)?;
     crash::point("op.after-illegal");

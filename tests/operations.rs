@@ -175,4 +175,36 @@ fn a_wrong_generation_is_refused_and_changes_nothing_and_fencing_stops_late_runn
     drop(w);
     assert!(child.wait().unwrap().success());
     assert_eq!(status(&d, &vol, 5)["state"], "succeeded");
+    // The operation at 5 stays succeeded while a later one (at 6) holds the lease.
+    let mut child = start_copy(&d, &vol, &fifo, 6);
+    let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    w.write_all(&[2; 4096]).unwrap();
+    assert_eq!(wait_for_state(&d, &vol, 6, "running")["state"], "running");
+    let s = status(&d, &vol, 5);
+    assert_eq!(s["state"], "succeeded", "{s}");
+    drop(w);
+    assert!(child.wait().unwrap().success());
+    // A volume with a snapshot is not a copy target: its snapshot reads through it.
+    d.create(&["--parent", &vol]);
+    let before = (d.state(), d.json(&["volume", "info", d.name(), &vol]));
+    let (_dir2, file) = {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data");
+        std::fs::write(&file, [3; 4096]).unwrap();
+        (dir, file)
+    };
+    let e = d.fails(&[
+        "volume",
+        "copy",
+        d.name(),
+        &vol,
+        "--from",
+        file.to_str().unwrap(),
+        "--generation",
+        "7",
+    ]);
+    assert!(e.contains("not a leaf"), "{e}");
+    let after = (d.state(), d.json(&["volume", "info", d.name(), &vol]));
+    assert_eq!(after, before, "a refused copy changes nothing");
+    assert_eq!(after.1["generation"], 7);
 }
