@@ -204,7 +204,7 @@ pub fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
         let rollback = domain.scan().and_then(|snap| {
             let lv = snap.lv_named(&name).cloned();
             match lv {
-                Some(lv) => undo::release(domain, &snap, &store, &lv, undo::Points::default()),
+                Some(lv) => undo::release(domain, &snap, &store, &lv, &[], undo::Points::default()),
                 None => Ok(vec![]),
             }
         });
@@ -268,7 +268,7 @@ fn prepare_contents(
     }
     crash::point("create.after-qemu-img");
     if let Some(p) = &plan.parent {
-        super::update_meta(domain, store, &p.id, p.slot, |pm| {
+        super::update_meta(domain, store, &p.id, p.slot, false, |pm| {
             // Re-checked under the parent's lease: an operation may have started meanwhile.
             if pm.legality != Legality::Legal {
                 return Err(Error::Illegal { id: p.id });

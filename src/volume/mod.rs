@@ -206,16 +206,22 @@ pub fn now() -> u64 {
 }
 
 /// Rewrites the metadata of volume `id` (slot `slot`) while holding its lease, so that it never
-/// interleaves with an operation's ILLEGAL/LEGAL writes. `change` sees the current metadata and
-/// returns whether to write it back.
+/// interleaves with an operation's ILLEGAL/LEGAL writes: taken here unless `lease_held` says
+/// the caller holds it already. `change` sees the current metadata and returns whether to
+/// write it back.
 pub(crate) fn update_meta(
     domain: &Domain,
     store: &crate::metadata::SlotStore,
     id: &Uuid,
     slot: u32,
+    lease_held: bool,
     change: impl FnOnce(&mut VolumeMeta) -> Result<bool>,
 ) -> Result<VolumeMeta> {
-    let _lease = domain.leases.acquire(&domain.vg, id, slot)?;
+    let _lease = if lease_held {
+        None
+    } else {
+        Some(domain.leases.acquire(&domain.vg, id, slot)?)
+    };
     let mut meta = store
         .read(slot)
         .map_err(|source| Error::Metadata { id: *id, source })?;

@@ -36,16 +36,28 @@ pub fn remove(domain: &Domain, id: &Uuid) -> Result<()> {
         return Err(Error::InUse { id: *id });
     }
     let store = domain.slots(&cat.snap)?;
-    // No operation may be running on it: hold its lease through the removal.
+    // No operation may be running on it, nor on its parent (which becomes a leaf again): hold
+    // both leases through the removal, taken before the point of no return so that a busy
+    // lease is a clean refusal.
+    let mut held = vec![*id];
     let _lease = domain.leases.acquire(&domain.vg, id, vol.slot)?;
+    let _parent_lease = match vol.parent.and_then(|p| cat.volumes.get(&p)) {
+        Some(p) => {
+            held.push(p.id);
+            Some(domain.leases.acquire(&domain.vg, &p.id, p.slot)?)
+        }
+        None => None,
+    };
     domain
         .lvm
         .lvchange_tags(&domain.vg, &lv.name, &[], &tags::strings(&[Tag::Removing]))?;
     crate::crash::point("remove.after-mark");
     let mut marked = lv;
     marked.removing = true;
-    undo::release(domain, &cat.snap, &store, &marked, POINTS).map_err(|e| Error::LeftForGc {
-        original: Box::new(e),
+    undo::release(domain, &cat.snap, &store, &marked, &held, POINTS).map_err(|e| {
+        Error::LeftForGc {
+            original: Box::new(e),
+        }
     })?;
     Ok(())
 }
@@ -68,10 +80,22 @@ pub fn remove_image(domain: &Domain, image: &Uuid) -> Result<usize> {
             leases.push(domain.leases.acquire(&domain.vg, &id, slot)?);
         }
     }
-    let names: Vec<String> = members.iter().map(|l| domain.lv_path(&l.name)).collect();
-    domain
-        .lvm
-        .lvchange_tags_many(&names, &[], &tags::strings(&[Tag::Removing]))?;
+    let held: Vec<Uuid> = members.iter().filter_map(|l| l.id).collect();
+    let paths: Vec<String> = members.iter().map(|l| domain.lv_path(&l.name)).collect();
+    let removing = tags::strings(&[Tag::Removing]);
+    // lvm commits each LV of one lvchange on its own: a failure can leave some members marked.
+    // Unmark them (the collector would restore them too: it never completes the removal of a
+    // volume that a committed one still needs).
+    if let Err(e) = domain.lvm.lvchange_tags_many(&paths, &[], &removing) {
+        return Err(
+            match domain.lvm.lvchange_tags_many(&paths, &removing, &[]) {
+                Ok(()) => e.into(),
+                Err(_) => Error::LeftForGc {
+                    original: Box::new(e.into()),
+                },
+            },
+        );
+    }
     crate::crash::point("remove.after-mark");
     // Undo each volume's changes leaf first, then remove all LVs with ONE lvremove. The undo
     // sees the domain as it will be: without any member, so no parent is made a leaf again
@@ -86,11 +110,17 @@ pub fn remove_image(domain: &Domain, image: &Uuid) -> Result<usize> {
         };
         let mut marked = lv.clone();
         marked.removing = true;
-        undo::undo_changes(domain, &snap, &store, &marked, undo::Points::default()).map_err(
-            |e| Error::LeftForGc {
-                original: Box::new(e),
-            },
-        )?;
+        undo::undo_changes(
+            domain,
+            &snap,
+            &store,
+            &marked,
+            &held,
+            undo::Points::default(),
+        )
+        .map_err(|e| Error::LeftForGc {
+            original: Box::new(e),
+        })?;
         names.push(lv.name.clone());
     }
     undo::remove_lvs(domain, &names).map_err(|e| Error::LeftForGc {

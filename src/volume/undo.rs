@@ -2,12 +2,18 @@
 //! removal, and the collector. Order: parent's role, link, metadata slot, then the LV itself
 //! (last, so the marker stays until everything else is undone). Every step is idempotent:
 //! rerunning it after a crash at any point finishes the job.
+//!
+//! Metadata is written under the volume's lease (never beside an operation's writes): the
+//! caller names the leases it holds already; the others are taken here, and only where a write
+//! is due. A removed volume is undone under its own lease too, so an operation that started
+//! before the removal cannot write into its slot once it is free.
 
 use crate::crash;
 use crate::domain::{Domain, LvEntry, Snapshot};
 use crate::error::Result;
 use crate::metadata::{MetaError, Role, SlotStore};
 use crate::{links, lvm::LvmError};
+use uuid::Uuid;
 
 /// Crash points to pass on the way (the caller's operation names them).
 #[derive(Clone, Copy, Default)]
@@ -25,14 +31,16 @@ fn pass(p: Option<&'static str>) {
 }
 
 /// Undoes what the marked LV `lv` changed and removes it. Returns what was done.
+/// `held`: the volumes whose leases the caller holds.
 pub fn release(
     domain: &Domain,
     snap: &Snapshot,
     store: &SlotStore,
     lv: &LvEntry,
+    held: &[Uuid],
     points: Points,
 ) -> Result<Vec<String>> {
-    let mut done = undo_changes(domain, snap, store, lv, points)?;
+    let mut done = undo_changes(domain, snap, store, lv, held, points)?;
     done.extend(remove_lvs(domain, std::slice::from_ref(&lv.name))?);
     pass(points.lvremove);
     Ok(done)
@@ -44,9 +52,18 @@ pub fn undo_changes(
     snap: &Snapshot,
     store: &SlotStore,
     lv: &LvEntry,
+    held: &[Uuid],
     points: Points,
 ) -> Result<Vec<String>> {
     let mut done = Vec::new();
+    // A committed volume being removed may have had an operation waiting for its lease: hold
+    // it throughout, so no late write lands in the slot once it is free (busy: nothing done).
+    let _own_lease = match (lv.id, lv.slot) {
+        (Some(id), Some(n)) if lv.removing && !held.contains(&id) => {
+            Some(domain.leases.acquire(&domain.vg, &id, n)?)
+        }
+        _ => None,
+    };
     let own_meta = lv
         .slot
         .and_then(|n| store.read(n).ok())
@@ -60,9 +77,13 @@ pub fn undo_changes(
             .filter(|c| c.name != lv.name)
             .count();
         if let (Some(pl), 0) = (snap.volume(&p), other_children) {
-            if let Some(pslot) = pl.slot {
+            // Roles change only under the domain lock, which we hold: reading needs no lease,
+            // and a parent that is a leaf already needs no write (nor its lease).
+            let internal =
+                |n| matches!(store.read(n), Ok(m) if m.id == p && m.role == Role::Internal);
+            if let Some(pslot) = pl.slot.filter(|&n| internal(n)) {
                 let mut changed = false;
-                let r = super::update_meta(domain, store, &p, pslot, |m| {
+                let r = super::update_meta(domain, store, &p, pslot, held.contains(&p), |m| {
                     changed = m.role == Role::Internal;
                     m.role = Role::Leaf;
                     Ok(changed)

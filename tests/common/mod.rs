@@ -326,3 +326,26 @@ pub fn make_fifo() -> (tempfile::TempDir, std::path::PathBuf) {
         .success());
     (dir, fifo)
 }
+
+/// Holds volume `vol`'s lease of the local lease manager as a running operation would (an
+/// open-file-description write lock on its lease file) until the returned file is dropped.
+pub fn hold_local_lease(d: &Domain, vol: &str) -> std::fs::File {
+    use std::os::unix::io::AsRawFd;
+    let dir = format!("/run/lock/lvchain/{}", d.name());
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(format!("{dir}/{vol}.lease"))
+        .unwrap();
+    // SAFETY: flock is plain data; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: fcntl on a descriptor we own, with a valid flock.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    assert_eq!(r, 0, "cannot hold the lease of {vol}");
+    f
+}
