@@ -5,6 +5,11 @@
 //! removal that died is completed; both go through [`crate::volume::undo::release`], whose
 //! steps are idempotent, so a collector that itself dies is finished by the next run. It never
 //! touches a committed volume other than to make a parent a leaf again.
+//!
+//! One exception to "complete a removal": a marked LV that a committed volume still descends
+//! from (an image removal whose multi-LV mark did not finish: lvm commits each LV of one
+//! `lvchange` on its own). Removing it would take the committed volume's backing data, and the
+//! removal changed nothing before every member was marked, so its marker is removed instead.
 
 use crate::domain::{Domain, LvEntry};
 use crate::error::Result;
@@ -70,9 +75,14 @@ pub fn collect(
     let store = domain.slots(&snap)?;
     let mut out = Vec::new();
     let total = orphans.len();
-    // Undo what each orphan changed, then remove all of them with ONE lvremove.
+    let needed = snap.needed_by_committed();
+    let restored = restore(
+        domain, &mut snap, &store, &orphans, &needed, dry_run, &mut out,
+    );
+    progress(out.len(), total);
+    // Undo what each other orphan changed, then remove all of them with ONE lvremove.
     let mut undone = Vec::new();
-    for (i, lv) in orphans.iter().enumerate() {
+    for lv in orphans.iter().filter(|l| !needed.contains(&l.name)) {
         let mut o = describe(lv);
         if dry_run {
             o.actions.push(if lv.removing {
@@ -81,7 +91,7 @@ pub fn collect(
                 "roll back the creation: parent role, link, slot, LV".into()
             });
         } else {
-            match undo::undo_changes(domain, &snap, &store, lv, POINTS) {
+            match undo::undo_changes(domain, &snap, &store, lv, &[], POINTS) {
                 Ok(done) => {
                     o.actions = done;
                     snap.lvs.retain(|l| l.name != lv.name);
@@ -91,7 +101,7 @@ pub fn collect(
             }
         }
         out.push(o);
-        progress(i + 1, total);
+        progress(out.len(), total);
     }
     let names: Vec<String> = undone.iter().map(|&i| out[i].lv.clone()).collect();
     match undo::remove_lvs(domain, &names) {
@@ -109,6 +119,10 @@ pub fn collect(
     if !names.is_empty() {
         crate::crash::point("gc.after-lvremove");
     }
+    if let Err(e) = restored {
+        // Reported per orphan; the rest of the collection stands.
+        tracing::warn!(error = %e, "restoring marked LVs failed");
+    }
     for o in &out {
         tracing::info!(lv = %o.lv, marker = o.marker, actions = ?o.actions, error = ?o.error, "orphan");
     }
@@ -118,4 +132,63 @@ pub fn collect(
         orphans: out,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Takes the marker off the REMOVING orphans in `needed` whose metadata is intact, in ONE
+/// lvchange, and counts them as committed in `snap` from then on. Others in `needed` are left
+/// alone with an error: lvchain cannot tell how to finish them without breaking a committed
+/// volume.
+fn restore(
+    domain: &Domain,
+    snap: &mut crate::domain::Snapshot,
+    store: &crate::metadata::SlotStore,
+    orphans: &[LvEntry],
+    needed: &std::collections::HashSet<String>,
+    dry_run: bool,
+    out: &mut Vec<Orphan>,
+) -> Result<()> {
+    let mut restore = Vec::new();
+    for lv in orphans.iter().filter(|l| needed.contains(&l.name)) {
+        let mut o = describe(lv);
+        let intact = lv
+            .slot
+            .and_then(|n| store.read(n).ok())
+            .is_some_and(|m| Some(m.id) == lv.id);
+        if lv.removing && intact {
+            o.actions.push(if dry_run {
+                "restore: a committed volume still descends from it".into()
+            } else {
+                "marker removed: a committed volume still descends from it".into()
+            });
+            restore.push(out.len());
+        } else {
+            o.error = Some(
+                "left alone: a committed volume descends from it, but it is not a removal \
+                 with intact metadata; repair by hand"
+                    .into(),
+            );
+        }
+        out.push(o);
+    }
+    if dry_run || restore.is_empty() {
+        return Ok(());
+    }
+    let paths: Vec<String> = restore
+        .iter()
+        .map(|&i| domain.lv_path(&out[i].lv))
+        .collect();
+    let removing = crate::tags::strings(&[crate::tags::Tag::Removing]);
+    if let Err(e) = domain.lvm.lvchange_tags_many(&paths, &removing, &[]) {
+        for &i in &restore {
+            out[i].actions.clear();
+            out[i].error = Some(format!("removing its marker: {e}"));
+        }
+        return Err(e.into());
+    }
+    for &i in &restore {
+        if let Some(lv) = snap.lvs.iter_mut().find(|l| l.name == out[i].lv) {
+            lv.removing = false;
+        }
+    }
+    Ok(())
 }

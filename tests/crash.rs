@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{lvm_available, uuid, Domain, BIN};
+use common::{hold_local_lease, lvm_available, uuid, Domain, BIN};
 use lvchain::exec::Cmd;
 use serde_json::Value;
 use std::time::Duration;
@@ -392,4 +392,93 @@ fn concurrent_writers_and_a_collector_never_corrupt_the_domain() {
             .collect();
         assert_eq!(ids, chain, "no committed volume lost in image {img}");
     }
+}
+
+impl Fixture {
+    /// Marks chain members (by index) LVC_REMOVING with one raw lvchange each, as a multi-LV
+    /// `lvchange` that lvm committed only partly would leave them.
+    fn mark_removing(&self, members: &[usize]) {
+        for &i in members {
+            self.d
+                .vg
+                .lvm
+                .lvchange_tags(self.d.name(), &self.chain[i], &[], &["LVC_REMOVING".into()])
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn gc_restores_marked_volumes_that_a_committed_volume_still_needs() {
+    if !lvm_available("restore") {
+        return;
+    }
+    let mut f = Fixture::new("restore");
+    // An image removal whose mark reached the base and the middle, not the leaf.
+    f.mark_removing(&[0, 1]);
+    let (clean, report) = f.check();
+    assert!(!clean, "check reports the marked LVs: {report}");
+    let dry = f.d.json(&["gc", f.d.name(), "--dry-run"]);
+    let orphans = dry["orphans"].as_array().unwrap();
+    assert_eq!(orphans.len(), 2, "{dry}");
+    assert!(dry.to_string().contains("restore"), "{dry}");
+    let r = f.d.json(&["gc", f.d.name()]);
+    assert!(r.to_string().contains("marker removed"), "{r}");
+    f.verify("base and middle restored");
+    // The mark reached the base and the leaf: the leaf's removal is completed (its parent is
+    // the leaf again), the base stays under the committed middle.
+    f.mark_removing(&[0, 2]);
+    f.d.ok(&["gc", f.d.name()]);
+    f.chain.pop();
+    f.verify("base restored, leaf removed");
+}
+
+#[test]
+fn busy_leases_refuse_cleanly_and_gc_waits_for_a_removed_volumes_lease() {
+    if !lvm_available("busylease") {
+        return;
+    }
+    let mut f = Fixture::new("busylease");
+    let (parent, leaf) = (f.chain[1].clone(), f.leaf().to_string());
+    let before = f.d.state();
+    {
+        // An operation on the parent: removing its child would have to make it a leaf.
+        let _op = hold_local_lease(&f.d, &parent);
+        let e = f.d.fails(&["volume", "remove", f.d.name(), &leaf]);
+        assert!(e.contains("held"), "{e}");
+        assert_eq!(f.d.state(), before, "a refused removal changes nothing");
+    }
+    {
+        // An operation on the leaf: a snapshot of it fails at the parent update and rolls
+        // back without needing the lease it could not get.
+        let _op = hold_local_lease(&f.d, &leaf);
+        let e =
+            f.d.fails(&["volume", "create", f.d.name(), "--parent", &leaf]);
+        assert!(
+            e.contains("held") && !e.contains("rolling back also failed"),
+            "{e}"
+        );
+        assert_eq!(f.d.state(), before, "a failed create leaves nothing");
+    }
+    // A removal that died; an operation that started before it still holds the lease.
+    f.crash(
+        &["volume", "remove", f.d.name(), &leaf],
+        "remove.after-mark",
+    );
+    {
+        let _late = hold_local_lease(&f.d, &leaf);
+        let r = f.d.run(&["gc", f.d.name(), "--json"]);
+        assert_eq!(
+            r.code,
+            Some(1),
+            "gc reports the orphan it could not take: {r:?}"
+        );
+        assert!(r.stdout.contains("held"), "{}", r.stdout);
+        assert!(
+            f.d.lv_tags(&leaf).is_some(),
+            "the orphan waits for its lease"
+        );
+    }
+    f.chain.pop();
+    f.repair_and_verify("removal finished once the lease is free");
 }

@@ -144,6 +144,36 @@ impl Snapshot {
         self.volumes().filter_map(|l| l.image).collect()
     }
 
+    /// Marked LVs that a committed volume descends from (through `LVC_PARENT` tags, marked
+    /// LVs included). Removing one would take a committed volume's backing data: a removal
+    /// marks a volume only once nothing committed needs it, so such a marker is left by a
+    /// multi-LV mark that did not finish, and the collector restores the LV instead.
+    pub fn needed_by_committed(&self) -> HashSet<String> {
+        let by_id: std::collections::HashMap<Uuid, &LvEntry> = self
+            .lvs
+            .iter()
+            .filter(|l| !l.special)
+            .filter_map(|l| l.id.map(|id| (id, l)))
+            .collect();
+        let mut needed = HashSet::new();
+        let mut seen = HashSet::new();
+        for v in self.volumes() {
+            let mut next = v.parent;
+            // `seen` ends every walk at a volume already walked: loops cannot spin.
+            while let Some(p) = next {
+                let Some(lv) = by_id.get(&p) else { break };
+                if !seen.insert(p) {
+                    break;
+                }
+                if lv.marked() {
+                    needed.insert(lv.name.clone());
+                }
+                next = lv.parent;
+            }
+        }
+        needed
+    }
+
     /// Slots owned by any LV tag, committed or marked (a marked LV's slot stays taken).
     pub fn used_slots(&self) -> HashSet<u32> {
         self.lvs.iter().filter_map(|l| l.slot).collect()
@@ -212,4 +242,65 @@ pub fn info_from_tags(
         });
     }
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &Uuid, tags: &[String]) -> LvRow {
+        LvRow {
+            lv_name: name.to_string(),
+            lv_size: 1 << 20,
+            lv_tags: tags.to_vec(),
+            lv_attr: "-wi-------".into(),
+            vg_extent_size: 4 << 20,
+            vg_tags: ["LVC_DOMAIN", "LVC_FORMAT=1", "LVC_LOCK=local"]
+                .iter()
+                .map(ToString::to_string)
+                .chain(["LVC_SLOT_SIZE=4096".into(), "LVC_MAX_VOLUMES=8".into()])
+                .collect(),
+            ..LvRow::default()
+        }
+    }
+
+    /// A chain base <- mid <- leaf, with the given markers on each.
+    fn chain(markers: [&[Tag]; 3]) -> Result<(Snapshot, [Uuid; 3])> {
+        let ids = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+        let image = Uuid::new_v4();
+        let rows: Vec<LvRow> = (0..3)
+            .map(|i| {
+                let mut tags = vec![Tag::Image(image), Tag::Slot(i as u32)];
+                if i > 0 {
+                    tags.push(Tag::Parent(ids[i - 1]));
+                }
+                tags.extend(markers[i].iter().cloned());
+                row(&ids[i], &crate::tags::strings(&tags))
+            })
+            .collect();
+        Ok((Snapshot::from_rows("vg", &rows)?, ids))
+    }
+
+    #[test]
+    fn marked_ancestors_of_a_committed_volume_are_needed() -> Result<()> {
+        let r = [Tag::Removing];
+        let (snap, ids) = chain([&r, &r, &[]])?;
+        let needed = snap.needed_by_committed();
+        assert_eq!(needed.len(), 2);
+        assert!(needed.contains(&ids[0].to_string()) && needed.contains(&ids[1].to_string()));
+        // Only the base marked, above a committed middle: needed through its child.
+        let (snap, ids) = chain([&r, &[], &r])?;
+        let needed = snap.needed_by_committed();
+        assert_eq!(needed, HashSet::from([ids[0].to_string()]));
+        Ok(())
+    }
+
+    #[test]
+    fn a_marked_top_of_the_chain_is_not_needed() -> Result<()> {
+        let (snap, _) = chain([&[], &[], &[Tag::Removing]])?;
+        assert!(snap.needed_by_committed().is_empty());
+        let (snap, _) = chain([&[], &[Tag::Creating], &[Tag::Creating]])?;
+        assert!(snap.needed_by_committed().is_empty());
+        Ok(())
+    }
 }
