@@ -183,6 +183,9 @@ fn every_create_crash_point_is_reported_and_repaired() {
             assert!(!clean, "{point}: check must report the orphan");
             assert!(report.to_string().contains(&id), "{point}: {report}");
         }
+        // Before gc, readers see the committed chain, with its one leaf and its data.
+        let chain = f.d.json(&["image", "chain", f.d.name(), &f.img]);
+        f.verify_chain(&format!("{point} before gc"), &chain);
         f.repair_and_verify(point);
         // The same operation retried succeeds.
         let again = f.d.create(&["--parent", f.leaf()]);
@@ -209,6 +212,8 @@ fn every_remove_crash_point_is_reported_and_repaired() {
             assert!(!clean, "{point}: check must report the orphan: {report}");
         }
         f.chain.pop();
+        let chain = f.d.json(&["image", "chain", f.d.name(), &f.img]);
+        f.verify_chain(&format!("{point} before gc"), &chain);
         f.repair_and_verify(point);
         // Retry: remove a new leaf.
         let leaf = f.d.create(&["--parent", f.leaf()]);

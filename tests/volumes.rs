@@ -243,6 +243,12 @@ fn a_crash_at_every_create_step_leaves_nothing_or_a_marked_lv_no_reader_shows() 
         );
         let f = d.run(&["volume", "info", d.name(), &id]);
         assert_eq!(f.code, Some(1), "{point}: info shows a marked LV");
+        // Readers see the committed chain: the parent is still its leaf.
+        assert_eq!(
+            chain_ids(&d, &img),
+            vec![(base.clone(), "leaf".into())],
+            "{point}: chain before gc"
+        );
         // Clean up through the collector's path before the next point.
         remove_orphan(&d, &id);
         assert_eq!(

@@ -107,7 +107,9 @@ impl Catalog {
             };
             match slots.get(slot as usize) {
                 Some(Ok(meta)) if meta.id == id => {
-                    volumes.insert(id, Volume::from_parts(lv, slot, meta));
+                    let mut v = Volume::from_parts(lv, slot, meta);
+                    v.role = committed_role(&snap, &v);
+                    volumes.insert(id, v);
                 }
                 Some(Ok(meta)) => bad.push((
                     id,
@@ -179,6 +181,20 @@ impl Catalog {
             }
         }
         out
+    }
+}
+
+/// A volume's role as the committed state has it. A creation writes the parent's new role
+/// (internal) before its commit, and a removal writes it (leaf) after its point of no return:
+/// in between, and after a crash there until the collector runs, the metadata says internal
+/// while the volume's only children are marked. Its committed role is then leaf: what a reader
+/// shows, and what a rollback or the completed removal leaves.
+fn committed_role(snap: &Snapshot, v: &Volume) -> Role {
+    let pending_child = || snap.orphans().any(|l| l.parent == Some(v.id));
+    if v.role == Role::Internal && snap.children(&v.id).is_empty() && pending_child() {
+        Role::Leaf
+    } else {
+        v.role
     }
 }
 
