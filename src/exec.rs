@@ -65,6 +65,9 @@ pub struct Cmd {
     pub stdout_to_stderr: bool,
     /// Kill the program when lvchain dies (data writers: no write may outlive the lease).
     pub die_with_parent: bool,
+    /// The program closes the descriptors it inherits (lvm does, at start-up): a holder
+    /// process keeps lvchain's inheritable ones (the domain lock) open until it exits.
+    pub closes_inherited_fds: bool,
 }
 
 impl Cmd {
@@ -76,6 +79,7 @@ impl Cmd {
             timeout,
             stdout_to_stderr: false,
             die_with_parent: false,
+            closes_inherited_fds: false,
         }
     }
 
@@ -151,6 +155,18 @@ impl Cmd {
                 });
             }
         }
+        let carried = if self.closes_inherited_fds {
+            inheritable_fds()
+        } else {
+            Vec::new()
+        };
+        if !carried.is_empty() {
+            // SAFETY: the closure only makes raw system calls (fork, prctl, getppid,
+            // close_range, pause, _exit) and touches no lock or allocation.
+            unsafe {
+                command.pre_exec(move || fork_fd_holder(&carried));
+            }
+        }
         let mut child = command.spawn().map_err(|source| ExecError::Spawn {
             argv: argv.clone(),
             source,
@@ -205,6 +221,59 @@ impl Cmd {
             "command finished"
         );
         Ok(finished)
+    }
+}
+
+/// This process's descriptors that an exec would pass on (no close-on-exec flag), past stdio:
+/// the ones lvchain made inheritable on purpose (the domain lock, a sanlock registration).
+fn inheritable_fds() -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let mut fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .filter(|&fd| {
+            // SAFETY: F_GETFD reads flags; a descriptor closed meanwhile just fails.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            flags >= 0 && flags & libc::FD_CLOEXEC == 0
+        })
+        .collect();
+    fds.sort_unstable();
+    fds
+}
+
+/// Runs in the child between fork and exec: forks a holder that keeps `keep` (sorted) open and
+/// closes every other descriptor (stdio too, so the command's pipes end with the command), then
+/// waits to be killed when the command exits (`PR_SET_PDEATHSIG`), or with its process group
+/// at the deadline. The command may close its copies; the holder's keep the locks held.
+fn fork_fd_holder(keep: &[i32]) -> std::io::Result<()> {
+    // SAFETY: getpid and fork are async-signal-safe; the child makes raw system calls only.
+    unsafe {
+        let command = libc::getpid();
+        match libc::fork() {
+            -1 => Err(std::io::Error::last_os_error()),
+            0 => {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != command {
+                    libc::_exit(0); // the command is gone already
+                }
+                let mut next: libc::c_uint = 0;
+                for &fd in keep {
+                    let fd = fd as libc::c_uint;
+                    if fd > next {
+                        libc::syscall(libc::SYS_close_range, next, fd - 1, 0);
+                    }
+                    next = fd + 1;
+                }
+                libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
+                loop {
+                    libc::pause();
+                }
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -3,29 +3,29 @@
 //! lvm commands run in their own process group, so `kill -9` of lvchain does not stop an
 //! `lvcreate` in flight: it may still commit after lvchain is gone. A collector that scanned the
 //! VG before that commit would act on a stale view, so the domain lock must stay held until the
-//! command ends. lvm gets the lock with its other file descriptors: the local lock's flock and,
-//! on a sanlock domain, the sanlock registration whose leases live while any process holds it.
-//! Here an lvm wrapper holds `lvcreate` for a while; lvchain is killed meanwhile.
+//! command ends. lvm closes every descriptor it inherits at start-up, so lvchain carries the
+//! lock (the local lock's flock and, on a sanlock domain, the registration whose leases live
+//! while any process holds it) in a holder process that dies with the command.
+//! Here a real `lvcreate` waits for lvm's own VG lock, which the test holds, past its start-up;
+//! lvchain is killed meanwhile.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::{lvm_available, sanlock_available, uuid, Domain, BIN};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// How long the wrapper holds `lvcreate` before running it.
-const HOLD_SECS: u64 = 10;
-
-/// An `lvm` that marks `started`, waits, runs `lvcreate`, then marks `done`; other
-/// subcommands go straight to /sbin/lvm.
-fn slow_lvcreate_wrapper(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let (wrapper, started, done) = (dir.join("lvm"), dir.join("started"), dir.join("done"));
+/// An `lvm` that, for `lvcreate`, writes its pid to `started`, waits for `go`, then becomes
+/// the real lvm (same pid); other subcommands go straight to /sbin/lvm.
+fn gated_lvcreate_wrapper(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (wrapper, started, go) = (dir.join("lvm"), dir.join("started"), dir.join("go"));
     let script = format!(
-        "#!/bin/sh\nif [ \"$1\" = lvcreate ]; then\n  : > '{}'\n  sleep {HOLD_SECS}\n  \
-         /sbin/lvm \"$@\"\n  rc=$?\n  : > '{}'\n  exit $rc\nfi\nexec /sbin/lvm \"$@\"\n",
-        started.display(),
-        done.display()
+        "#!/bin/sh\nif [ \"$1\" = lvcreate ]; then\n  echo $$ > '{s}.tmp' && mv '{s}.tmp' '{s}'\n  \
+         while [ ! -e '{g}' ]; do sleep 0.05; done\nfi\nexec /sbin/lvm \"$@\"\n",
+        s = started.display(),
+        g = go.display()
     );
     std::fs::write(&wrapper, script).unwrap();
     std::fs::set_permissions(
@@ -33,18 +33,42 @@ fn slow_lvcreate_wrapper(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    (wrapper, started, done)
+    (wrapper, started, go)
 }
 
-fn wait_for(path: &Path, what: &str) {
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
-    while !path.exists() {
+    while !done() {
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "{what} never came"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Takes an exclusive flock on `path` (created if needed) without waiting; None when held.
+fn try_flock(path: &Path) -> Option<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // SAFETY: flock on a descriptor we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    (r == 0).then_some(f)
+}
+
+/// Whether process `pid` has `needle` among the paths of its open descriptors.
+fn has_open(pid: &str, needle: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten().any(|e| {
+                std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains(needle))
+            })
+        })
+        .unwrap_or(false)
 }
 
 /// The sanlock daemon's list of held resources names this domain's lock.
@@ -59,10 +83,11 @@ fn sanlock_holds_domain_lock(vg: &str) -> bool {
         .any(|l| l.starts_with("r ") && l.contains(&needle))
 }
 
-/// Kills a snapshot create while its lvcreate is held; checks who can lock, then repairs.
+/// Kills a snapshot create while its real lvcreate waits for lvm's VG lock; checks who can
+/// lock, then lets the lvcreate finish and repairs.
 fn killed_create_keeps_the_domain_locked(d: &Domain, parent: &str, sanlock: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let (wrapper, started, done) = slow_lvcreate_wrapper(dir.path());
+    let (wrapper, started, go) = gated_lvcreate_wrapper(dir.path());
     let mut c = std::process::Command::new(BIN.as_str());
     c.args(["volume", "create", d.name(), "--parent", parent])
         .env("LVCHAIN_LVM", &wrapper)
@@ -72,17 +97,31 @@ fn killed_create_keeps_the_domain_locked(d: &Domain, parent: &str, sanlock: bool
         c.env(k, v);
     }
     let mut child = c.spawn().unwrap();
-    wait_for(&started, "the held lvcreate");
+    wait_until("the gated lvcreate", || started.exists());
+    let pid = std::fs::read_to_string(&started)
+        .unwrap()
+        .trim()
+        .to_string();
+    // lvm's own VG lock, held here: the lvcreate will start, close what it inherited, then wait.
+    std::fs::create_dir_all("/run/lock/lvm").unwrap();
+    let vg_lock_path = PathBuf::from(format!("/run/lock/lvm/V_{}", d.name()));
+    let vg_lock = try_flock(&vg_lock_path).expect("lvm's VG lock is free");
+    std::fs::write(&go, "").unwrap();
+    wait_until("the lvcreate waiting for the VG lock", || {
+        has_open(&pid, &format!("V_{}", d.name()))
+    });
+    assert!(
+        !has_open(&pid, &format!("lvchain/{}.lock", d.name())),
+        "lvm closed the domain lock it inherited (else this test proves nothing)"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 
     // lvchain is dead, its lvcreate is not: nobody else gets the domain lock.
-    let f = d.run_env(&["gc", d.name()], &[("LVCHAIN_LOCK_TIMEOUT", "1")]);
-    assert_eq!(f.code, Some(1), "gc must not get the lock: {f:?}");
+    let domain_lock = PathBuf::from(format!("/run/lock/lvchain/{}.lock", d.name()));
     assert!(
-        f.stderr.contains("locked by another process"),
-        "{}",
-        f.stderr
+        try_flock(&domain_lock).is_none(),
+        "the domain lock must stay held while the lvcreate runs"
     );
     if sanlock {
         assert!(
@@ -91,12 +130,18 @@ fn killed_create_keeps_the_domain_locked(d: &Domain, parent: &str, sanlock: bool
         );
     }
     assert!(
-        !done.exists(),
-        "the lvcreate was still running during the checks above (raise HOLD_SECS)"
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the lvcreate was still running during the checks above"
     );
 
     // Once the lvcreate has ended, the lock is free; gc finds its marked LV and removes it.
-    wait_for(&done, "the end of the held lvcreate");
+    drop(vg_lock);
+    wait_until("the end of the lvcreate", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| st.contains(") Z "))
+    });
+    wait_until("the domain lock to be free", || {
+        try_flock(&domain_lock).is_some()
+    });
     let v = d.json(&["gc", d.name()]);
     let orphans = v["orphans"].as_array().unwrap();
     assert_eq!(orphans.len(), 1, "the killed create's LV: {v}");

@@ -127,6 +127,9 @@ impl Lvm {
         if kind == Kind::Write && sub != "pvcreate" && sub != "vgremove" {
             c = c.args(["--autobackup", "n"]);
         }
+        // lvm closes every descriptor it inherits (the suppressed warning is only the
+        // message): the domain lock must be carried past it by a holder process.
+        c.closes_inherited_fds = true;
         c
     }
 
