@@ -105,9 +105,13 @@ pub fn collect(
     }
     let names: Vec<String> = undone.iter().map(|&i| out[i].lv.clone()).collect();
     match undo::remove_lvs(domain, &names) {
-        Ok(_) => {
+        Ok(done) => {
             for &i in &undone {
-                out[i].actions.push("LV removed".into());
+                let this = format!("LV {} ", out[i].lv);
+                let action = done.iter().find(|d| d.starts_with(&this));
+                out[i]
+                    .actions
+                    .push(action.cloned().unwrap_or_else(|| "LV already gone".into()));
             }
         }
         Err(e) => {

@@ -487,3 +487,52 @@ fn busy_leases_refuse_cleanly_and_gc_waits_for_a_removed_volumes_lease() {
     f.chain.pop();
     f.repair_and_verify("removal finished once the lease is free");
 }
+
+#[test]
+fn gc_clears_a_stale_mapping_left_by_an_orphan() {
+    if !lvm_available("stalemap") {
+        return;
+    }
+    let d = Domain::new("stalemap");
+    let (img, id) = (uuid(), uuid());
+    let create = [
+        "volume",
+        "create",
+        d.name(),
+        "--image",
+        &img,
+        "--size",
+        "8M",
+        "--format",
+        "raw",
+        "--id",
+        &id,
+    ];
+    // A raw base of an image that is not prepared stays inactive: crash right after lvcreate.
+    let f = d.run_env(&create, &[("LVCHAIN_CRASH_AT", "create.after-lvcreate")]);
+    assert_eq!(f.signal, Some(libc::SIGABRT), "{f:?}");
+    // A failed deactivation left a mapping by the LV's name that lvm does not know.
+    let dm = format!("{}-{}", d.name().replace('-', "--"), id.replace('-', "--"));
+    let dmsetup = |args: &[&str]| {
+        Cmd::new("/sbin/dmsetup", Duration::from_secs(60))
+            .args(args.iter().copied())
+            .run()
+            .unwrap()
+    };
+    let made = dmsetup(&["create", "--noudevsync", &dm, "--table", "0 16384 zero"]);
+    assert!(made.success(), "{made:?}");
+    let r = d.json(&["gc", d.name()]);
+    assert!(
+        r.to_string()
+            .contains("stale device-mapper mapping removed"),
+        "{r}"
+    );
+    assert!(!dmsetup(&["info", &dm]).success(), "the mapping is gone");
+    // The same volume, created again, activates under its name.
+    d.create(&create[3..]);
+    d.ok(&["image", "prepare", d.name(), &img]);
+    let link = format!("/run/lvchain/{}/{img}/{id}", d.name());
+    assert!(std::path::Path::new(&link).exists(), "{link}");
+    d.ok(&["image", "teardown", d.name(), &img]);
+    assert_eq!(d.run(&["domain", "check", d.name()]).code, Some(0));
+}

@@ -131,38 +131,62 @@ pub fn undo_changes(
 
 /// Step 4: removes the LVs (deactivating them), and with them their markers, in ONE lvremove;
 /// when that fails, one LV at a time, clearing a stale device-mapper mapping first if needed.
+/// A mapping by an LV's name that lvm did not know (left by a failed deactivation: lvm finds
+/// mappings by uuid) survives a successful lvremove and would break the next activation of
+/// that name: it goes too.
 pub fn remove_lvs(domain: &Domain, names: &[String]) -> Result<Vec<String>> {
     let paths: Vec<String> = names.iter().map(|n| domain.lv_path(n)).collect();
+    let removed = |name: &String, stale: bool| match stale {
+        true => format!("LV {name} removed; stale device-mapper mapping removed"),
+        false => format!("LV {name} removed"),
+    };
     if paths.is_empty() || domain.lvm.lvremove(&paths).is_ok() {
-        return Ok(names.iter().map(|n| format!("LV {n} removed")).collect());
+        return Ok(names
+            .iter()
+            .map(|n| removed(n, remove_stale_mapping(domain, n)))
+            .collect());
     }
     let mut done = Vec::new();
     for (name, path) in names.iter().zip(&paths) {
-        match domain.lvm.lvremove(std::slice::from_ref(path)) {
-            Ok(()) => done.push(format!("LV {name} removed")),
+        let first = domain.lvm.lvremove(std::slice::from_ref(path));
+        let stale = remove_stale_mapping(domain, name);
+        match first {
+            Ok(()) => done.push(removed(name, stale)),
             Err(LvmError::LvNotFound { .. }) => {}
             Err(e) => {
-                remove_stale_mapping(domain, name);
                 domain
                     .lvm
                     .lvremove(std::slice::from_ref(path))
                     .map_err(|_| e)?;
-                done.push(format!(
-                    "stale device-mapper mapping removed; LV {name} removed"
-                ));
+                done.push(removed(name, stale));
             }
         }
     }
     Ok(done)
 }
 
-/// Removes a device-mapper mapping left behind by a failed deactivation, if any.
-fn remove_stale_mapping(domain: &Domain, lv: &str) {
+/// Removes a device-mapper mapping left behind by a failed deactivation, if any; returns
+/// whether one was removed.
+fn remove_stale_mapping(domain: &Domain, lv: &str) -> bool {
     let name = format!("{}-{}", domain.vg.replace('-', "--"), lv.replace('-', "--"));
-    if std::path::Path::new("/dev/mapper").join(&name).exists() {
-        let r = crate::exec::Cmd::new("/sbin/dmsetup", domain.lvm.config.timeout)
-            .args(["remove", "--retry", &name])
-            .run();
-        tracing::warn!(mapping = %name, result = ?r.map(|f| f.code), "removed a stale mapping");
+    if !mapping_exists(&name) {
+        return false;
     }
+    let r = crate::exec::Cmd::new("/sbin/dmsetup", domain.lvm.config.timeout)
+        .args(["remove", "--retry", &name])
+        .run();
+    let removed = r.as_ref().is_ok_and(|f| f.success());
+    tracing::warn!(mapping = %name, removed, result = ?r.map(|f| (f.code, f.stderr)), "stale device-mapper mapping");
+    removed
+}
+
+/// Whether the kernel has a device-mapper mapping named `name` (from sysfs: no process, and
+/// true even where no udev made its /dev/mapper node).
+fn mapping_exists(name: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        std::fs::read_to_string(e.path().join("dm/name")).is_ok_and(|n| n.trim_end() == name)
+    })
 }
