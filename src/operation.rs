@@ -12,7 +12,7 @@ use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::exec::Cmd;
 use crate::lvm::Activation;
-use crate::metadata::{Format, Legality, SlotStore, VolumeMeta, MAX_DESCRIPTION};
+use crate::metadata::{Format, Legality, SlotStore, VolumeMeta};
 use crate::units::Bytes;
 use crate::volume::{Catalog, Volume};
 use crate::{crash, links};
@@ -53,12 +53,7 @@ pub fn run(domain: &Domain, id: &Uuid, generation: u64, work: &Work) -> Result<V
         ..
     } = work
     {
-        if d.len() > MAX_DESCRIPTION {
-            return Err(Error::InvalidInput(format!(
-                "the description is {} bytes; at most {MAX_DESCRIPTION} fit",
-                d.len()
-            )));
-        }
+        crate::metadata::check_description(d).map_err(Error::InvalidInput)?;
     }
     // Extend changes VG metadata: it also needs the domain lock, taken before the lease.
     let _domain_lock = match work {

@@ -277,7 +277,34 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let foreign = other.create(&["--image", &uuid(), "--size", "8M"]);
     let before = d.state();
     let name = d.name().to_string();
+    // 160 tabs are 160 bytes, but 960 once escaped in the slot.
+    let tabs = "\t".repeat(160);
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "volume",
+                "create",
+                &name,
+                "--parent",
+                &snap,
+                "--description",
+                &tabs,
+            ],
+            "at most 160 fit",
+        ),
+        (
+            vec![
+                "volume",
+                "update",
+                &name,
+                &snap,
+                "--generation",
+                "0",
+                "--description",
+                &tabs,
+            ],
+            "at most 160 fit",
+        ),
         (vec!["volume", "list", "lvchain_no_such_vg"], "not found"),
         (vec!["volume", "info", &name, &foreign], "not found"),
         (

@@ -63,6 +63,19 @@ pub struct VolumeMeta {
 }
 
 /// Escapes what may not stand in a `KEY=VALUE` line.
+/// Refuses a description that would not fit a slot, counted as the slot stores it (escaped:
+/// a newline takes 2 bytes, a control character 6).
+pub fn check_description(d: &str) -> Result<(), String> {
+    let stored = escape(d).len();
+    if stored > MAX_DESCRIPTION {
+        return Err(format!(
+            "the description takes {stored} bytes in the metadata (control characters and \
+             newlines are escaped); at most {MAX_DESCRIPTION} fit"
+        ));
+    }
+    Ok(())
+}
+
 fn escape(s: &str) -> String {
     let mut out = String::new();
     for c in s.chars() {
@@ -235,5 +248,17 @@ mod tests {
         let mut m = sample();
         m.description = "y".repeat(600);
         assert!(matches!(encode(&m, 512), Err(MetaError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn descriptions_are_limited_as_stored() {
+        assert!(check_description(&"x".repeat(MAX_DESCRIPTION)).is_ok());
+        assert!(check_description(&"\t".repeat(MAX_DESCRIPTION)).is_err());
+        assert!(check_description(&"\n".repeat(MAX_DESCRIPTION / 2 + 1)).is_err());
+        // Whatever passes fits a 512-byte slot.
+        let mut m = sample();
+        m.description = "\u{1}".repeat(MAX_DESCRIPTION / 6);
+        assert!(check_description(&m.description).is_ok());
+        assert!(encode(&m, 512).is_ok());
     }
 }

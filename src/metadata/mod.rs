@@ -9,5 +9,8 @@
 mod codec;
 mod store;
 
-pub use codec::{decode, encode, Format, Legality, MetaError, Role, VolumeMeta, MAX_DESCRIPTION};
+pub use codec::{
+    check_description, decode, encode, Format, Legality, MetaError, Role, VolumeMeta,
+    MAX_DESCRIPTION,
+};
 pub use store::SlotStore;

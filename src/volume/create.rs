@@ -14,7 +14,7 @@ use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::links;
 use crate::lvm::{Activation, LvmError, NewLv};
-use crate::metadata::{Format, Legality, Role, VolumeMeta, MAX_DESCRIPTION};
+use crate::metadata::{check_description, Format, Legality, Role, VolumeMeta};
 use crate::qemu;
 use crate::tags::{self, Tag};
 use crate::units::Bytes;
@@ -41,12 +41,7 @@ struct Plan {
 
 fn plan(domain: &Domain, cat: &Catalog, req: &CreateRequest) -> Result<Plan> {
     let vg = &domain.vg;
-    if req.description.len() > MAX_DESCRIPTION {
-        return Err(Error::InvalidInput(format!(
-            "the description is {} bytes; at most {MAX_DESCRIPTION} fit",
-            req.description.len()
-        )));
-    }
+    check_description(&req.description).map_err(Error::InvalidInput)?;
     let parent = match &req.parent {
         Some(p) => Some(cat.get(vg, p)?.clone()),
         None => None,
