@@ -28,6 +28,7 @@ pub const POINTS: &[&str] = &[
     "op.after-illegal",
     "op.after-work",
     "op.after-legal",
+    "domain-remove.after-mark",
 ];
 
 /// Aborts the process when `LVCHAIN_CRASH_AT` names `point`.

@@ -312,6 +312,8 @@ pub fn status(domain: &Domain, id: &Uuid, generation: u64) -> Result<Status> {
     // a sanlock domain still reads its leases (from disk when no daemon can answer).
     let sanlock_reader = crate::lease::cluster::SanlockLeases;
     let reader: &dyn crate::lease::LeaseManager = if cat.snap.info.lock_manager == "sanlock" {
+        use crate::domain::{IDS_LV, LEASES_LV};
+        domain.activate_special(&cat.snap, &[LEASES_LV, IDS_LV])?;
         &sanlock_reader
     } else {
         domain.leases.as_ref()

@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{lvm_available, make_fifo, start_copy, status, uuid, wait_for_state, Domain};
+use common::{
+    dir_file, lvm_available, make_fifo, start_copy, status, uuid, wait_for_state, Domain,
+};
 use std::io::Write;
 
 fn read_volume(d: &Domain, img: &str, vol: &str, len: usize) -> Vec<u8> {
@@ -187,12 +189,7 @@ fn a_wrong_generation_is_refused_and_changes_nothing_and_fencing_stops_late_runn
     // A volume with a snapshot is not a copy target: its snapshot reads through it.
     d.create(&["--parent", &vol]);
     let before = (d.state(), d.json(&["volume", "info", d.name(), &vol]));
-    let (_dir2, file) = {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("data");
-        std::fs::write(&file, [3; 4096]).unwrap();
-        (dir, file)
-    };
+    let (_dir2, file) = dir_file(&[3; 4096]);
     let e = d.fails(&[
         "volume",
         "copy",

@@ -6,17 +6,10 @@
 mod common;
 
 use common::{
-    lvm_available, make_fifo, sanlock_available, start_copy, status, uuid, wait_for_state, Domain,
+    dir_file, lvm_available, make_fifo, sanlock_available, start_copy, status, uuid,
+    wait_for_state, Domain,
 };
 use std::io::Write;
-
-/// A file holding `data` (kept alive by the returned directory).
-fn dir_file(data: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("data.raw");
-    std::fs::write(&path, data).unwrap();
-    (dir, path)
-}
 
 #[test]
 fn a_sanlock_domain_serves_leases_and_status_from_shared_storage() {
@@ -40,6 +33,9 @@ fn a_sanlock_domain_serves_leases_and_status_from_shared_storage() {
     assert!(e.contains("host join"), "{e}");
     let e = d.fails(&["host", "join", d.name(), "--host-id", "0"]);
     assert!(e.contains("--host-id must be"), "{e}");
+    d.ok(&["host", "join", d.name(), "--host-id", "7"]);
+    let e = d.fails(&["host", "join", d.name(), "--host-id", "8"]);
+    assert!(e.contains("as host 7"), "{e}");
     d.ok(&["host", "join", d.name(), "--host-id", "7"]);
     let vol = d.create(&["--image", &img, "--size", "8M", "--format", "raw"]);
     // A copy fed through a FIFO runs under the volume's sanlock lease: status names host 7.
@@ -109,10 +105,41 @@ fn a_sanlock_domain_serves_leases_and_status_from_shared_storage() {
         "legal",
     ]);
     assert_eq!(status(&d, &vol, 4)["state"], "succeeded");
+    // A host that is not in the lockspace, with nothing active (as after a reboot), reads the
+    // status from shared storage all the same.
+    d.ok(&["host", "leave", d.name()]);
+    let specials: Vec<String> = ["ids", "leases", "metadata"]
+        .iter()
+        .map(|lv| format!("{}/{lv}", d.name()))
+        .collect();
+    d.vg.lvm
+        .lvchange_activation(&specials, lvchain::lvm::Activation::Deactivate)
+        .unwrap();
+    assert_eq!(status(&d, &vol, 4)["state"], "succeeded");
+    d.ok(&["host", "join", d.name(), "--host-id", "7"]);
     // Snapshots and removal take the sanlock domain lock; the domain stays clean.
     let snap = d.create(&["--parent", &vol]);
     d.ok(&["volume", "remove", d.name(), &snap]);
     d.ok(&["domain", "check", d.name()]);
     d.ok(&["image", "remove", d.name(), &img]);
+    // A removal that dies after its mark: no host takes the VG for a domain any more, and
+    // running the removal again finishes it.
+    let f = d.run_env(
+        &["domain", "remove", d.name()],
+        &[("LVCHAIN_CRASH_AT", "domain-remove.after-mark")],
+    );
+    assert_eq!(f.signal, Some(libc::SIGABRT), "{f:?}");
+    let e = d.fails(&[
+        "volume",
+        "create",
+        d.name(),
+        "--image",
+        &uuid(),
+        "--size",
+        "8M",
+    ]);
+    assert!(e.contains("not an lvchain domain"), "{e}");
     d.ok(&["domain", "remove", d.name()]);
+    let f = d.run(&["domain", "info", d.name()]);
+    assert!(f.stderr.contains("not found"), "{f:?}");
 }

@@ -339,6 +339,10 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
             "only grow",
         ),
         (vec!["domain", "remove", &name], "still holds"),
+        (
+            vec!["host", "join", &name, "--host-id", "1"],
+            "only sanlock domains",
+        ),
         (vec!["domain", "create", &name], "already an lvchain domain"),
     ];
     for (args, msg) in &cases {
@@ -396,10 +400,22 @@ fn a_vg_with_lvs_or_half_formatted_is_not_taken_for_a_domain() {
         .unwrap();
     let e = d.fails(&["domain", "info", d.name()]);
     assert!(e.contains("not an lvchain domain"), "{e}");
+    // That format had made a metadata LV for a smaller layout (say --max-volumes 8).
+    let small = lvchain::lvm::NewLv {
+        name: "metadata",
+        size: lvchain::units::Bytes(4 << 20),
+        tags: vec!["LVC_SPECIAL".into()],
+        activate: false,
+    };
+    d.vg.lvm.lvcreate(d.name(), &small).unwrap();
     d.ok(&["domain", "create", d.name()]);
     let info = d.json(&["domain", "info", d.name()]);
     assert_eq!(info["volumes"], 0);
     assert_eq!(info["format"], 1);
+    let md = d.vg.lvm.lvs(d.name()).unwrap();
+    let md = md.iter().find(|r| r.lv_name == "metadata").unwrap();
+    let need = info["max_volumes"].as_u64().unwrap() * info["slot_size"].as_u64().unwrap();
+    assert!(md.lv_size >= need, "metadata LV {} < {need}", md.lv_size);
     d.ok(&["domain", "remove", d.name()]);
     let f = lvchain::exec::Cmd::new(BIN.as_str(), std::time::Duration::from_secs(60))
         .args(["domain", "info", d.name()])

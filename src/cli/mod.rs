@@ -255,13 +255,13 @@ fn host_join(vg: &str, host_id: u64) -> Result<String> {
     }
     let d = Domain::new_sanlock(vg, Lvm::new(LvmConfig::from_env()))?;
     let snap = d.scan()?;
-    let inactive: Vec<String> = domain::SPECIAL_LVS
-        .iter()
-        .filter(|n| snap.lv_named(n).is_some_and(|l| !l.active))
-        .map(|n| d.lv_path(n))
-        .collect();
-    d.lvm
-        .lvchange_activation(&inactive, crate::lvm::Activation::Activate)?;
+    if snap.info.lock_manager != "sanlock" {
+        return Err(Error::InvalidInput(format!(
+            "domain {vg} uses the {} lock manager: only sanlock domains have hosts to join",
+            snap.info.lock_manager
+        )));
+    }
+    d.activate_special(&snap, &domain::SPECIAL_LVS)?;
     let new = crate::lease::cluster::join(vg, host_id)
         .map_err(|e| Error::InvalidInput(format!("cannot join the lockspace of {vg}: {e}")))?;
     Ok(if new {

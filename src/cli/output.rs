@@ -181,7 +181,13 @@ impl Out {
             volumes: cat.volumes.len(),
             images: snap.images().len(),
             orphans: snap.orphans().count(),
-            free_slots: snap.info.max_volumes as usize - snap.used_slots().len(),
+            // Damaged tags may name slots beyond the area: they take none of its slots.
+            free_slots: snap.info.max_volumes as usize
+                - snap
+                    .used_slots()
+                    .iter()
+                    .filter(|&&n| n < snap.info.max_volumes)
+                    .count(),
         };
         if self.json {
             return print_json(&i);

@@ -87,7 +87,7 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
                             count: row.lv_count,
                         });
                     }
-                    have_lvs.push(r.lv_name);
+                    have_lvs.push((r.lv_name, r.lv_size));
                 }
             } else if row.lv_count > 0 {
                 return Err(Error::VgNotEmpty {
@@ -172,8 +172,11 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
         (IDS_LV, Bytes(IDS_SIZE).round_up_to_extents(extent), false),
     ];
     for (name, size, activate) in specials {
-        if have_lvs.iter().any(|n| n == name) {
-            continue;
+        match have_lvs.iter().find(|(n, _)| n == name) {
+            Some((_, have)) if *have >= size.0 => continue,
+            // Made by an earlier run for a smaller layout; it holds nothing yet.
+            Some(_) => lvm.lvremove(&[domain.lv_path(name)])?,
+            None => {}
         }
         lvm.lvcreate(
             vg,

@@ -15,6 +15,7 @@ use crate::lease::LeaseManager;
 use crate::lock::{DomainGuard, LockManager};
 use crate::lvm::{Activation, Lvm, LvmError};
 use crate::metadata::SlotStore;
+use crate::tags::{self, Tag};
 use std::path::PathBuf;
 
 /// Names of the special LVs.
@@ -144,8 +145,7 @@ impl Domain {
                 hint: " (its metadata LV is missing)".into(),
             })?;
         if !md.active || !self.metadata_path().exists() {
-            self.lvm
-                .lvchange_activation(&[self.lv_path(METADATA_LV)], Activation::Activate)?;
+            self.activate_special(snap, &[METADATA_LV])?;
         }
         Ok(SlotStore {
             path: self.metadata_path(),
@@ -154,13 +154,37 @@ impl Domain {
         })
     }
 
+    /// Activates those of the special LVs `names` that are not active here, in one lvchange
+    /// (a host reads leases and slots without having joined: after a reboot, nothing is
+    /// active, since domains never auto-activate).
+    pub fn activate_special(&self, snap: &Snapshot, names: &[&str]) -> Result<()> {
+        let inactive: Vec<String> = names
+            .iter()
+            .filter(|n| {
+                !snap.lv_named(n).is_some_and(|l| l.active)
+                    || !PathBuf::from("/dev").join(&self.vg).join(n).exists()
+            })
+            .map(|n| self.lv_path(n))
+            .collect();
+        self.lvm
+            .lvchange_activation(&inactive, Activation::Activate)?;
+        Ok(())
+    }
+
     /// `vg/lv` as lvm takes it.
     pub fn lv_path(&self, lv: &str) -> String {
         format!("{}/{lv}", self.vg)
     }
 
-    /// Removes the domain: refuses while volumes exist unless `force`.
+    /// Removes the domain: refuses while volumes exist unless `force`. A sanlock domain is
+    /// refused while other hosts are joined to it (their daemons write into its ids LV); its
+    /// lease must be released before the VG goes, so the VG is first marked
+    /// `LVC_DOMAIN_UNREADY` (one vgchange, under the lock): from then on no host takes it for a
+    /// domain, and a removal that dies is finished by running it again.
     pub fn remove(&self, force: bool) -> Result<usize> {
+        if let Some(n) = self.remove_unready()? {
+            return Ok(n);
+        }
         let guard = self.lock()?;
         let snap = self.scan()?;
         self.check_kind(&snap)?;
@@ -176,8 +200,33 @@ impl Domain {
                 .map_err(Error::io(format!("removing links of image {image}")))?;
         }
         if self.lock_kind == "sanlock" {
+            let others = crate::lease::cluster::other_joined_hosts(&self.vg).map_err(|e| {
+                Error::InvalidInput(format!("cannot list the hosts of {}: {e}", self.vg))
+            })?;
+            if !others.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "host(s) {others:?} are still joined to domain {}: run `lvchain host leave \
+                     {}` there first",
+                    self.vg, self.vg
+                )));
+            }
+            self.lvm.vgchange_tags(
+                &self.vg,
+                &tags::strings(&[Tag::Domain]),
+                &tags::strings(&[Tag::DomainUnready]),
+            )?;
+            crate::crash::point("domain-remove.after-mark");
             // sanlock keeps the ids and leases LVs open: release, leave, then remove.
             drop(guard);
+        }
+        self.finish_remove()?;
+        Ok(count)
+    }
+
+    /// Leaves the lockspace (if joined), removes the links and the VG.
+    fn finish_remove(&self) -> Result<()> {
+        if self.lock_kind == "sanlock" && crate::lease::cluster::joined_host_id(&self.vg).is_some()
+        {
             crate::lease::cluster::leave(&self.vg).map_err(|e| {
                 Error::InvalidInput(format!("cannot leave the lockspace of {}: {e}", self.vg))
             })?;
@@ -185,6 +234,31 @@ impl Domain {
         let vg_dir = crate::links::run_dir().join(&self.vg);
         let _ = std::fs::remove_dir_all(vg_dir);
         self.lvm.vgremove(&self.vg, true)?;
-        Ok(count)
+        Ok(())
+    }
+
+    /// Finishes the removal of a VG marked `LVC_DOMAIN_UNREADY` that holds only special LVs (a
+    /// removal or a format that died); None when the VG is not in that state.
+    fn remove_unready(&self) -> Result<Option<usize>> {
+        let row = self.lvm.vgs(&self.vg).map_err(|e| self.vg_error(e))?;
+        if !row
+            .vg_tags
+            .iter()
+            .any(|t| t == &Tag::DomainUnready.to_string())
+        {
+            return Ok(None);
+        }
+        let rows = self.lvm.lvs(&self.vg)?;
+        if rows
+            .iter()
+            .any(|r| !SPECIAL_LVS.contains(&r.lv_name.as_str()))
+        {
+            return Err(Error::VgNotEmpty {
+                vg: self.vg.clone(),
+                count: row.lv_count,
+            });
+        }
+        self.finish_remove()?;
+        Ok(Some(0))
     }
 }

@@ -219,7 +219,8 @@ pub fn info_from_tags(
     }
     if !ready {
         let hint = if unready {
-            " (formatting it did not finish; run `lvchain domain create` again to complete it)"
+            " (a format or a removal did not finish: `lvchain domain create` completes the \
+             format, `lvchain domain remove` the removal)"
         } else {
             ""
         };

@@ -74,9 +74,10 @@ fn lease_error(vg: &str, volume: &Uuid, e: SanlockError) -> LeaseError {
         };
     }
     match e {
-        SanlockError::LockspaceNotJoined { .. } | SanlockError::DaemonUnavailable { .. } => {
-            LeaseError::NoLockspace { vg: vg.to_string() }
-        }
+        SanlockError::LockspaceNotJoined { .. } => LeaseError::NoLockspace { vg: vg.to_string() },
+        e @ SanlockError::DaemonUnavailable { .. } => LeaseError::NoDaemon {
+            detail: e.to_string(),
+        },
         other => LeaseError::Io {
             what: format!("sanlock lease of {volume}"),
             reason: other.to_string(),
@@ -92,6 +93,17 @@ pub fn format_domain(vg: &str) -> Result<(), SanlockError> {
 
 /// Joins `vg`'s lockspace as `host_id` (the special LVs must be active); records the id.
 pub fn join(vg: &str, host_id: u64) -> Result<bool, SanlockError> {
+    // One host id per host and lockspace: say so plainly (sanlock's answer is EINVAL).
+    if let Some(id) = joined_host_id(vg).filter(|&id| id != host_id) {
+        return Err(SanlockError::Sanlock {
+            op: sanlock::Op::AddLockspace,
+            rv: -libc::EEXIST,
+            detail: format!(
+                "this host has joined {vg} as host {id}; run `lvchain host leave {vg}` before \
+                 joining as host {host_id}"
+            ),
+        });
+    }
     let joined = match sanlock::join_lockspace(&lockspace(vg, host_id), IO_TIMEOUT) {
         Ok(()) => true,
         Err(SanlockError::LockspaceAlreadyJoined { .. }) => false,
@@ -107,6 +119,18 @@ pub fn join(vg: &str, host_id: u64) -> Result<bool, SanlockError> {
         detail: format!("cannot record the host id in {}: {e}", file.display()),
     })?;
     Ok(joined)
+}
+
+/// Hosts other than this one that this host's daemon sees in `vg`'s lockspace and that are
+/// not known to be gone (live, failing, or joined too recently to judge).
+pub fn other_joined_hosts(vg: &str) -> Result<Vec<u64>, SanlockError> {
+    let me = joined_host_id(vg).unwrap_or(0);
+    Ok(sanlock::get_hosts(vg, 0)?
+        .into_iter()
+        .filter(|h| h.host_id != me)
+        .filter(|h| !matches!(h.state, sanlock::HostState::Free | sanlock::HostState::Dead))
+        .map(|h| h.host_id)
+        .collect())
 }
 
 /// Leaves `vg`'s lockspace (refused while this host holds leases in it).

@@ -19,6 +19,8 @@ pub enum LeaseError {
     Held { volume: Uuid, holder: String },
     #[error("this host has not joined the lockspace of domain {vg}; run `lvchain host join {vg} --host-id N`")]
     NoLockspace { vg: String },
+    #[error("the sanlock daemon does not answer on this host ({detail}); start it, then `lvchain host join`")]
+    NoDaemon { detail: String },
     #[error("lease I/O on {what}: {reason}")]
     Io { what: String, reason: String },
 }

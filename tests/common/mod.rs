@@ -349,3 +349,11 @@ pub fn hold_local_lease(d: &Domain, vol: &str) -> std::fs::File {
     assert_eq!(r, 0, "cannot hold the lease of {vol}");
     f
 }
+
+/// A file holding `data` (kept alive by the returned directory).
+pub fn dir_file(data: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.raw");
+    std::fs::write(&path, data).unwrap();
+    (dir, path)
+}
