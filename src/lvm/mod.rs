@@ -152,8 +152,10 @@ impl Lvm {
         target: &[&str],
     ) -> Result<Vec<T>, LvmError> {
         let build = || {
-            self.command(sub, Kind::Read)
-                .args(["--reportformat", "json", "--units", "b", "--nosuffix"])
+            let mut c = self.command(sub, Kind::Read);
+            // A report changes nothing: one that outlives a killed lvchain needs no lock.
+            c.closes_inherited_fds = false;
+            c.args(["--reportformat", "json", "--units", "b", "--nosuffix"])
                 .args(["-o", fields])
                 .args(target.iter().copied())
         };
