@@ -18,7 +18,7 @@ use crate::domain::{Domain, LvEntry, Snapshot};
 use crate::error::{Error, Result};
 use crate::metadata::{Format, Legality, MetaError, Role, VolumeMeta};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 /// A committed volume as the CLI and the JSON output show it (stable field names).
@@ -101,6 +101,7 @@ impl Catalog {
         let slots = store.read_all()?;
         let mut volumes = HashMap::new();
         let mut bad = Vec::new();
+        let pending_parents: HashSet<Uuid> = snap.orphans().filter_map(|l| l.parent).collect();
         for lv in snap.volumes() {
             let (Some(id), Some(slot)) = (lv.id, lv.slot) else {
                 continue;
@@ -108,7 +109,7 @@ impl Catalog {
             match slots.get(slot as usize) {
                 Some(Ok(meta)) if meta.id == id => {
                     let mut v = Volume::from_parts(lv, slot, meta);
-                    v.role = committed_role(&snap, &v);
+                    v.role = committed_role(&snap, &pending_parents, &v);
                     volumes.insert(id, v);
                 }
                 Some(Ok(meta)) => bad.push((
@@ -188,10 +189,13 @@ impl Catalog {
 /// (internal) before its commit, and a removal writes it (leaf) after its point of no return:
 /// in between, and after a crash there until the collector runs, the metadata says internal
 /// while the volume's only children are marked. Its committed role is then leaf: what a reader
-/// shows, and what a rollback or the completed removal leaves.
-fn committed_role(snap: &Snapshot, v: &Volume) -> Role {
-    let pending_child = || snap.orphans().any(|l| l.parent == Some(v.id));
-    if v.role == Role::Internal && snap.children(&v.id).is_empty() && pending_child() {
+/// shows, and what a rollback or the completed removal leaves. `pending_parents`: the parents
+/// named by marked LVs.
+fn committed_role(snap: &Snapshot, pending_parents: &HashSet<Uuid>, v: &Volume) -> Role {
+    if v.role == Role::Internal
+        && pending_parents.contains(&v.id)
+        && snap.children(&v.id).is_empty()
+    {
         Role::Leaf
     } else {
         v.role
