@@ -127,14 +127,15 @@ impl Lvm {
         if kind == Kind::Write && sub != "pvcreate" && sub != "vgremove" {
             c = c.args(["--autobackup", "n"]);
         }
-        // lvm closes every descriptor it inherits (the suppressed warning is only the
-        // message): the domain lock must be carried past it by a holder process.
-        c.closes_inherited_fds = true;
         c
     }
 
     /// Runs the command; a non-zero exit becomes a classified error.
-    fn run(&self, cmd: Cmd) -> Result<String, LvmError> {
+    /// lvm closes every descriptor it inherits (the suppressed warning is only the message),
+    /// so the domain lock is carried past it by a holder process. Reports (see `report`) run
+    /// without: a report changes nothing, one outliving a killed lvchain needs no lock.
+    fn run(&self, mut cmd: Cmd) -> Result<String, LvmError> {
+        cmd.closes_inherited_fds = true;
         let f = cmd.run()?;
         if f.success() {
             Ok(f.stdout)
@@ -152,10 +153,8 @@ impl Lvm {
         target: &[&str],
     ) -> Result<Vec<T>, LvmError> {
         let build = || {
-            let mut c = self.command(sub, Kind::Read);
-            // A report changes nothing: one that outlives a killed lvchain needs no lock.
-            c.closes_inherited_fds = false;
-            c.args(["--reportformat", "json", "--units", "b", "--nosuffix"])
+            self.command(sub, Kind::Read)
+                .args(["--reportformat", "json", "--units", "b", "--nosuffix"])
                 .args(["-o", fields])
                 .args(target.iter().copied())
         };
