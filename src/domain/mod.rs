@@ -138,15 +138,13 @@ impl Domain {
 
     /// The slot store, activating the metadata LV on this host first if needed.
     pub fn slots(&self, snap: &Snapshot) -> Result<SlotStore> {
-        let md = snap
-            .lv_named(METADATA_LV)
-            .ok_or_else(|| Error::NotADomain {
+        if snap.lv_named(METADATA_LV).is_none() {
+            return Err(Error::NotADomain {
                 vg: self.vg.clone(),
                 hint: " (its metadata LV is missing)".into(),
-            })?;
-        if !md.active || !self.metadata_path().exists() {
-            self.activate_special(snap, &[METADATA_LV])?;
+            });
         }
+        self.activate_special(snap, &[METADATA_LV])?;
         Ok(SlotStore {
             path: self.metadata_path(),
             slot_size: snap.info.slot_size as usize,

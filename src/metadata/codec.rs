@@ -62,7 +62,6 @@ pub struct VolumeMeta {
     pub description: String,
 }
 
-/// Escapes what may not stand in a `KEY=VALUE` line.
 /// Refuses a description that would not fit a slot, counted as the slot stores it (escaped:
 /// a newline takes 2 bytes, a control character 6).
 pub fn check_description(d: &str) -> Result<(), String> {
@@ -76,6 +75,7 @@ pub fn check_description(d: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Escapes what may not stand in a `KEY=VALUE` line.
 fn escape(s: &str) -> String {
     let mut out = String::new();
     for c in s.chars() {
