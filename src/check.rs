@@ -3,10 +3,12 @@
 //! One LVM report and one read of the metadata area. Finds orphans (marked LVs), LVs that
 //! belong to no volume, slot collisions, metadata that fails its checksum or names another
 //! volume, tags that disagree with the metadata, and chains that are not one straight line
-//! from a base to exactly one leaf (loops, forks, missing parents). Changes nothing.
+//! from a base to exactly one leaf (loops, forks, missing parents), and illegal volumes (an
+//! operation failed or runs: their data may be partial). Changes nothing.
 
 use crate::domain::{Domain, SPECIAL_LVS};
 use crate::error::Result;
+use crate::metadata::Legality;
 use crate::volume::Catalog;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -66,7 +68,7 @@ pub fn check(domain: &Domain) -> Result<Report> {
                 lv.name.clone(),
                 format!("carries {marker}: an operation died; run gc"),
             );
-        } else if !lv.special && !lv.is_volume() {
+        } else if !lv.special && !lv.is_committed() {
             add(
                 "foreign-lv",
                 lv.name.clone(),
@@ -114,6 +116,19 @@ pub fn check(domain: &Domain) -> Result<Report> {
                 format!(
                     "LVC_IMAGE tag {:?} but metadata image {}",
                     lv.image, v.image
+                ),
+            );
+        }
+    }
+    for v in cat.volumes.values() {
+        if v.legality != Legality::Legal {
+            add(
+                "illegal",
+                v.id.to_string(),
+                format!(
+                    "illegal at generation {}: an operation on it failed (or is running); its \
+                     data may be partial (see `volume status`)",
+                    v.generation
                 ),
             );
         }

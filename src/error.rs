@@ -20,7 +20,10 @@ pub enum Error {
         "volume group {vg} already holds {count} logical volume(s); a domain needs an empty VG"
     )]
     VgNotEmpty { vg: String, count: u64 },
-    #[error("domain {vg} uses on-disk format {found}; this lvchain reads format {supported}")]
+    #[error(
+        "domain {vg} uses on-disk format {found}; this lvchain reads formats {} to {supported}",
+        crate::tags::OLDEST_FORMAT
+    )]
     UnsupportedFormat {
         vg: String,
         found: u32,
@@ -38,8 +41,16 @@ pub enum Error {
     ImageExists { image: Uuid },
     #[error("volume {id} is not a leaf (it has a snapshot); {what}")]
     NotALeaf { id: Uuid, what: String },
+    #[error("volume {id} descends from {lv}, which carries a transaction marker left by an operation that died; run `lvchain gc` first")]
+    PendingMark { id: Uuid, lv: String },
     #[error("volume {id} is illegal (an operation on it failed or is running)")]
     Illegal { id: Uuid },
+    #[error("image {image} has an illegal volume {id} (generation {generation}): an operation on it failed or is running, its data may be partial; see `volume status`, re-run the operation, or prepare with --allow-illegal for recovery")]
+    IllegalMember {
+        image: Uuid,
+        id: Uuid,
+        generation: u64,
+    },
     #[error("volume {id} is in use (its device is open)")]
     InUse { id: Uuid },
     #[error("no free metadata slot: the domain holds its maximum of {max} volumes")]

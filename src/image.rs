@@ -1,17 +1,31 @@
 //! Images on this host: prepare (activate the chain in one command, make the links) and
 //! teardown (remove the links, deactivate in one command). Neither changes VG metadata.
+//! Never serves an illegal volume unless asked to for recovery.
 
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::links;
 use crate::lvm::Activation;
+use crate::metadata::Legality;
 use crate::volume::{Catalog, Volume};
 use uuid::Uuid;
 
 /// Activates the chain of `image` and links every member; returns the chain, base first.
-pub fn prepare(domain: &Domain, image: &Uuid) -> Result<Vec<Volume>> {
+/// A chain with an illegal member (partial data from an operation that failed, or one still
+/// running) is refused unless `allow_illegal` (recovery work).
+pub fn prepare(domain: &Domain, image: &Uuid, allow_illegal: bool) -> Result<Vec<Volume>> {
     let cat = Catalog::load(domain)?;
     let chain = crate::chain::walk(&cat, image)?;
+    if let Some(v) = chain.iter().find(|v| v.legality != Legality::Legal) {
+        if !allow_illegal {
+            return Err(Error::IllegalMember {
+                image: *image,
+                id: v.id,
+                generation: v.generation,
+            });
+        }
+        tracing::warn!(image = %image, volume = %v.id, "preparing a chain with an illegal volume");
+    }
     let inactive: Vec<String> = chain
         .iter()
         .filter(|v| !v.active || !links::device_path(&domain.vg, &v.id).exists())

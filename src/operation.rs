@@ -12,10 +12,10 @@ use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::exec::Cmd;
 use crate::lvm::Activation;
-use crate::metadata::{Format, Legality, SlotStore, VolumeMeta};
+use crate::metadata::{FenceRecord, Format, Legality, Role, SlotStore, VolumeMeta};
 use crate::units::Bytes;
 use crate::volume::{Catalog, Volume};
-use crate::{crash, links};
+use crate::{crash, links, qemu};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,11 +23,36 @@ use uuid::Uuid;
 
 /// How far fencing moves the generation: a late runner finds a generation it did not expect.
 pub const FENCE_STEP: u64 = 3;
+/// The highest generation an operation or a fence may start at (its end must still count).
+pub const MAX_GENERATION: u64 = u64::MAX - FENCE_STEP;
+
+/// Refuses a generation no operation can start at.
+pub fn check_generation(generation: u64) -> Result<()> {
+    if generation > MAX_GENERATION {
+        return Err(Error::InvalidInput(format!(
+            "generation {generation} is out of range (at most {MAX_GENERATION})"
+        )));
+    }
+    Ok(())
+}
+
+/// `generation + step`, refusing an overflow (never wraps, in any build).
+fn advance(generation: u64, step: u64) -> Result<u64> {
+    generation.checked_add(step).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "generation {generation} cannot move on by {step}: out of range"
+        ))
+    })
+}
 
 /// The data source of a copy.
 #[derive(Debug, Clone)]
 pub enum Source {
-    File(PathBuf),
+    /// A file, block device or FIFO, read as `format` (never guessed). A qcow2 source must
+    /// be self-contained: one naming a backing or external data file is refused, and its
+    /// backing is never opened.
+    File { path: PathBuf, format: Format },
+    /// A legal volume of the same domain, read under a shared lease.
     Volume(Uuid),
 }
 
@@ -48,6 +73,8 @@ pub enum Work {
 
 /// Runs `work` on volume `id` under the protocol; returns the volume as it ends.
 pub fn run(domain: &Domain, id: &Uuid, generation: u64, work: &Work) -> Result<Volume> {
+    check_generation(generation)?;
+    let next = advance(generation, 1)?;
     if let Work::Update {
         description: Some(d),
         ..
@@ -67,19 +94,31 @@ pub fn run(domain: &Domain, id: &Uuid, generation: u64, work: &Work) -> Result<V
         _lease,
         mut meta,
     } = start(domain, id, generation)?;
-    if matches!(work, Work::Copy { .. }) && !cat.snap.children(id).is_empty() {
+    // A copy rewrites the data other volumes read through: refuse any child, committed or
+    // pending (a snapshot being created, or one that died), and an internal role as read
+    // under the lease (a creation that committed since the scan holds the lease until then).
+    if matches!(work, Work::Copy { .. }) && (cat.has_any_child(id) || meta.role == Role::Internal) {
         return Err(Error::NotALeaf {
             id: *id,
             what: "copying into it would change what its snapshots read".into(),
         });
     }
+    // The source is checked (and a volume source held) before anything changes.
+    let source = match work {
+        Work::Copy { from, .. } => Some(CopySource::open(domain, &cat, &vol, from)?),
+        _ => None,
+    };
     meta.legality = Legality::Illegal;
     store.write(vol.slot, &meta)?;
     crash::point("op.after-illegal");
 
     let mut legality = Legality::Legal;
     match work {
-        Work::Copy { from, progress } => copy(domain, &cat, &vol, from, *progress)?,
+        Work::Copy { progress, .. } => {
+            if let Some(source) = &source {
+                copy(domain, &cat, &vol, source, *progress)?;
+            }
+        }
         Work::Update { legality: l, .. } => legality = l.unwrap_or(Legality::Legal),
         Work::Extend { size } => {
             crate::volume::grow_storage(domain, &cat, &vol, *size)?;
@@ -90,7 +129,7 @@ pub fn run(domain: &Domain, id: &Uuid, generation: u64, work: &Work) -> Result<V
     // The end: one sector write of LEGAL and generation + 1 (and what the work changed).
     let mut meta = read_own(&store, &vol)?;
     meta.legality = legality;
-    meta.generation = generation + 1;
+    meta.generation = next;
     match work {
         Work::Update {
             description: Some(d),
@@ -150,30 +189,124 @@ fn read_own(store: &SlotStore, vol: &Volume) -> Result<VolumeMeta> {
     Ok(m)
 }
 
+/// A checked copy source: what qemu-img reads (or the FIFO streamed), and the shared lease of
+/// a volume source, held until the copy ends.
+struct CopySource {
+    read: Read,
+    volume: Option<Volume>,
+    _lease: Option<Box<dyn crate::lease::LeaseGuard>>,
+}
+
+enum Read {
+    Stream(PathBuf),
+    Image(String),
+}
+
+impl CopySource {
+    /// Checks the source of a copy into `dst`, changing nothing: a file is read in its given
+    /// format (a qcow2 naming a backing or data file is refused); a volume must be legal, as
+    /// must every volume it reads through, and is held under a shared lease (busy: refused).
+    fn open(domain: &Domain, cat: &Catalog, dst: &Volume, from: &Source) -> Result<CopySource> {
+        match from {
+            Source::File { path, format } => {
+                let kind = std::fs::metadata(path).map_err(|e| {
+                    Error::InvalidInput(format!("cannot read {}: {e}", path.display()))
+                })?;
+                use std::os::unix::fs::FileTypeExt;
+                if kind.file_type().is_fifo() {
+                    if *format != Format::Raw || dst.format != Format::Raw {
+                        return Err(Error::InvalidInput(
+                            "a stream (FIFO) is copied as raw data into a raw volume only".into(),
+                        ));
+                    }
+                    return Ok(CopySource {
+                        read: Read::Stream(path.clone()),
+                        volume: None,
+                        _lease: None,
+                    });
+                }
+                let spec = qemu::source_spec(path, *format, kind.file_type().is_block_device());
+                if *format == Format::Qcow2 {
+                    let external = qemu::external_files(&spec)?;
+                    if !external.is_empty() {
+                        return Err(Error::InvalidInput(format!(
+                            "{} names other files ({}): a qcow2 source must be self-contained \
+                             (flatten it first, e.g. `qemu-img convert -O qcow2`)",
+                            path.display(),
+                            external.join(", ")
+                        )));
+                    }
+                }
+                Ok(CopySource {
+                    read: Read::Image(spec),
+                    volume: None,
+                    _lease: None,
+                })
+            }
+            Source::Volume(s) => {
+                if *s == dst.id {
+                    return Err(Error::InvalidInput(format!(
+                        "volume {s} cannot be copied into itself"
+                    )));
+                }
+                let sv = cat.get(&domain.vg, s)?.clone();
+                let lease = domain.leases.acquire_shared(&domain.vg, s, sv.slot)?;
+                // Read under the shared lease: no operation can start on it from now on.
+                let store = domain.slots(&cat.snap)?;
+                let now = read_own(&store, &sv)?;
+                let chain = crate::chain::walk(cat, &sv.image)?;
+                let upto = chain
+                    .iter()
+                    .position(|v| v.id == sv.id)
+                    .map_or(0, |i| i + 1);
+                let illegal = chain[..upto]
+                    .iter()
+                    .find(|v| v.legality != Legality::Legal)
+                    .map(|v| (v.id, v.generation));
+                let illegal = match illegal {
+                    None if now.legality != Legality::Legal => Some((sv.id, now.generation)),
+                    other => other,
+                };
+                if let Some((id, generation)) = illegal {
+                    return Err(Error::IllegalMember {
+                        image: sv.image,
+                        id,
+                        generation,
+                    });
+                }
+                let spec = qemu::source_spec(&links::device_path(&domain.vg, s), sv.format, true);
+                Ok(CopySource {
+                    read: Read::Image(spec),
+                    volume: Some(sv),
+                    _lease: Some(lease),
+                })
+            }
+        }
+    }
+}
+
 /// Activates what the copy needs and runs it; leaves activation as it was.
-fn copy(domain: &Domain, cat: &Catalog, vol: &Volume, from: &Source, progress: bool) -> Result<()> {
+fn copy(
+    domain: &Domain,
+    cat: &Catalog,
+    vol: &Volume,
+    source: &CopySource,
+    progress: bool,
+) -> Result<()> {
     let mut activated = Vec::new();
-    let mut need = vec![vol.clone()];
-    let src = match from {
-        Source::File(p) => {
-            if !p.exists() {
-                return Err(Error::InvalidInput(format!(
-                    "{} does not exist",
-                    p.display()
-                )));
-            }
-            (p.clone(), None)
-        }
-        Source::Volume(s) => {
-            let sv = cat.get(&domain.vg, s)?.clone();
-            if sv.format == Format::Qcow2 && sv.parent.is_some() {
-                // The source chain must be readable: all of it active and linked.
-                crate::image::prepare(domain, &sv.image)?;
-            }
-            need.push(sv.clone());
-            (links::device_path(&domain.vg, s), Some(sv.format))
-        }
+    // qemu-img opens a qcow2 target's backing chain (bare ids, beside the target in /dev/VG).
+    let chain = crate::chain::walk(cat, &vol.image)?;
+    let mut need = match chain.iter().position(|v| v.id == vol.id) {
+        Some(i) => chain[..=i].to_vec(),
+        None => vec![vol.clone()],
     };
+    if let Some(sv) = &source.volume {
+        if sv.format == Format::Qcow2 && sv.parent.is_some() {
+            // The source chain must be readable: all of it active and linked.
+            crate::image::prepare(domain, &sv.image, false)?;
+        }
+        need.push(sv.clone());
+    }
     for v in &need {
         if !v.active || !links::device_path(&domain.vg, &v.id).exists() {
             domain
@@ -182,13 +315,11 @@ fn copy(domain: &Domain, cat: &Catalog, vol: &Volume, from: &Source, progress: b
             activated.push(domain.lv_path(&v.id.to_string()));
         }
     }
-    let r = convert(
-        &src.0,
-        src.1,
-        &links::device_path(&domain.vg, &vol.id),
-        vol.format,
-        progress,
-    );
+    let dst = links::device_path(&domain.vg, &vol.id);
+    let r = match &source.read {
+        Read::Stream(fifo) => stream_copy(fifo, &dst),
+        Read::Image(spec) => convert(spec, &dst, vol.format, progress),
+    };
     if let Err(e) = domain
         .lvm
         .lvchange_activation(&activated, Activation::Deactivate)
@@ -198,29 +329,8 @@ fn copy(domain: &Domain, cat: &Catalog, vol: &Volume, from: &Source, progress: b
     r
 }
 
-fn is_fifo(p: &std::path::Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    std::fs::metadata(p)
-        .map(|m| m.file_type().is_fifo())
-        .unwrap_or(false)
-}
-
-/// qemu-img convert into the existing volume; a FIFO (a stream) is copied as raw data.
-fn convert(
-    src: &std::path::Path,
-    src_fmt: Option<Format>,
-    dst: &std::path::Path,
-    dst_fmt: Format,
-    progress: bool,
-) -> Result<()> {
-    if is_fifo(src) {
-        if dst_fmt != Format::Raw {
-            return Err(Error::InvalidInput(
-                "a stream (FIFO) can only be copied into a raw volume".into(),
-            ));
-        }
-        return stream_copy(src, dst);
-    }
+/// qemu-img convert of `src` (a `json:` source spec) into the existing volume.
+fn convert(src: &str, dst: &std::path::Path, dst_fmt: Format, progress: bool) -> Result<()> {
     let timeout = std::env::var("LVCHAIN_COPY_TIMEOUT")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
@@ -230,16 +340,13 @@ fn convert(
         timeout,
     )
     .args(["convert", "-n", "-t", "none", "-O", &dst_fmt.to_string()]);
-    if let Some(f) = src_fmt {
-        c = c.args(["-f", &f.to_string()]);
-    }
     c.die_with_parent = true;
     if progress {
         c = c.arg("-p");
         c.stdout_to_stderr = true;
     }
     let f = c
-        .arg(src.as_os_str())
+        .arg(src)
         .arg(dst.as_os_str())
         .run()
         .map_err(crate::qemu::QemuError::from)?;
@@ -318,9 +425,25 @@ pub fn status(domain: &Domain, id: &Uuid, generation: u64) -> Result<Status> {
     } else {
         domain.leases.as_ref()
     };
-    let holder = reader.holder(&domain.vg, id, vol.slot)?;
-    let meta = read_own(&store, &vol)?;
-    let (state, host_id, reason) = decide(generation, &meta, holder.as_ref());
+    // The metadata before and after the holder: an operation that starts between two reads
+    // changes the metadata (ILLEGAL) after taking the lease, so equal reads around the
+    // holder's are one consistent moment.
+    let mut tries = 0;
+    let (meta, verdict) = loop {
+        let before = read_own(&store, &vol)?;
+        let holder = reader.holder(&domain.vg, id, vol.slot)?;
+        let meta = read_own(&store, &vol)?;
+        if meta == before {
+            let verdict = decide(generation, &meta, holder.as_ref());
+            break (meta, verdict);
+        }
+        tries += 1;
+        if tries == 5 {
+            let reason = "the volume's metadata changed on every read: operations are running";
+            break (meta, ("unknown", None, Some(reason.to_string())));
+        }
+    };
+    let (state, host_id, reason) = verdict;
     Ok(Status {
         volume: *id,
         generation,
@@ -335,24 +458,29 @@ pub fn status(domain: &Domain, id: &Uuid, generation: u64) -> Result<Status> {
 /// The verdict on the operation started at `generation`, from the volume's metadata and the
 /// holder of its lease. The generation decides first: once it has moved on, whoever holds the
 /// lease now runs a later operation (or a brief structural change), not the one asked about.
+/// Past generations are told apart by the fence record: a fence moves N to N+3, as three
+/// successful operations do.
 fn decide(
     generation: u64,
     meta: &VolumeMeta,
     holder: Option<&crate::lease::Holder>,
 ) -> (&'static str, Option<u64>, Option<String>) {
-    // The operation's last write is generation N+1 (with the legality its work chose).
-    if meta.generation == generation + 1 {
-        return ("succeeded", None, None);
-    }
-    if meta.generation == generation + FENCE_STEP {
-        return ("fenced", None, None);
-    }
-    if meta.generation != generation {
+    let current = meta.generation;
+    if current < generation {
         return (
             "unknown",
             None,
-            Some(format!("the volume is at generation {}", meta.generation)),
+            Some(format!(
+                "the volume is at generation {current}: nothing started at {generation}"
+            )),
         );
+    }
+    if current > generation {
+        return match past(generation, current, meta.fence) {
+            Past::Succeeded => ("succeeded", None, None),
+            Past::Fenced => ("fenced", None, None),
+            Past::Unknown(reason) => ("unknown", None, Some(reason)),
+        };
     }
     match holder {
         Some(h) if h.alive => ("running", Some(h.host_id), None),
@@ -373,8 +501,48 @@ fn decide(
     }
 }
 
+/// What moved a volume past `generation` (now at `current`).
+#[derive(Debug, PartialEq, Eq)]
+enum Past {
+    Succeeded,
+    Fenced,
+    Unknown(String),
+}
+
+fn past(generation: u64, current: u64, fence: FenceRecord) -> Past {
+    // Without a fence, every step was one successful operation.
+    let by_operations = Past::Succeeded;
+    match (fence.last, fence.count) {
+        (_, Some(0)) => by_operations,
+        (Some(f), _) if f == generation => Past::Fenced,
+        (Some(f), _) if generation > f && generation < f.saturating_add(FENCE_STEP) => {
+            Past::Unknown(format!(
+                "generation {generation} never existed: the fence of {f} moved the volume to {}",
+                f.saturating_add(FENCE_STEP)
+            ))
+        }
+        // Only fences happen between recorded ones: after the last, steps are operations.
+        (Some(f), _) if generation > f => by_operations,
+        (Some(_), Some(1)) => by_operations,
+        (Some(f), _) => Past::Unknown(format!(
+            "only the last fence (of generation {f}) is recorded, and an earlier one may have \
+             skipped generation {generation}"
+        )),
+        // A version-1 slot: no record. One step is an operation; anything else is ambiguous.
+        (None, _) if current == generation + 1 => by_operations,
+        (None, _) => Past::Unknown(format!(
+            "the volume is at generation {current}, and its metadata (format 1) does not \
+             record fences: the operation at {generation} succeeded or was fenced"
+        )),
+    }
+}
+
 /// Moves the generation from N to N+3 under the lease, so a late runner refuses to write.
+/// The fence is recorded in the metadata (the generation it fenced), so that status tells it
+/// from three successful operations.
 pub fn fence(domain: &Domain, id: &Uuid, generation: u64) -> Result<Volume> {
+    check_generation(generation)?;
+    let fenced = advance(generation, FENCE_STEP)?;
     let Started {
         vol,
         store,
@@ -382,8 +550,12 @@ pub fn fence(domain: &Domain, id: &Uuid, generation: u64) -> Result<Volume> {
         mut meta,
         ..
     } = start(domain, id, generation)?;
-    meta.generation = generation + FENCE_STEP;
+    meta.generation = fenced;
     meta.legality = Legality::Illegal;
+    meta.fence = FenceRecord {
+        last: Some(generation),
+        count: meta.fence.count.map(|n| n.saturating_add(1)),
+    };
     store.write(vol.slot, &meta)?;
     let cat = Catalog::load(domain)?;
     Ok(cat.get(&domain.vg, id)?.clone())
@@ -406,6 +578,14 @@ mod tests {
             generation,
             ctime: 0,
             description: String::new(),
+            fence: FenceRecord::NONE,
+        }
+    }
+
+    fn fenced(generation: u64, last: Option<u64>, count: Option<u64>) -> VolumeMeta {
+        VolumeMeta {
+            fence: FenceRecord { last, count },
+            ..meta(generation, Legality::Illegal)
         }
     }
 
@@ -438,17 +618,67 @@ mod tests {
         assert_eq!(decide(4, &meta(4, Legality::Illegal), None).0, "failed");
         let never = decide(4, &meta(4, Legality::Legal), None);
         assert_eq!(never.0, "unknown");
+        let unsure = decide(4, &meta(4, Legality::Illegal), Some(&UNSURE));
+        assert_eq!((unsure.0, unsure.1), ("unknown", Some(7)));
     }
 
     #[test]
-    fn fenced_and_other_generations() {
-        assert_eq!(
-            decide(4, &meta(7, Legality::Illegal), Some(&LIVE)).0,
-            "fenced"
-        );
-        let other = decide(4, &meta(9, Legality::Legal), Some(&LIVE));
-        assert_eq!(other.0, "unknown");
-        let unsure = decide(4, &meta(4, Legality::Illegal), Some(&UNSURE));
-        assert_eq!((unsure.0, unsure.1), ("unknown", Some(7)));
+    fn three_operations_are_not_a_fence() {
+        // G, G+1, G+2 succeeded: the volume is at G+3 with no fence recorded.
+        let m = meta(7, Legality::Legal);
+        for g in 4..7 {
+            assert_eq!(decide(g, &m, Some(&LIVE)).0, "succeeded", "generation {g}");
+        }
+    }
+
+    #[test]
+    fn a_recorded_fence_is_fenced_and_what_it_skipped_never_existed() {
+        let m = fenced(7, Some(4), Some(1));
+        assert_eq!(decide(4, &m, None).0, "fenced");
+        assert_eq!(decide(5, &m, None).0, "unknown");
+        assert_eq!(decide(6, &m, None).0, "unknown");
+        // Before the only fence, every step was an operation.
+        assert_eq!(decide(2, &m, None).0, "succeeded");
+        // After the fence: operations at 7, 8 took the volume to 9.
+        let m = fenced(9, Some(4), Some(1));
+        assert_eq!(decide(7, &m, None).0, "succeeded");
+        assert_eq!(decide(8, &m, None).0, "succeeded");
+        assert_eq!(decide(4, &m, None).0, "fenced");
+    }
+
+    #[test]
+    fn before_the_last_of_several_fences_the_answer_is_unknown() {
+        let m = fenced(20, Some(10), Some(2));
+        assert_eq!(decide(10, &m, None).0, "fenced");
+        assert_eq!(decide(15, &m, None).0, "succeeded");
+        assert_eq!(decide(3, &m, None).0, "unknown");
+    }
+
+    #[test]
+    fn version_1_metadata_keeps_the_old_reading_where_it_is_sure() {
+        let m = fenced(5, None, None);
+        assert_eq!(decide(4, &m, None).0, "succeeded");
+        assert_eq!(decide(2, &m, None).0, "unknown", "3 operations or a fence");
+        assert_eq!(decide(1, &m, None).0, "unknown");
+    }
+
+    #[test]
+    fn future_generations_are_unknown() {
+        let m = meta(4, Legality::Legal);
+        assert_eq!(decide(9, &m, Some(&LIVE)).0, "unknown");
+        assert_eq!(decide(u64::MAX, &m, None).0, "unknown");
+    }
+
+    #[test]
+    fn generation_arithmetic_never_wraps() {
+        assert!(check_generation(MAX_GENERATION).is_ok());
+        assert!(check_generation(MAX_GENERATION + 1).is_err());
+        assert!(check_generation(u64::MAX).is_err());
+        assert!(advance(u64::MAX, 1).is_err());
+        assert!(advance(MAX_GENERATION, FENCE_STEP).is_ok());
+        // The top generation an operation can leave still answers.
+        let m = meta(u64::MAX, Legality::Legal);
+        assert_eq!(decide(u64::MAX - 1, &m, None).0, "succeeded");
+        assert_eq!(decide(u64::MAX, &m, None).0, "unknown");
     }
 }

@@ -103,6 +103,47 @@ pub fn resize_qcow2(target: &Path, capacity: u64) -> Result<(), QemuError> {
 
 /// Bytes of LV needed for a fully written qcow2 of `capacity`: data plus L1/L2 tables,
 /// refcounts and header, for 64 KiB clusters, with margin.
+/// The `json:` source qemu-img reads `path` through: the format given (never probed), the
+/// protocol driver named (so no `nbd:`/`json:` prefix in a file name is interpreted), and for
+/// qcow2 no backing file, whatever the header names.
+pub fn source_spec(path: &Path, format: crate::metadata::Format, block_device: bool) -> String {
+    let file = serde_json::json!({
+        "driver": if block_device { "host_device" } else { "file" },
+        "filename": path.to_string_lossy(),
+    });
+    let spec = match format {
+        crate::metadata::Format::Raw => serde_json::json!({ "driver": "raw", "file": file }),
+        crate::metadata::Format::Qcow2 => {
+            serde_json::json!({ "driver": "qcow2", "backing": null, "file": file })
+        }
+    };
+    format!("json:{spec}")
+}
+
+/// The other files a qcow2 image's header names (a backing file, an external data file).
+pub fn external_files(spec: &str) -> Result<Vec<String>, QemuError> {
+    let c = Cmd::new(qemu_img(), Duration::from_secs(120))
+        .args(["info", "--output", "json"])
+        .arg(spec);
+    let out = run(c)?;
+    let info: serde_json::Value = serde_json::from_str(&out).map_err(|e| QemuError::Failed {
+        argv: format!("qemu-img info {spec}"),
+        code: Some(0),
+        stderr: format!("unreadable output: {e}"),
+    })?;
+    let mut files = Vec::new();
+    if let Some(b) = info.get("backing-filename").and_then(|v| v.as_str()) {
+        files.push(format!("backing file {b:?}"));
+    }
+    if let Some(d) = info
+        .pointer("/format-specific/data/data-file")
+        .and_then(|v| v.as_str())
+    {
+        files.push(format!("data file {d:?}"));
+    }
+    Ok(files)
+}
+
 pub fn qcow2_lv_size(capacity: u64) -> u64 {
     let clusters = capacity.div_ceil(65536);
     let l2 = clusters * 8;

@@ -10,8 +10,12 @@ use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
 
-/// Version of the on-disk format written by this lvchain.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the on-disk format written by this lvchain into new domains. Format 2 writes
+/// version-2 metadata slots (with the fence record); format 1 (read and changed as it is, with
+/// version-1 slots) is still served.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest domain format this lvchain serves.
+pub const OLDEST_FORMAT: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Tag {

@@ -72,7 +72,11 @@ fn check_reports_every_kind_of_damage_and_changes_nothing() {
     let bslot = slot(&base);
     let mut meta = decode(bslot as u32, &slot_bytes(&d, bslot)).unwrap();
     meta.parent = Some(leaf.parse().unwrap());
-    write_slot(&d, bslot, &encode(&meta, 512).unwrap());
+    write_slot(
+        &d,
+        bslot,
+        &encode(&meta, 512, lvchain::metadata::SLOT_VERSION).unwrap(),
+    );
     // A foreign LV, and one that claims the middle volume's slot.
     for (name, tags) in [
         ("foreign".to_string(), vec![]),

@@ -482,7 +482,13 @@ fn vm_held_by_other_host() {
 
     let mut reg = Registration::register().expect("register host 1");
     let e = reg
-        .acquire(&res, AcquireOptions { no_wait: true })
+        .acquire(
+            &res,
+            AcquireOptions {
+                no_wait: true,
+                ..Default::default()
+            },
+        )
         .expect_err("acquire held by host 2");
     println!(
         "step 2hosts-acquire-on-host-1: {e} (is_held={})",
@@ -507,7 +513,13 @@ fn vm_held_by_other_host() {
     ));
     assert_eq!(disk.is_running(), None);
     let e = reg
-        .acquire(&res, AcquireOptions { no_wait: true })
+        .acquire(
+            &res,
+            AcquireOptions {
+                no_wait: true,
+                ..Default::default()
+            },
+        )
         .expect_err("acquire while host 2's lease has not timed out");
     println!(
         "step 2hosts-acquire-after-crash: {e} (is_held={})",

@@ -205,3 +205,91 @@ fn a_wrong_generation_is_refused_and_changes_nothing_and_fencing_stops_late_runn
     assert_eq!(after, before, "a refused copy changes nothing");
     assert_eq!(after.1["generation"], 7);
 }
+
+fn update(d: &Domain, vol: &str, generation: u64, description: &str) {
+    d.ok(&[
+        "volume",
+        "update",
+        d.name(),
+        vol,
+        "--generation",
+        &generation.to_string(),
+        "--description",
+        description,
+    ]);
+}
+
+#[test]
+fn three_operations_are_succeeded_not_fenced_and_only_a_recorded_fence_is_fenced() {
+    if !lvm_available("threeops") {
+        return;
+    }
+    let d = Domain::new("threeops");
+    let img = uuid();
+    let vol = d.create(&["--image", &img, "--size", "8M", "--format", "raw"]);
+    for g in 0..3 {
+        update(&d, &vol, g, &format!("op {g}"));
+    }
+    // At G+3 after three operations: G succeeded (a fence would also have reached G+3).
+    for g in 0..3 {
+        let s = status(&d, &vol, g);
+        assert_eq!(s["state"], "succeeded", "generation {g}: {s}");
+    }
+    d.ok(&["volume", "fence", d.name(), &vol, "--generation", "3"]);
+    assert_eq!(status(&d, &vol, 3)["state"], "fenced");
+    assert_eq!(status(&d, &vol, 0)["state"], "succeeded");
+    // Generations the fence skipped never existed.
+    assert_eq!(status(&d, &vol, 4)["state"], "unknown");
+    // After the fence, operations again.
+    update(&d, &vol, 6, "after the fence");
+    assert_eq!(status(&d, &vol, 6)["state"], "succeeded");
+    assert_eq!(status(&d, &vol, 3)["state"], "fenced");
+}
+
+#[test]
+fn impossible_generations_are_bad_input_and_change_nothing() {
+    if !lvm_available("biggen") {
+        return;
+    }
+    let d = Domain::new("biggen");
+    let img = uuid();
+    let vol = d.create(&["--image", &img, "--size", "8M", "--format", "raw"]);
+    let before = d.state();
+    for g in ["18446744073709551615", "18446744073709551613", "-1", "x"] {
+        for cmd in ["update", "fence"] {
+            let f = d.run(&["volume", cmd, d.name(), &vol, "--generation", g]);
+            assert_eq!(f.code, Some(2), "{cmd} --generation {g}: {f:?}");
+            assert!(f.stderr.contains("generation"), "{}", f.stderr);
+        }
+    }
+    assert_eq!(d.state(), before);
+    // A read of any generation is answered.
+    let s = status(&d, &vol, u64::MAX);
+    assert_eq!(s["state"], "unknown", "{s}");
+    assert_eq!(d.state(), before);
+}
+
+#[test]
+fn format_1_domains_are_served_and_keep_version_1_slots() {
+    if !lvm_available("format1") {
+        return;
+    }
+    let d = Domain::new("format1");
+    d.vg.lvm
+        .vgchange_tags(d.name(), &["LVC_FORMAT=2".into()], &["LVC_FORMAT=1".into()])
+        .unwrap();
+    let img = uuid();
+    let vol = d.create(&["--image", &img, "--size", "8M", "--format", "raw"]);
+    update(&d, &vol, 0, "old format");
+    let slot = d.json(&["volume", "info", d.name(), &vol])["slot"]
+        .as_u64()
+        .unwrap();
+    let md = std::fs::read(format!("/dev/{}/metadata", d.name())).unwrap();
+    let text = &md[slot as usize * 512..][..512];
+    assert!(text.starts_with(b"LVC_META=1\n"), "a version-1 slot");
+    assert!(!text.windows(7).any(|w| w == b"FENCED="));
+    assert_eq!(status(&d, &vol, 0)["state"], "succeeded");
+    assert_eq!(d.json(&["domain", "info", d.name()])["format"], 1);
+    let f = d.run(&["domain", "check", d.name()]);
+    assert_eq!(f.code, Some(0), "{}", f.stderr);
+}

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    dir_file, lvm_available, make_fifo, sanlock_available, start_copy, status, uuid,
-    wait_for_state, Domain,
+    dir_file, lvm_available, make_fifo, resume, sanlock_available, start_copy, start_paused,
+    status, uuid, wait_for_state, Domain,
 };
 use std::io::Write;
 
@@ -142,4 +142,53 @@ fn a_sanlock_domain_serves_leases_and_status_from_shared_storage() {
     d.ok(&["domain", "remove", d.name()]);
     let f = d.run(&["domain", "info", d.name()]);
     assert!(f.stderr.contains("not found"), "{f:?}");
+}
+
+#[test]
+fn a_volume_source_is_read_under_a_shared_sanlock_lease() {
+    if !lvm_available("sanlockshared") || !sanlock_available("sanlockshared") {
+        return;
+    }
+    let d = Domain::new_sanlock("sanlockshared");
+    d.ok(&["host", "join", d.name(), "--host-id", "9"]);
+    let (src_img, dst_img) = (uuid(), uuid());
+    let src = d.create(&["--image", &src_img, "--size", "8M", "--format", "raw"]);
+    let dst = d.create(&["--image", &dst_img, "--size", "8M", "--format", "raw"]);
+    let (dir, file) = dir_file(&[0x73; 1 << 20]);
+    let copy = |to: &str, from: &str, g: &str| {
+        let v: Vec<String> = [
+            "volume",
+            "copy",
+            d.name(),
+            to,
+            "--from",
+            from,
+            "--generation",
+            g,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        v
+    };
+    let a = copy(&src, file.to_str().unwrap(), "0");
+    d.ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let a = copy(&dst, &src, "0");
+    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (child, pause) = start_paused(&d, &args, "op.after-work", dir.path());
+    // The reader holds the source shared: no operation starts on it, and none reads running.
+    let before = d.state();
+    let e = d.fails(&["volume", "update", d.name(), &src, "--generation", "1"]);
+    assert!(e.contains("held"), "{e}");
+    assert_eq!(d.state(), before);
+    let s = status(&d, &src, 1);
+    assert_ne!(
+        s["state"], "running",
+        "a shared reader is not an operation: {s}"
+    );
+    assert_eq!(status(&d, &dst, 0)["state"], "running");
+    resume(child, &pause);
+    assert_eq!(status(&d, &dst, 0)["state"], "succeeded");
+    d.ok(&["volume", "update", d.name(), &src, "--generation", "1"]);
+    d.ok(&["host", "leave", d.name()]);
 }

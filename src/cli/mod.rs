@@ -142,7 +142,7 @@ pub enum VolumeCmd {
         volume: Uuid,
         #[arg(long, value_parser = parse_bytes)]
         size: Bytes,
-        #[arg(long)]
+        #[arg(long, value_parser = parse_generation)]
         generation: Option<u64>,
     },
     /// Copy data into a volume (qemu-img convert; a FIFO is streamed) under its lease.
@@ -153,7 +153,11 @@ pub enum VolumeCmd {
         /// A file, device or FIFO, or the id of a volume of this domain.
         #[arg(long)]
         from: String,
-        #[arg(long)]
+        /// How to read a file source: raw (its bytes) or qcow2 (self-contained: a backing or
+        /// data file is refused). Never guessed; a volume source is read in its own format.
+        #[arg(long, value_parser = parse_format, default_value = "raw")]
+        from_format: Format,
+        #[arg(long, value_parser = parse_generation)]
         generation: u64,
     },
     /// Change a volume's description or legality under its lease.
@@ -161,7 +165,7 @@ pub enum VolumeCmd {
         vg: String,
         #[arg(value_parser = parse_uuid)]
         volume: Uuid,
-        #[arg(long)]
+        #[arg(long, value_parser = parse_generation)]
         generation: u64,
         #[arg(long)]
         description: Option<String>,
@@ -181,7 +185,7 @@ pub enum VolumeCmd {
         vg: String,
         #[arg(value_parser = parse_uuid)]
         volume: Uuid,
-        #[arg(long)]
+        #[arg(long, value_parser = parse_generation)]
         generation: u64,
     },
 }
@@ -194,11 +198,15 @@ pub enum ImageCmd {
         #[arg(value_parser = parse_uuid)]
         image: Uuid,
     },
-    /// Activate the chain and create its links under /run/lvchain/VG/IMAGE.
+    /// Activate the chain and create its links under /run/lvchain/VG/IMAGE (refused while a
+    /// volume of the chain is illegal).
     Prepare {
         vg: String,
         #[arg(value_parser = parse_uuid)]
         image: Uuid,
+        /// Prepare even a chain with an illegal volume (partial data), for recovery work.
+        #[arg(long)]
+        allow_illegal: bool,
     },
     /// Remove the links and deactivate the chain.
     Teardown {
@@ -226,6 +234,15 @@ fn parse_uuid(s: &str) -> std::result::Result<Uuid, String> {
 
 fn parse_bytes(s: &str) -> std::result::Result<Bytes, String> {
     parse_size(s)
+}
+
+/// A generation an operation can start at (its end, or a fence, must still count).
+fn parse_generation(s: &str) -> std::result::Result<u64, String> {
+    let g: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a generation (a whole number)"))?;
+    operation::check_generation(g).map_err(|e| e.to_string())?;
+    Ok(g)
 }
 
 fn parse_legality(s: &str) -> std::result::Result<Legality, String> {
@@ -366,12 +383,16 @@ pub fn run(cli: &Cli) -> Result<()> {
                 vg,
                 volume,
                 from,
+                from_format,
                 generation,
             } => {
                 let path = PathBuf::from(from);
                 let source = match Uuid::parse_str(from) {
                     Ok(id) if !path.exists() => Source::Volume(id),
-                    _ => Source::File(path),
+                    _ => Source::File {
+                        path,
+                        format: *from_format,
+                    },
                 };
                 let progress = !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
                 let work = Work::Copy {
@@ -411,8 +432,12 @@ pub fn run(cli: &Cli) -> Result<()> {
                 let cat = Catalog::load(&domain(vg)?)?;
                 out.volumes(&crate::chain::walk(&cat, image)?)
             }
-            ImageCmd::Prepare { vg, image } => {
-                let chain = crate::image::prepare(&domain(vg)?, image)?;
+            ImageCmd::Prepare {
+                vg,
+                image,
+                allow_illegal,
+            } => {
+                let chain = crate::image::prepare(&domain(vg)?, image, *allow_illegal)?;
                 out.prepared(vg, image, &chain)
             }
             ImageCmd::Teardown { vg, image } => {

@@ -198,6 +198,7 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
         path: domain.metadata_path(),
         slot_size: slot_size as usize,
         slots: req.max_volumes,
+        version: FORMAT_VERSION,
     };
     store.wipe()?;
     if req.lock_manager == "sanlock" {

@@ -149,6 +149,7 @@ impl Domain {
             path: self.metadata_path(),
             slot_size: snap.info.slot_size as usize,
             slots: snap.info.max_volumes,
+            version: snap.info.format,
         })
     }
 

@@ -1,9 +1,15 @@
 //! One LVM report of a domain's VG, classified: special LVs, committed volumes, orphans
 //! (LVs carrying a transaction marker) and LVs that belong to no volume.
+//!
+//! Chain membership is decided here, once: a chain member is a committed volume, or a marked
+//! LV that a committed volume descends from (a removal mark that did not reach every member of
+//! an image: the collector restores it). Every reader and every validation asks
+//! [`Snapshot::volumes`], [`Snapshot::children`] and [`Snapshot::pending_children`], so a base
+//! under a marked middle volume is never taken for a leaf.
 
 use crate::error::{Error, Result};
 use crate::lvm::LvRow;
-use crate::tags::{Tag, FORMAT_VERSION};
+use crate::tags::{Tag, FORMAT_VERSION, OLDEST_FORMAT};
 use std::collections::{BTreeSet, HashSet};
 use uuid::Uuid;
 
@@ -34,6 +40,9 @@ pub struct LvEntry {
     pub creating: bool,
     pub removing: bool,
     pub special: bool,
+    /// A chain member: committed, or marked but needed by a committed descendant (set by
+    /// [`Snapshot::from_rows`]).
+    pub member: bool,
     /// `LVC_*` tags that do not parse (a damaged domain).
     pub bad_tags: Vec<String>,
 }
@@ -52,6 +61,7 @@ impl LvEntry {
             creating: false,
             removing: false,
             special: false,
+            member: false,
             bad_tags: Vec::new(),
         };
         for t in &row.lv_tags {
@@ -75,12 +85,13 @@ impl LvEntry {
     }
 
     /// A committed volume: a UUID name, image and slot tags, no marker, not special.
-    pub fn is_volume(&self) -> bool {
-        !self.marked()
-            && !self.special
-            && self.id.is_some()
-            && self.image.is_some()
-            && self.slot.is_some()
+    pub fn is_committed(&self) -> bool {
+        !self.marked() && self.has_identity()
+    }
+
+    /// A UUID name, image and slot tags, not special: what a volume's LV carries.
+    fn has_identity(&self) -> bool {
+        !self.special && self.id.is_some() && self.image.is_some() && self.slot.is_some()
     }
 }
 
@@ -105,18 +116,40 @@ impl Snapshot {
             first.vg_size,
             first.vg_free,
         )?;
-        Ok(Snapshot {
+        let mut snap = Snapshot {
             info,
             lvs: rows.iter().map(LvEntry::from_row).collect(),
-        })
+        };
+        snap.classify();
+        Ok(snap)
     }
 
+    /// Sets [`LvEntry::member`] on every LV from the tags (call again after changing markers).
+    pub fn classify(&mut self) {
+        let needed = self.needed_by_committed();
+        for lv in &mut self.lvs {
+            lv.member = lv.has_identity() && (!lv.marked() || needed.contains(&lv.name));
+        }
+    }
+
+    /// Chain members: committed volumes, and marked LVs a committed volume descends from.
+    /// What every reader shows and every validation counts.
     pub fn volumes(&self) -> impl Iterator<Item = &LvEntry> {
-        self.lvs.iter().filter(|l| l.is_volume())
+        self.lvs.iter().filter(|l| l.member)
     }
 
+    /// LVs carrying a transaction marker, chain members among them (the collector decides).
     pub fn orphans(&self) -> impl Iterator<Item = &LvEntry> {
         self.lvs.iter().filter(|l| l.marked() && !l.special)
+    }
+
+    /// Marked LVs naming `id` as parent that are not chain members: a creation in progress (or
+    /// dead), or a removal past its point of no return. They do not make `id` internal for a
+    /// reader, but nothing may change `id`'s data while one exists.
+    pub fn pending_children(&self, id: &Uuid) -> Vec<&LvEntry> {
+        self.orphans()
+            .filter(|l| !l.member && l.parent.as_ref() == Some(id))
+            .collect()
     }
 
     pub fn volume(&self, id: &Uuid) -> Option<&LvEntry> {
@@ -127,7 +160,7 @@ impl Snapshot {
         self.lvs.iter().find(|l| l.name == name)
     }
 
-    /// Committed volumes whose parent tag names `id`.
+    /// Chain members whose parent tag names `id`.
     pub fn children(&self, id: &Uuid) -> Vec<&LvEntry> {
         self.volumes()
             .filter(|l| l.parent.as_ref() == Some(id))
@@ -157,7 +190,7 @@ impl Snapshot {
             .collect();
         let mut needed = HashSet::new();
         let mut seen = HashSet::new();
-        for v in self.volumes() {
+        for v in self.lvs.iter().filter(|l| l.is_committed()) {
             let mut next = v.parent;
             // `seen` ends every walk at a volume already walked: loops cannot spin.
             while let Some(p) = next {
@@ -229,7 +262,7 @@ pub fn info_from_tags(
             hint: hint.into(),
         });
     }
-    if info.format != FORMAT_VERSION {
+    if !(OLDEST_FORMAT..=FORMAT_VERSION).contains(&info.format) {
         return Err(Error::UnsupportedFormat {
             vg: vg.to_string(),
             found: info.format,
@@ -293,6 +326,34 @@ mod tests {
         let (snap, ids) = chain([&r, &[], &r])?;
         let needed = snap.needed_by_committed();
         assert_eq!(needed, HashSet::from([ids[0].to_string()]));
+        Ok(())
+    }
+
+    #[test]
+    fn a_marked_middle_volume_stays_a_chain_member() -> Result<()> {
+        let (snap, ids) = chain([&[], &[Tag::Removing], &[]])?;
+        assert_eq!(
+            snap.volumes().count(),
+            3,
+            "the marked middle is still a member"
+        );
+        let children: Vec<_> = snap.children(&ids[0]).iter().map(|l| l.id).collect();
+        assert_eq!(children, vec![Some(ids[1])], "the base is not a leaf");
+        assert!(snap.pending_children(&ids[0]).is_empty());
+        assert_eq!(
+            snap.orphans().count(),
+            1,
+            "the collector still sees the marker"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_marked_top_is_pending_not_a_member() -> Result<()> {
+        let (snap, ids) = chain([&[], &[], &[Tag::Creating]])?;
+        assert_eq!(snap.volumes().count(), 2);
+        assert!(snap.children(&ids[1]).is_empty());
+        assert_eq!(snap.pending_children(&ids[1]).len(), 1);
         Ok(())
     }
 

@@ -170,10 +170,16 @@ impl LeaseManager for SanlockLeases {
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
         let res = volume_resource(vg, volume, slot);
-        let mut reg = Registration::register().map_err(|e| lease_error(vg, volume, e))?;
-        reg.acquire(&res, AcquireOptions { no_wait: true })
-            .map_err(|e| lease_error(vg, volume, e))?;
-        Ok(Box::new(SanlockGuard { reg, res }))
+        acquire_mode(vg, volume, res, false)
+    }
+
+    fn acquire_shared(
+        &self,
+        vg: &str,
+        volume: &Uuid,
+        slot: u32,
+    ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
+        acquire_mode(vg, volume, volume_resource(vg, volume, slot), true)
     }
 
     fn holder(&self, vg: &str, volume: &Uuid, slot: u32) -> Result<Option<Holder>, LeaseError> {
@@ -208,9 +214,25 @@ impl LeaseManager for SanlockLeases {
     }
 }
 
+fn acquire_mode(
+    vg: &str,
+    volume: &Uuid,
+    res: Resource,
+    shared: bool,
+) -> Result<Box<dyn LeaseGuard>, LeaseError> {
+    let mut reg = Registration::register().map_err(|e| lease_error(vg, volume, e))?;
+    let opts = AcquireOptions {
+        no_wait: true,
+        shared,
+    };
+    reg.acquire(&res, opts)
+        .map_err(|e| lease_error(vg, volume, e))?;
+    Ok(Box::new(SanlockGuard { reg, res }))
+}
+
 fn owner_of(st: &sanlock::OwnerStatus) -> Option<u64> {
     match st {
-        sanlock::OwnerStatus::Free { .. } => None,
+        sanlock::OwnerStatus::Free { .. } | sanlock::OwnerStatus::Shared { .. } => None,
         sanlock::OwnerStatus::Held { owner, .. } => Some(owner.host_id),
     }
 }
@@ -247,7 +269,13 @@ impl LockManager for SanlockLock {
         };
         loop {
             let mut reg = Registration::register().map_err(|e| failed(e.to_string()))?;
-            match reg.acquire(&res, AcquireOptions { no_wait: true }) {
+            match reg.acquire(
+                &res,
+                AcquireOptions {
+                    no_wait: true,
+                    shared: false,
+                },
+            ) {
                 Ok(()) => {
                     reg.inherit_into_children()
                         .map_err(|e| failed(e.to_string()))?;

@@ -58,8 +58,49 @@ impl LeaseManager for LocalLeases {
         volume: &Uuid,
         _slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
+        self.lock(vg, volume, libc::F_WRLCK as libc::c_short)
+    }
+
+    fn acquire_shared(
+        &self,
+        vg: &str,
+        volume: &Uuid,
+        _slot: u32,
+    ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
+        self.lock(vg, volume, libc::F_RDLCK as libc::c_short)
+    }
+
+    /// The exclusive holder (an operation); shared holders (readers) are not reported.
+    fn holder(&self, vg: &str, volume: &Uuid, _slot: u32) -> Result<Option<Holder>, LeaseError> {
         let f = self.open(vg, volume)?;
-        let fl = whole_file_lock(libc::F_WRLCK as libc::c_short);
+        let mut fl = whole_file_lock(libc::F_WRLCK as libc::c_short);
+        // SAFETY: as above; F_OFD_GETLK fills `fl` with a conflicting lock, if any.
+        let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+        if r != 0 {
+            return Err(LeaseError::Io {
+                what: format!("lease of {volume}"),
+                reason: std::io::Error::last_os_error().to_string(),
+            });
+        }
+        Ok(
+            (fl.l_type == libc::F_WRLCK as libc::c_short).then_some(Holder {
+                host_id: 0,
+                alive: true,
+            }),
+        )
+    }
+}
+
+impl LocalLeases {
+    /// An OFD lock of `kind` (write: exclusive, read: shared) on the volume's lease file.
+    fn lock(
+        &self,
+        vg: &str,
+        volume: &Uuid,
+        kind: libc::c_short,
+    ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
+        let f = self.open(vg, volume)?;
+        let fl = whole_file_lock(kind);
         // SAFETY: fcntl with a valid flock struct on a descriptor we own.
         let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
         if r == 0 {
@@ -76,25 +117,6 @@ impl LeaseManager for LocalLeases {
                 reason: e.to_string(),
             }),
         }
-    }
-
-    fn holder(&self, vg: &str, volume: &Uuid, _slot: u32) -> Result<Option<Holder>, LeaseError> {
-        let f = self.open(vg, volume)?;
-        let mut fl = whole_file_lock(libc::F_WRLCK as libc::c_short);
-        // SAFETY: as above; F_OFD_GETLK fills `fl` with a conflicting lock, if any.
-        let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
-        if r != 0 {
-            return Err(LeaseError::Io {
-                what: format!("lease of {volume}"),
-                reason: std::io::Error::last_os_error().to_string(),
-            });
-        }
-        Ok(
-            (fl.l_type != libc::F_UNLCK as libc::c_short).then_some(Holder {
-                host_id: 0,
-                alive: true,
-            }),
-        )
     }
 }
 
@@ -122,6 +144,37 @@ mod tests {
         drop(g);
         assert_eq!(leases.holder("vg", &v, 0)?, None);
         assert!(leases.acquire("vg", &v, 0).is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn shared_holders_coexist_and_keep_out_an_exclusive_one() -> Result<(), LeaseError> {
+        let dir = tempfile::tempdir().map_err(|e| LeaseError::Io {
+            what: "tmp".into(),
+            reason: e.to_string(),
+        })?;
+        let leases = LocalLeases {
+            dir: dir.path().to_path_buf(),
+        };
+        let v = Uuid::new_v4();
+        let a = leases.acquire_shared("vg", &v, 0)?;
+        let b = leases.acquire_shared("vg", &v, 0)?;
+        assert_eq!(
+            leases.holder("vg", &v, 0)?,
+            None,
+            "readers run no operation"
+        );
+        assert!(matches!(
+            leases.acquire("vg", &v, 0),
+            Err(LeaseError::Held { .. })
+        ));
+        drop((a, b));
+        let x = leases.acquire("vg", &v, 0)?;
+        assert!(matches!(
+            leases.acquire_shared("vg", &v, 0),
+            Err(LeaseError::Held { .. })
+        ));
+        drop(x);
         Ok(())
     }
 }

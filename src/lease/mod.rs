@@ -50,6 +50,14 @@ pub trait LeaseManager {
         volume: &Uuid,
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError>;
+    /// Takes the volume's lease in shared mode (readers of its data: any number of them, and
+    /// no exclusive holder meanwhile), or fails at once when it is held exclusively.
+    fn acquire_shared(
+        &self,
+        vg: &str,
+        volume: &Uuid,
+        slot: u32,
+    ) -> Result<Box<dyn LeaseGuard>, LeaseError>;
     /// Reads who holds the lease, without taking it.
     fn holder(&self, vg: &str, volume: &Uuid, slot: u32) -> Result<Option<Holder>, LeaseError>;
     /// Prepares the lease area of a new volume (sanlock writes its paxos lease).

@@ -1,4 +1,11 @@
-//! Encoding and decoding of one metadata slot (format version 1).
+//! Encoding and decoding of one metadata slot.
+//!
+//! Version 1: `LVC_META=1`, `ID`, `IMAGE`, `PARENT`, `FORMAT`, `CAPACITY`, `ROLE`, `LEGALITY`,
+//! `GENERATION`, `CTIME`, `DESCRIPTION`, then `CHECKSUM`. Version 2 adds the fence record
+//! before `CHECKSUM`: `FENCED=<last generation a fence moved on, or empty>` and
+//! `FENCES=<fences since the volume was created, or empty when unknown>`. Both versions are
+//! read; the version written is the domain's (a format-1 domain keeps version-1 slots, which
+//! older lvchain reads).
 
 use serde::Serialize;
 use std::fmt;
@@ -7,7 +14,8 @@ use uuid::Uuid;
 
 /// Longest description accepted (bytes), so that a volume fits a 512-byte slot.
 pub const MAX_DESCRIPTION: usize = 160;
-const VERSION: u32 = 1;
+/// The slot version this lvchain writes into domains of the current format.
+pub const SLOT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum MetaError {
@@ -60,6 +68,25 @@ pub struct VolumeMeta {
     pub generation: u64,
     pub ctime: u64,
     pub description: String,
+    pub fence: FenceRecord,
+}
+
+/// Which generations fences skipped: a fence moves the generation from N to N+3, which three
+/// successful operations do too; only this record tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct FenceRecord {
+    /// The generation the last fence moved on from.
+    pub last: Option<u64>,
+    /// How many fences the volume has had; `None` when unknown (a version-1 slot).
+    pub count: Option<u64>,
+}
+
+impl FenceRecord {
+    /// The record of a new volume: no fence, and the whole history known.
+    pub const NONE: FenceRecord = FenceRecord {
+        last: None,
+        count: Some(0),
+    };
 }
 
 /// Refuses a description that would not fit a slot, counted as the slot stores it (escaped:
@@ -112,11 +139,12 @@ fn unescape(s: &str) -> String {
     out
 }
 
-/// The slot image of `meta` (`size` bytes, zero padded).
-pub fn encode(meta: &VolumeMeta, size: usize) -> Result<Vec<u8>, MetaError> {
+/// The slot image of `meta` (`size` bytes, zero padded) in slot version `version` (1 or 2;
+/// version 1 has no fence record).
+pub fn encode(meta: &VolumeMeta, size: usize, version: u32) -> Result<Vec<u8>, MetaError> {
     let parent = meta.parent.map(|p| p.to_string()).unwrap_or_default();
-    let body = format!(
-        "LVC_META={VERSION}\nID={}\nIMAGE={}\nPARENT={parent}\nFORMAT={}\nCAPACITY={}\nROLE={}\n\
+    let mut body = format!(
+        "LVC_META={version}\nID={}\nIMAGE={}\nPARENT={parent}\nFORMAT={}\nCAPACITY={}\nROLE={}\n\
          LEGALITY={}\nGENERATION={}\nCTIME={}\nDESCRIPTION={}\n",
         meta.id,
         meta.image,
@@ -128,6 +156,14 @@ pub fn encode(meta: &VolumeMeta, size: usize) -> Result<Vec<u8>, MetaError> {
         meta.ctime,
         escape(&meta.description)
     );
+    if version >= 2 {
+        let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_default();
+        body.push_str(&format!(
+            "FENCED={}\nFENCES={}\n",
+            opt(meta.fence.last),
+            opt(meta.fence.count)
+        ));
+    }
     let text = format!("{body}CHECKSUM={:08x}\n", crc32fast::hash(body.as_bytes()));
     if text.len() > size {
         return Err(MetaError::TooLarge { id: meta.id, size });
@@ -176,9 +212,30 @@ pub fn decode(slot: u32, bytes: &[u8]) -> Result<VolumeMeta, MetaError> {
     let uuid = |k: &str| -> Result<Uuid, MetaError> {
         Uuid::parse_str(get(k)?).map_err(|_| damaged(format!("{k} is not a UUID")))
     };
-    if num("LVC_META")? != u64::from(VERSION) {
+    let version = num("LVC_META")?;
+    if !(1..=u64::from(SLOT_VERSION)).contains(&version) {
         return Err(damaged(format!("unknown format {}", get("LVC_META")?)));
     }
+    let opt_num = |k: &str| -> Result<Option<u64>, MetaError> {
+        match get(k)? {
+            "" => Ok(None),
+            v => v
+                .parse()
+                .map(Some)
+                .map_err(|_| damaged(format!("{k} is not a number"))),
+        }
+    };
+    let fence = if version >= 2 {
+        FenceRecord {
+            last: opt_num("FENCED")?,
+            count: opt_num("FENCES")?,
+        }
+    } else {
+        FenceRecord {
+            last: None,
+            count: None,
+        }
+    };
     Ok(VolumeMeta {
         id: uuid("ID")?,
         image: uuid("IMAGE")?,
@@ -193,6 +250,7 @@ pub fn decode(slot: u32, bytes: &[u8]) -> Result<VolumeMeta, MetaError> {
         generation: num("GENERATION")?,
         ctime: num("CTIME")?,
         description: unescape(get("DESCRIPTION")?),
+        fence,
     })
 }
 
@@ -212,6 +270,10 @@ mod tests {
             generation: 7,
             ctime: 1_700_000_000,
             description: "line one\nback\\slash = ok \u{1}".into(),
+            fence: FenceRecord {
+                last: Some(3),
+                count: Some(1),
+            },
         }
     }
 
@@ -219,21 +281,21 @@ mod tests {
     fn round_trip_in_512_bytes() -> Result<(), MetaError> {
         let mut m = sample();
         m.description = "x".repeat(MAX_DESCRIPTION);
-        let b = encode(&m, 512)?;
+        let b = encode(&m, 512, SLOT_VERSION)?;
         assert_eq!(b.len(), 512);
         assert_eq!(decode(3, &b)?, m);
         let m = sample();
-        assert_eq!(decode(3, &encode(&m, 512)?)?, m);
+        assert_eq!(decode(3, &encode(&m, 512, SLOT_VERSION)?)?, m);
         Ok(())
     }
 
     #[test]
     fn detects_empty_torn_and_foreign() -> Result<(), MetaError> {
         assert_eq!(decode(1, &[0u8; 512]), Err(MetaError::Empty { slot: 1 }));
-        let mut b = encode(&sample(), 512)?;
+        let mut b = encode(&sample(), 512, SLOT_VERSION)?;
         b[20] ^= 1;
         assert!(matches!(decode(1, &b), Err(MetaError::Damaged { .. })));
-        let mut b = encode(&sample(), 512)?;
+        let mut b = encode(&sample(), 512, SLOT_VERSION)?;
         b[500] = 7;
         assert!(matches!(decode(1, &b), Err(MetaError::Damaged { .. })));
         assert!(matches!(
@@ -244,10 +306,64 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_volume_fits_a_512_byte_slot() -> Result<(), MetaError> {
+        let mut m = sample();
+        m.description = "\u{1}".repeat(MAX_DESCRIPTION / 6);
+        m.generation = u64::MAX;
+        m.capacity = u64::MAX;
+        m.ctime = u64::MAX;
+        m.fence = FenceRecord {
+            last: Some(u64::MAX),
+            count: Some(u64::MAX),
+        };
+        assert!(check_description(&m.description).is_ok());
+        assert_eq!(decode(0, &encode(&m, 512, SLOT_VERSION)?)?, m);
+        Ok(())
+    }
+
+    #[test]
+    fn version_1_slots_are_read_with_an_unknown_fence_history() -> Result<(), MetaError> {
+        let m = sample();
+        let v1 = encode(&m, 512, 1)?;
+        assert!(v1.starts_with(b"LVC_META=1\n"));
+        assert!(!v1.windows(7).any(|w| w == b"FENCED="));
+        let back = decode(0, &v1)?;
+        assert_eq!(
+            back.fence,
+            FenceRecord {
+                last: None,
+                count: None
+            }
+        );
+        assert_eq!(
+            VolumeMeta {
+                fence: m.fence,
+                ..back
+            },
+            m
+        );
+        // A slot as lvchain 0.1 wrote it, byte for byte.
+        let body = format!(
+            "LVC_META=1\nID={}\nIMAGE={}\nPARENT=\nFORMAT=raw\nCAPACITY=4096\nROLE=leaf\n\
+             LEGALITY=legal\nGENERATION=5\nCTIME=1\nDESCRIPTION=d\n",
+            m.id, m.image
+        );
+        let old = format!("{body}CHECKSUM={:08x}\n", crc32fast::hash(body.as_bytes()));
+        let mut bytes = old.into_bytes();
+        bytes.resize(512, 0);
+        let read = decode(1, &bytes)?;
+        assert_eq!((read.generation, read.fence.count), (5, None));
+        Ok(())
+    }
+
+    #[test]
     fn refuses_what_does_not_fit() {
         let mut m = sample();
         m.description = "y".repeat(600);
-        assert!(matches!(encode(&m, 512), Err(MetaError::TooLarge { .. })));
+        assert!(matches!(
+            encode(&m, 512, SLOT_VERSION),
+            Err(MetaError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -259,6 +375,6 @@ mod tests {
         let mut m = sample();
         m.description = "\u{1}".repeat(MAX_DESCRIPTION / 6);
         assert!(check_description(&m.description).is_ok());
-        assert!(encode(&m, 512).is_ok());
+        assert!(encode(&m, 512, SLOT_VERSION).is_ok());
     }
 }

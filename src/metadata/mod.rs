@@ -10,7 +10,7 @@ mod codec;
 mod store;
 
 pub use codec::{
-    check_description, decode, encode, Format, Legality, MetaError, Role, VolumeMeta,
-    MAX_DESCRIPTION,
+    check_description, decode, encode, FenceRecord, Format, Legality, MetaError, Role, VolumeMeta,
+    MAX_DESCRIPTION, SLOT_VERSION,
 };
 pub use store::SlotStore;

@@ -10,6 +10,8 @@ pub struct SlotStore {
     pub path: PathBuf,
     pub slot_size: usize,
     pub slots: u32,
+    /// The slot version written (the domain format's: 1 or 2); both are read.
+    pub version: u32,
 }
 
 impl SlotStore {
@@ -53,7 +55,7 @@ impl SlotStore {
 
     /// Writes one slot with one direct write.
     pub fn write(&self, slot: u32, meta: &VolumeMeta) -> Result<(), MetaError> {
-        let bytes = encode(meta, self.slot_size)?;
+        let bytes = encode(meta, self.slot_size, self.version)?;
         self.write_raw(slot, &bytes)
     }
 
@@ -105,6 +107,7 @@ mod tests {
             path,
             slot_size: 512,
             slots: 8,
+            version: super::super::codec::SLOT_VERSION,
         };
         let m = VolumeMeta {
             id: Uuid::new_v4(),
@@ -117,6 +120,7 @@ mod tests {
             generation: 0,
             ctime: 1,
             description: String::new(),
+            fence: super::super::codec::FenceRecord::NONE,
         };
         store.write(5, &m)?;
         assert_eq!(store.read(5)?, m);

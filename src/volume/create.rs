@@ -7,6 +7,10 @@
 //! (4) the parent turns internal, the link appears when the image is prepared; (5) ONE
 //! `lvchange --deltag LVC_CREATING`: the commit point. A failure before the commit rolls back
 //! what it can; whatever it cannot stays marked for the collector.
+//!
+//! A snapshot holds its parent's lease from before the `lvcreate` until after the commit: no
+//! operation can start writing into the parent while it turns internal (a busy lease refuses
+//! the creation before anything changes).
 
 use super::{undo, Catalog, Volume};
 use crate::crash;
@@ -14,7 +18,7 @@ use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::links;
 use crate::lvm::{Activation, LvmError, NewLv};
-use crate::metadata::{check_description, Format, Legality, Role, VolumeMeta};
+use crate::metadata::{check_description, FenceRecord, Format, Legality, Role, VolumeMeta};
 use crate::qemu;
 use crate::tags::{self, Tag};
 use crate::units::Bytes;
@@ -92,7 +96,7 @@ fn plan(domain: &Domain, cat: &Catalog, req: &CreateRequest) -> Result<Plan> {
         }
     };
     if let Some(p) = &parent {
-        if p.role != Role::Leaf || !cat.snap.children(&p.id).is_empty() {
+        if !cat.is_leaf(&p.id) {
             return Err(Error::NotALeaf {
                 id: p.id,
                 what: "only the leaf of a chain can get a snapshot".into(),
@@ -127,6 +131,7 @@ fn plan(domain: &Domain, cat: &Catalog, req: &CreateRequest) -> Result<Plan> {
             generation: 0,
             ctime: super::now(),
             description: req.description.clone(),
+            fence: FenceRecord::NONE,
         },
         slot,
         lv_size,
@@ -141,6 +146,11 @@ pub fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
     let cat = Catalog::load_for_change(domain)?;
     let plan = plan(domain, &cat, req)?;
     let store = domain.slots(&cat.snap)?;
+    let _parent_lease = match &plan.parent {
+        Some(p) => Some(domain.leases.acquire(&domain.vg, &p.id, p.slot)?),
+        None => None,
+    };
+    let held: Vec<Uuid> = plan.parent.iter().map(|p| p.id).collect();
     let id = plan.meta.id;
     let name = id.to_string();
     let mut tags = vec![
@@ -199,7 +209,9 @@ pub fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
         let rollback = domain.scan().and_then(|snap| {
             let lv = snap.lv_named(&name).cloned();
             match lv {
-                Some(lv) => undo::release(domain, &snap, &store, &lv, &[], undo::Points::default()),
+                Some(lv) => {
+                    undo::release(domain, &snap, &store, &lv, &held, undo::Points::default())
+                }
                 None => Ok(vec![]),
             }
         });
@@ -241,6 +253,7 @@ pub fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
         creating: false,
         removing: false,
         special: false,
+        member: true,
         bad_tags: vec![],
     };
     Ok(Volume::from_parts(&lv, plan.slot, &plan.meta))
@@ -263,8 +276,8 @@ fn prepare_contents(
     }
     crash::point("create.after-qemu-img");
     if let Some(p) = &plan.parent {
-        super::update_meta(domain, store, &p.id, p.slot, false, |pm| {
-            // Re-checked under the parent's lease: an operation may have started meanwhile.
+        super::update_meta(domain, store, &p.id, p.slot, true, |pm| {
+            // Re-checked under the parent's lease: an operation may have run meanwhile.
             if pm.legality != Legality::Legal {
                 return Err(Error::Illegal { id: p.id });
             }

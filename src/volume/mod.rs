@@ -57,21 +57,6 @@ impl Volume {
             description: meta.description.clone(),
         }
     }
-
-    pub fn meta(&self) -> VolumeMeta {
-        VolumeMeta {
-            id: self.id,
-            image: self.image,
-            parent: self.parent,
-            format: self.format,
-            capacity: self.capacity,
-            role: self.role,
-            legality: self.legality,
-            generation: self.generation,
-            ctime: self.ctime,
-            description: self.description.clone(),
-        }
-    }
 }
 
 /// Committed volumes with their metadata, read with one report and one read of all slots.
@@ -101,7 +86,11 @@ impl Catalog {
         let slots = store.read_all()?;
         let mut volumes = HashMap::new();
         let mut bad = Vec::new();
-        let pending_parents: HashSet<Uuid> = snap.orphans().filter_map(|l| l.parent).collect();
+        let pending_parents: HashSet<Uuid> = snap
+            .orphans()
+            .filter(|l| !l.member)
+            .filter_map(|l| l.parent)
+            .collect();
         for lv in snap.volumes() {
             let (Some(id), Some(slot)) = (lv.id, lv.slot) else {
                 continue;
@@ -142,6 +131,18 @@ impl Catalog {
             }
         }
         Ok(Catalog { snap, volumes, bad })
+    }
+
+    /// Whether `id` is its chain's leaf in the committed view (no member child).
+    pub fn is_leaf(&self, id: &Uuid) -> bool {
+        self.volumes.get(id).is_some_and(|v| v.role == Role::Leaf)
+            && self.snap.children(id).is_empty()
+    }
+
+    /// Whether any LV names `id` as its parent, chain member or pending (a creation in progress
+    /// or dead, a removal not finished): its data is then read by another volume, or will be.
+    pub fn has_any_child(&self, id: &Uuid) -> bool {
+        !self.snap.children(id).is_empty() || !self.snap.pending_children(id).is_empty()
     }
 
     pub fn get(&self, vg: &str, id: &Uuid) -> Result<&Volume> {
@@ -188,9 +189,10 @@ impl Catalog {
 /// A volume's role as the committed state has it. A creation writes the parent's new role
 /// (internal) before its commit, and a removal writes it (leaf) after its point of no return:
 /// in between, and after a crash there until the collector runs, the metadata says internal
-/// while the volume's only children are marked. Its committed role is then leaf: what a reader
-/// shows, and what a rollback or the completed removal leaves. `pending_parents`: the parents
-/// named by marked LVs.
+/// while the volume's only children are pending (marked, not chain members). Its committed role
+/// is then leaf: what a reader shows, and what a rollback or the completed removal leaves.
+/// `pending_parents`: the parents named by pending LVs. A volume with a pending child still
+/// takes no data write: see [`Catalog::has_any_child`].
 fn committed_role(snap: &Snapshot, pending_parents: &HashSet<Uuid>, v: &Volume) -> Role {
     if v.role == Role::Internal
         && pending_parents.contains(&v.id)

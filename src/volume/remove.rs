@@ -26,10 +26,23 @@ pub fn remove(domain: &Domain, id: &Uuid) -> Result<()> {
         vg: domain.vg.clone(),
         id: *id,
     })?;
-    if !cat.snap.children(id).is_empty() || vol.role != crate::metadata::Role::Leaf {
+    if !cat.is_leaf(id) {
         return Err(Error::NotALeaf {
             id: *id,
             what: "remove its snapshots first, or use `image remove`".into(),
+        });
+    }
+    // A parent still carrying a removal mark (an image removal whose mark did not reach every
+    // member) is restored by the collector only while a committed volume descends from it:
+    // removing this leaf would turn that mark into a removal nobody asked for.
+    if let Some(p) = vol
+        .parent
+        .and_then(|p| cat.snap.volume(&p))
+        .filter(|p| p.marked())
+    {
+        return Err(Error::PendingMark {
+            id: *id,
+            lv: p.name.clone(),
         });
     }
     if lv.open {

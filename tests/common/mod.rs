@@ -357,3 +357,52 @@ pub fn dir_file(data: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
     std::fs::write(&path, data).unwrap();
     (dir, path)
 }
+
+/// Starts lvchain with `args`, paused at `point` until the returned file is removed; waits
+/// until it is there.
+pub fn start_paused(
+    d: &Domain,
+    args: &[&str],
+    point: &str,
+    dir: &std::path::Path,
+) -> (std::process::Child, std::path::PathBuf) {
+    let file = dir.join(format!("pause-{}", point.replace('.', "-")));
+    let mut c = std::process::Command::new(BIN.as_str());
+    c.args(args)
+        .env("LVCHAIN_PAUSE_AT", point)
+        .env("LVCHAIN_PAUSE_FILE", &file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in d.vg.env() {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    let start = Instant::now();
+    while !file.exists() {
+        if let Some(st) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "lvchain {args:?} ended ({st}) before pausing at {point}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no pause at {point}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, file)
+}
+
+/// Lets a paused lvchain go on and returns its stdout; asserts it succeeded.
+pub fn resume(child: std::process::Child, file: &std::path::Path) -> String {
+    std::fs::remove_file(file).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

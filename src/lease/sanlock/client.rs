@@ -299,6 +299,8 @@ pub fn read_resource_owners(res: &Resource) -> Result<ResourceOwners, SanlockErr
 pub enum OwnerStatus {
     /// Nobody holds the lease.
     Free { lver: u64 },
+    /// Held in shared mode by `holders` (readers): no exclusive holder.
+    Shared { lver: u64, holders: Vec<HostInfo> },
     /// Held by `owner` (host id + generation of the holding instance); `host` is the owner's
     /// current delta lease as seen by this host's daemon (`None`: unknown to it).
     Held {
@@ -314,7 +316,7 @@ impl OwnerStatus {
     /// host; `None`: cannot tell yet (owner unknown, failing, or this host joined too recently).
     pub fn is_running(&self) -> Option<bool> {
         match self {
-            OwnerStatus::Free { .. } => Some(false),
+            OwnerStatus::Free { .. } | OwnerStatus::Shared { .. } => Some(false),
             OwnerStatus::Held { owner, host, .. } => match host {
                 None => None,
                 Some(h) if h.generation > owner.generation => Some(false),
@@ -334,6 +336,12 @@ impl OwnerStatus {
 /// `None` and [`OwnerStatus::is_running`] undecided; ask again.
 pub fn owner_status(res: &Resource) -> Result<OwnerStatus, SanlockError> {
     let ro = read_resource_owners(res)?;
+    if ro.shared && !ro.owners.is_empty() {
+        return Ok(OwnerStatus::Shared {
+            lver: ro.lver,
+            holders: ro.owners,
+        });
+    }
     let Some(owner) = ro.owners.into_iter().next() else {
         return Ok(OwnerStatus::Free { lver: ro.lver });
     };
@@ -366,6 +374,8 @@ pub struct AcquireOptions {
     /// Fail with [`SanlockError::HeldRetry`] instead of waiting when the owner's host lease must
     /// time out first.
     pub no_wait: bool,
+    /// Shared mode: any number of shared holders, no exclusive one while they hold it.
+    pub shared: bool,
 }
 
 impl Registration {
@@ -414,6 +424,9 @@ impl Registration {
     pub fn acquire(&mut self, res: &Resource, opts: AcquireOptions) -> Result<(), SanlockError> {
         let l = lib()?;
         let mut c = c_resource(res)?;
+        if opts.shared {
+            c.flags |= ffi::SANLK_RES_SHARED;
+        }
         let mut arr: [*mut SanlkResource1; 1] = [&mut c];
         let flags = if opts.no_wait {
             ffi::SANLK_ACQUIRE_OWNER_NOWAIT
