@@ -74,16 +74,7 @@ impl DirectFile {
 
     /// The logical block size (BLKSSZGET); 512 for regular files.
     pub fn logical_block_size(&self) -> io::Result<usize> {
-        if self.file.metadata()?.is_file() {
-            return Ok(512);
-        }
-        let mut size: libc::c_int = 0;
-        // SAFETY: BLKSSZGET writes one c_int into `size`.
-        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), BLKSSZGET, &mut size) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(size as usize)
+        logical_block_size(&self.file)
     }
 
     /// Reads exactly `len` bytes at `offset` (both multiples of the block size).
@@ -104,6 +95,26 @@ impl DirectFile {
         }
         Ok(())
     }
+}
+
+/// The logical block size of an open block device (BLKSSZGET): the unit of O_DIRECT offsets and
+/// lengths on it. 512 for regular files.
+pub fn logical_block_size(file: &File) -> io::Result<usize> {
+    if file.metadata()?.is_file() {
+        return Ok(512);
+    }
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one c_int into `size`.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKSSZGET, &mut size) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    usize::try_from(size).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("BLKSSZGET returned {size}"),
+        )
+    })
 }
 
 // _IO(0x12, 104)

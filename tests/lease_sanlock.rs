@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use lvchain::lease::sanlock::{
     self as lease, ondisk, AcquireOptions, DiskOwnerStatus, LeaveMode, Lockspace, OwnerStatus,
-    Registration, Resource, SanlockError, ALIGN,
+    Registration, Resource, SanlockError, SectorSize, ALIGN,
 };
 
 const LS_NAME: &str = "lvchain-test";
@@ -39,12 +39,19 @@ fn vm_device() -> Option<PathBuf> {
     }
 }
 
+/// The sectors of the lease storage at `path` (512 for a file, the logical block size of a
+/// device).
+fn sectors(path: &Path) -> SectorSize {
+    SectorSize::of_device(path).expect("sector size of the lease storage")
+}
+
 fn lockspace(path: &Path, host_id: u64) -> Lockspace {
     Lockspace {
         name: LS_NAME.into(),
         host_id,
         path: path.to_path_buf(),
         offset: 0,
+        sector_size: sectors(path),
     }
 }
 
@@ -54,6 +61,7 @@ fn resource(path: &Path, name: &str, slot: u64) -> Resource {
         name: name.into(),
         path: path.to_path_buf(),
         offset: slot * ALIGN,
+        sector_size: sectors(path),
     }
 }
 
@@ -154,6 +162,7 @@ fn lease_holder_child() {
             host_id: f[1].parse().expect("host id"),
             path: path.clone(),
             offset: f[2].parse().expect("offset"),
+            sector_size: sectors(&path),
         };
         if let Err(e) = lease::join_lockspace(&ls, IO_TIMEOUT) {
             println!("HOLDER-FAILED join: {e}");
@@ -433,12 +442,14 @@ fn vm_held_by_other_host() {
         host_id: 1,
         path: dev.clone(),
         offset: 4 * ALIGN,
+        sector_size: sectors(&dev),
     };
     let res = Resource {
         lockspace: ls_name.into(),
         name: "vol-shared".into(),
         path: dev.clone(),
         offset: 5 * ALIGN,
+        sector_size: sectors(&dev),
     };
     lease::format_lockspace(&ls, IO_TIMEOUT).expect("format lockspace 2");
     lease::format_resource(&res).expect("format resource");

@@ -279,6 +279,15 @@ fn host_join(vg: &str, host_id: u64) -> Result<String> {
         )));
     }
     d.activate_special(&snap, &domain::SPECIAL_LVS)?;
+    // The lockspace's sectors set its host ids: 1..=2000 on 512-byte sectors, 1..=250 on 4K.
+    let sectors = crate::lease::cluster::lockspace_sectors(vg)
+        .map_err(|e| Error::InvalidInput(format!("cannot read the lockspace of {vg}: {e}")))?;
+    if host_id > sectors.max_hosts() {
+        return Err(Error::InvalidInput(format!(
+            "--host-id must be 1 to {} on domain {vg}: its storage has {sectors}",
+            sectors.max_hosts()
+        )));
+    }
     let new = crate::lease::cluster::join(vg, host_id)
         .map_err(|e| Error::InvalidInput(format!("cannot join the lockspace of {vg}: {e}")))?;
     Ok(if new {

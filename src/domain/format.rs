@@ -24,9 +24,10 @@ pub struct FormatRequest {
 
 /// Bytes reserved in the leases LV before the first volume lease (domain lock and spares).
 pub const LEASES_RESERVED: u64 = 4 * MIB;
-/// sanlock paxos leases are 1 MiB apart (512-byte sectors).
+/// sanlock paxos leases are 1 MiB apart (1 MiB alignment, 512-byte or 4K sectors).
 pub const LEASE_SIZE: u64 = MIB;
-/// The ids LV holds the delta lease of each host (up to 2000 hosts).
+/// The ids LV holds the delta lease of each host (up to 2000 hosts on 512-byte sectors, 250 on
+/// 4K ones: one 1 MiB area either way).
 pub const IDS_SIZE: u64 = 8 * MIB;
 /// VG metadata area: room for thousands of tagged LVs.
 pub const VG_METADATA_SIZE: u64 = 128 * MIB;

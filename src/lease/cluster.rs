@@ -5,10 +5,12 @@
 //! `ids` LV, named after the VG; the domain lock `lvchain_domain` at 1 MiB of the `leases` LV;
 //! volume leases at [`super::lease_offset`] of their slot, named after the volume id. A host
 //! that joined records its host id in `/run/lvchain/<VG>/host-id` (gone at reboot, like the
-//! lockspace membership itself).
+//! lockspace membership itself). Every area uses the sectors of its LV
+//! ([`SectorSize::of_device`]: 512, or 4096 on 4Kn storage), read whenever an area is named: the
+//! offsets above hold for both, and a 4K domain has host ids 1..=250 (2000 on 512-byte sectors).
 
 use super::sanlock::{
-    self, AcquireOptions, LeaveMode, Lockspace, Registration, Resource, SanlockError,
+    self, AcquireOptions, LeaveMode, Lockspace, Registration, Resource, SanlockError, SectorSize,
 };
 use super::{lease_offset, Holder, LeaseError, LeaseGuard, LeaseManager};
 use crate::lock::{DomainGuard, LocalLock, LockError, LockManager};
@@ -26,31 +28,43 @@ fn dev(vg: &str, lv: &str) -> PathBuf {
     PathBuf::from("/dev").join(vg).join(lv)
 }
 
-pub fn lockspace(vg: &str, host_id: u64) -> Lockspace {
-    Lockspace {
+/// `vg`'s lockspace as `host_id`, in the sectors of its `ids` LV (which must be active).
+pub fn lockspace(vg: &str, host_id: u64) -> Result<Lockspace, SanlockError> {
+    let path = dev(vg, crate::domain::IDS_LV);
+    Ok(Lockspace {
         name: vg.to_string(),
         host_id,
-        path: dev(vg, crate::domain::IDS_LV),
+        sector_size: SectorSize::of_device(&path)?,
+        path,
         offset: 0,
-    }
+    })
 }
 
-pub fn domain_resource(vg: &str) -> Resource {
-    Resource {
+fn leases_resource(vg: &str, name: String, offset: u64) -> Result<Resource, SanlockError> {
+    let path = dev(vg, crate::domain::LEASES_LV);
+    Ok(Resource {
         lockspace: vg.to_string(),
-        name: DOMAIN_LOCK_NAME.into(),
-        path: dev(vg, crate::domain::LEASES_LV),
-        offset: DOMAIN_LOCK_OFFSET,
-    }
+        name,
+        sector_size: SectorSize::of_device(&path)?,
+        path,
+        offset,
+    })
 }
 
-pub fn volume_resource(vg: &str, volume: &Uuid, slot: u32) -> Resource {
-    Resource {
-        lockspace: vg.to_string(),
-        name: volume.to_string(),
-        path: dev(vg, crate::domain::LEASES_LV),
-        offset: lease_offset(slot),
-    }
+/// The domain lock of `vg`, in the sectors of its `leases` LV (which must be active).
+pub fn domain_resource(vg: &str) -> Result<Resource, SanlockError> {
+    leases_resource(vg, DOMAIN_LOCK_NAME.into(), DOMAIN_LOCK_OFFSET)
+}
+
+/// The lease of the volume in `slot`, in the sectors of the `leases` LV (which must be active).
+pub fn volume_resource(vg: &str, volume: &Uuid, slot: u32) -> Result<Resource, SanlockError> {
+    leases_resource(vg, volume.to_string(), lease_offset(slot))
+}
+
+/// The sectors of `vg`'s lockspace (its `ids` LV must be active), which set its highest host
+/// id ([`SectorSize::max_hosts`]).
+pub fn lockspace_sectors(vg: &str) -> Result<SectorSize, SanlockError> {
+    Ok(lockspace(vg, 0)?.sector_size)
 }
 
 fn host_id_file(vg: &str) -> PathBuf {
@@ -87,12 +101,15 @@ fn lease_error(vg: &str, volume: &Uuid, e: SanlockError) -> LeaseError {
 
 /// Writes the lockspace and the domain lock of a new domain (no daemon needed).
 pub fn format_domain(vg: &str) -> Result<(), SanlockError> {
-    sanlock::format_lockspace(&lockspace(vg, 0), IO_TIMEOUT)?;
-    sanlock::format_resource(&domain_resource(vg))
+    sanlock::format_lockspace(&lockspace(vg, 0)?, IO_TIMEOUT)?;
+    sanlock::format_resource(&domain_resource(vg)?)
 }
 
-/// Joins `vg`'s lockspace as `host_id` (the special LVs must be active); records the id.
+/// Joins `vg`'s lockspace as `host_id` (the special LVs must be active); records the id. A host
+/// id the lockspace's sectors have no room for is refused before anything is done.
 pub fn join(vg: &str, host_id: u64) -> Result<bool, SanlockError> {
+    let ls = lockspace(vg, host_id)?;
+    ls.check_host_id(host_id)?;
     // One host id per host and lockspace: say so plainly (sanlock's answer is EINVAL).
     if let Some(id) = joined_host_id(vg).filter(|&id| id != host_id) {
         return Err(SanlockError::Sanlock {
@@ -104,7 +121,7 @@ pub fn join(vg: &str, host_id: u64) -> Result<bool, SanlockError> {
             ),
         });
     }
-    let joined = match sanlock::join_lockspace(&lockspace(vg, host_id), IO_TIMEOUT) {
+    let joined = match sanlock::join_lockspace(&ls, IO_TIMEOUT) {
         Ok(()) => true,
         Err(SanlockError::LockspaceAlreadyJoined { .. }) => false,
         Err(e) => return Err(e),
@@ -139,7 +156,7 @@ pub fn leave(vg: &str) -> Result<u64, SanlockError> {
         op: sanlock::Op::RemLockspace,
         lockspace: vg.to_string(),
     })?;
-    sanlock::leave_lockspace(&lockspace(vg, host_id), LeaveMode::IfUnused)?;
+    sanlock::leave_lockspace(&lockspace(vg, host_id)?, LeaveMode::IfUnused)?;
     let _ = std::fs::remove_file(host_id_file(vg));
     Ok(host_id)
 }
@@ -169,7 +186,7 @@ impl LeaseManager for SanlockLeases {
         volume: &Uuid,
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
-        let res = volume_resource(vg, volume, slot);
+        let res = volume_resource(vg, volume, slot).map_err(|e| lease_error(vg, volume, e))?;
         acquire_mode(vg, volume, res, false)
     }
 
@@ -179,19 +196,20 @@ impl LeaseManager for SanlockLeases {
         volume: &Uuid,
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
-        acquire_mode(vg, volume, volume_resource(vg, volume, slot), true)
+        let res = volume_resource(vg, volume, slot).map_err(|e| lease_error(vg, volume, e))?;
+        acquire_mode(vg, volume, res, true)
     }
 
     fn holder(&self, vg: &str, volume: &Uuid, slot: u32) -> Result<Option<Holder>, LeaseError> {
-        let res = volume_resource(vg, volume, slot);
+        let res = volume_resource(vg, volume, slot).map_err(|e| lease_error(vg, volume, e))?;
         // This host's daemon judges other hosts' liveness; without it, read the disk.
         let running = match sanlock::owner_status(&res) {
             Ok(st) => owner_of(&st).map(|id| (id, st.is_running())),
             Err(_) => {
                 let host_id = joined_host_id(vg).unwrap_or(0);
-                let st =
-                    sanlock::probe_owner(&res, &lockspace(vg, host_id), Duration::from_secs(25))
-                        .map_err(|e| lease_error(vg, volume, e))?;
+                let ls = lockspace(vg, host_id).map_err(|e| lease_error(vg, volume, e))?;
+                let st = sanlock::probe_owner(&res, &ls, Duration::from_secs(25))
+                    .map_err(|e| lease_error(vg, volume, e))?;
                 disk_owner(&st).map(|id| (id, st.is_running()))
             }
         };
@@ -209,7 +227,8 @@ impl LeaseManager for SanlockLeases {
     }
 
     fn init(&self, vg: &str, volume: &Uuid, slot: u32) -> Result<(), LeaseError> {
-        sanlock::format_resource(&volume_resource(vg, volume, slot))
+        volume_resource(vg, volume, slot)
+            .and_then(|res| sanlock::format_resource(&res))
             .map_err(|e| lease_error(vg, volume, e))
     }
 }
@@ -261,12 +280,12 @@ impl DomainGuard for BothGuards {}
 impl LockManager for SanlockLock {
     fn lock_domain(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError> {
         let local = self.local.lock_domain(vg)?;
-        let res = domain_resource(vg);
         let start = Instant::now();
         let failed = |detail: String| LockError::Cluster {
             vg: vg.to_string(),
             detail,
         };
+        let res = domain_resource(vg).map_err(|e| failed(e.to_string()))?;
         loop {
             let mut reg = Registration::register().map_err(|e| failed(e.to_string()))?;
             match reg.acquire(

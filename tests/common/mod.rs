@@ -61,8 +61,14 @@ pub struct TestVg {
 }
 
 impl TestVg {
-    /// Loop devices of `size` each, not yet in a VG (the VG name is reserved).
+    /// Loop devices of `size` each (512-byte sectors), not yet in a VG (the VG name is reserved).
     pub fn devices(test: &str, count: usize, size: Bytes) -> TestVg {
+        TestVg::devices_with_sectors(test, count, size, 512)
+    }
+
+    /// Loop devices of `size` each with `sector_size`-byte logical sectors (`losetup
+    /// --sector-size`: 4096 makes 4Kn disks), not yet in a VG.
+    pub fn devices_with_sectors(test: &str, count: usize, size: Bytes, sector_size: u32) -> TestVg {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let short: String = test
             .chars()
@@ -81,7 +87,17 @@ impl TestVg {
                 .unwrap()
                 .set_len(size.0)
                 .unwrap();
-            let dev = sh("/sbin/losetup", &["-f", "--show", file.to_str().unwrap()]);
+            let sector = sector_size.to_string();
+            let dev = sh(
+                "/sbin/losetup",
+                &[
+                    "--sector-size",
+                    &sector,
+                    "-f",
+                    "--show",
+                    file.to_str().unwrap(),
+                ],
+            );
             loops.push(PathBuf::from(dev));
         }
         let mut config = LvmConfig::from_env();
@@ -153,7 +169,13 @@ impl Domain {
 
     /// A domain on the sanlock lock manager, on one 4 GiB sparse loop device (not joined yet).
     pub fn new_sanlock(test: &str) -> Domain {
-        let vg = TestVg::devices(test, 1, Bytes(4 * lvchain::units::GIB));
+        Domain::new_sanlock_with_sectors(test, 512)
+    }
+
+    /// [`Domain::new_sanlock`] on a loop device with `sector_size`-byte logical sectors (4096: a
+    /// 4Kn disk).
+    pub fn new_sanlock_with_sectors(test: &str, sector_size: u32) -> Domain {
+        let vg = TestVg::devices_with_sectors(test, 1, Bytes(4 * lvchain::units::GIB), sector_size);
         let d = Domain { vg };
         let dev = d.vg.loops[0].display().to_string();
         d.ok(&[
@@ -169,6 +191,12 @@ impl Domain {
 
     pub fn name(&self) -> &str {
         &self.vg.name
+    }
+
+    /// The logical block size of one of the domain's LVs as the kernel reports it (BLKSSZGET).
+    pub fn lv_sector_size(&self, lv: &str) -> u64 {
+        let f = std::fs::File::open(format!("/dev/{}/{lv}", self.name())).unwrap();
+        lvchain::directio::logical_block_size(&f).unwrap() as u64
     }
 
     /// Runs lvchain with extra environment.

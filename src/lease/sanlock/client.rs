@@ -42,7 +42,7 @@ fn c_lockspace(ls: &Lockspace, for_format: bool) -> Result<SanlkLockspace, Sanlo
     let mut c = SanlkLockspace {
         name: [0; ffi::SANLK_NAME_LEN],
         host_id: if for_format { 0 } else { ls.host_id },
-        flags: ffi::SANLK_LSF_ALIGN1M | ffi::SANLK_LSF_SECTOR512,
+        flags: ls.sector_size.lockspace_flags(),
         host_id_disk: disk(&ls.path, ls.offset)?,
     };
     fill_name(&mut c.name, &ls.name);
@@ -58,7 +58,7 @@ fn c_resource(res: &Resource) -> Result<SanlkResource1, SanlockError> {
         data64: 0,
         data32: 0,
         unused: 0,
-        flags: ffi::SANLK_RES_ALIGN1M | ffi::SANLK_RES_SECTOR512,
+        flags: res.sector_size.resource_flags(),
         num_disks: 1,
         disk: disk(&res.path, res.offset)?,
     };
@@ -87,8 +87,8 @@ fn res_subject(res: &Resource) -> Subject<'_> {
     }
 }
 
-/// Writes an empty lockspace area (delta leases for host ids 1..=2000) at `ls.path`+`ls.offset`
-/// without the daemon (`sanlock direct init -s` equivalent). `io_timeout_s` is stored in the
+/// Writes an empty lockspace area (delta leases for host ids 1..=`ls.sector_size.max_hosts()`,
+/// in sectors of `ls.sector_size`) at `ls.path`+`ls.offset` without the daemon (`sanlock direct init -s` equivalent). `io_timeout_s` is stored in the
 /// host leases (0: sanlock's default, 10 s). `ls.host_id` is ignored. Destroys what was there:
 /// never call it on a lockspace in use.
 pub fn format_lockspace(ls: &Lockspace, io_timeout_s: u32) -> Result<(), SanlockError> {
@@ -102,7 +102,8 @@ pub fn format_lockspace(ls: &Lockspace, io_timeout_s: u32) -> Result<(), Sanlock
     Ok(())
 }
 
-/// Writes a free resource lease at `res.path`+`res.offset` without the daemon
+/// Writes a free resource lease (in sectors of `res.sector_size`) at `res.path`+`res.offset`
+/// without the daemon
 /// (`sanlock direct init -r` equivalent). Destroys the lease that was there.
 pub fn format_resource(res: &Resource) -> Result<(), SanlockError> {
     let l = lib()?;
@@ -545,10 +546,36 @@ mod tests {
             name: "vol-1".into(),
             path: "/dev/loop0".into(),
             offset: 1 << 20,
+            sector_size: super::super::SectorSize::B512,
         };
         let c = c_resource(&r).expect("valid resource");
         assert_eq!(c.num_disks, 1);
         assert_eq!(c.disk.offset, 1 << 20);
+        assert_eq!(c.flags, ffi::SANLK_RES_ALIGN1M | ffi::SANLK_RES_SECTOR512);
+        let r4k = Resource {
+            sector_size: super::super::SectorSize::B4K,
+            ..r.clone()
+        };
+        let c4k = c_resource(&r4k).expect("valid resource");
+        assert_eq!(c4k.flags, ffi::SANLK_RES_ALIGN1M | ffi::SANLK_RES_SECTOR4K);
+        let ls = Lockspace {
+            name: "ls".into(),
+            host_id: 250,
+            path: "/dev/loop0".into(),
+            offset: 0,
+            sector_size: super::super::SectorSize::B4K,
+        };
+        let cl = c_lockspace(&ls, false).expect("valid lockspace");
+        assert_eq!(cl.flags, ffi::SANLK_LSF_ALIGN1M | ffi::SANLK_LSF_SECTOR4K);
+        assert_eq!(cl.host_id, 250);
+        let beyond = Lockspace {
+            host_id: 251,
+            ..ls.clone()
+        };
+        assert!(matches!(
+            c_lockspace(&beyond, false),
+            Err(SanlockError::InvalidArgument(_))
+        ));
         assert_eq!(
             c.name[..5],
             [b'v', b'o', b'l', b'-', b'1'].map(|b| b as c_char)

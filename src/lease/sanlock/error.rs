@@ -97,6 +97,13 @@ pub enum SanlockError {
     /// This process does not hold the lease it tried to release.
     #[error("sanlock {op}: resource {resource:?} is not held by this process")]
     NotHeld { op: Op, resource: String },
+    /// The sector size of the lease storage could not be read.
+    #[error("cannot read the sector size of {path}: {source}")]
+    SectorSize {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// Reading the lease area directly (without the daemon) failed.
     #[error("cannot read {path} at {offset}: {source}")]
     DirectIo {

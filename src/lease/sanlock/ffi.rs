@@ -13,9 +13,11 @@ pub const SANLK_PATH_LEN: usize = 1024;
 
 pub const SANLK_RES_ALIGN1M: u32 = 0x10;
 pub const SANLK_RES_SECTOR512: u32 = 0x100;
+pub const SANLK_RES_SECTOR4K: u32 = 0x200;
 pub const SANLK_RES_SHARED: u32 = 0x4;
 pub const SANLK_LSF_ALIGN1M: u32 = 0x10;
 pub const SANLK_LSF_SECTOR512: u32 = 0x100;
+pub const SANLK_LSF_SECTOR4K: u32 = 0x200;
 
 pub const SANLK_ACQUIRE_OWNER_NOWAIT: u32 = 0x8;
 pub const SANLK_REM_UNUSED: u32 = 0x2;

@@ -29,9 +29,13 @@
 //! functions, which need no daemon; everything else talks to the local daemon.
 //!
 //! # Geometry
-//! Every area uses 512-byte sectors and 1 MiB alignment ([`SECTOR_SIZE`], [`ALIGN`]): a
-//! lockspace area holds the delta leases of host ids 1..=[`MAX_HOSTS`], a resource area holds one
-//! paxos lease. Offsets must be multiples of [`ALIGN`].
+//! Every area is 1 MiB aligned ([`ALIGN`]) and uses the sectors of the storage it lives on
+//! ([`SectorSize`]: 512 bytes, or 4096 on 4Kn storage; sanlock does O_DIRECT I/O, so its sector
+//! must be the device's logical block size, [`SectorSize::of_device`]). A lockspace area holds
+//! one delta lease per sector, for host ids 1..=[`SectorSize::max_hosts`] (2000 with 512-byte
+//! sectors, 250 with 4K ones: sanlock's `ALIGN1M|SECTOR512` and `ALIGN1M|SECTOR4K`); a resource
+//! area holds one paxos lease. Offsets must be multiples of [`ALIGN`], so an area's place does
+//! not depend on its sector size.
 //!
 //! # Caveat for long-running work
 //! Only the registered process's death frees the lease. Work done by a child (e.g. `qemu-img`
@@ -54,7 +58,7 @@ pub mod error;
 pub mod ffi;
 pub mod ondisk;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use client::{
     format_lockspace, format_resource, get_hosts, is_joined, join_lockspace, leave_lockspace,
@@ -64,12 +68,93 @@ pub use client::{
 pub use error::{Op, SanlockError};
 pub use ondisk::{probe_owner, DiskOwnerStatus, LeaderRecord};
 
-/// Sector size of every lvchain lease area.
-pub const SECTOR_SIZE: u64 = 512;
 /// Size and alignment of a lockspace area and of a resource lease.
 pub const ALIGN: u64 = 1 << 20;
-/// Host ids usable in a lockspace with 512-byte sectors and 1 MiB alignment.
+/// The most host ids any lvchain lockspace has (512-byte sectors); a lockspace's own limit is
+/// [`SectorSize::max_hosts`] of its sector size.
 pub const MAX_HOSTS: u64 = 2000;
+
+/// The sector size of a lease area: sanlock's unit of I/O and of its on-disk layout (one delta
+/// lease per sector; a paxos lease is a leader sector, a request sector, then one sector per
+/// host). With 1 MiB alignment sanlock supports exactly these two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SectorSize {
+    /// 512-byte sectors: 2000 host ids per 1 MiB area.
+    B512,
+    /// 4096-byte sectors (4Kn storage): 250 host ids per 1 MiB area.
+    B4K,
+}
+
+impl SectorSize {
+    /// The sector size of `bytes` bytes (512 or 4096).
+    pub fn from_bytes(bytes: u64) -> Result<SectorSize, SanlockError> {
+        match bytes {
+            512 => Ok(SectorSize::B512),
+            4096 => Ok(SectorSize::B4K),
+            n => Err(SanlockError::InvalidArgument(format!(
+                "{n}-byte sectors: sanlock supports 512 and 4096"
+            ))),
+        }
+    }
+
+    /// The sector size of the lease storage at `path`: its logical block size (BLKSSZGET), the
+    /// unit of the O_DIRECT I/O sanlock does there; 512 for a regular file (sanlock's own
+    /// choice for files).
+    pub fn of_device(path: &Path) -> Result<SectorSize, SanlockError> {
+        let err = |source| SanlockError::SectorSize {
+            path: path.display().to_string(),
+            source,
+        };
+        let f = std::fs::File::open(path).map_err(err)?;
+        let bytes = crate::directio::logical_block_size(&f).map_err(err)?;
+        SectorSize::from_bytes(bytes as u64).map_err(|_| {
+            SanlockError::InvalidArgument(format!(
+                "{} has {bytes}-byte logical sectors: sanlock supports 512 and 4096",
+                path.display()
+            ))
+        })
+    }
+
+    pub const fn bytes(self) -> u64 {
+        match self {
+            SectorSize::B512 => 512,
+            SectorSize::B4K => 4096,
+        }
+    }
+
+    /// Host ids usable in a lockspace of this sector size (and hosts a resource lease serves),
+    /// with [`ALIGN`] alignment.
+    pub const fn max_hosts(self) -> u64 {
+        match self {
+            SectorSize::B512 => 2000,
+            SectorSize::B4K => 250,
+        }
+    }
+
+    /// `sanlk_lockspace.flags` that make sanlock use this geometry.
+    pub const fn lockspace_flags(self) -> u32 {
+        ffi::SANLK_LSF_ALIGN1M
+            | match self {
+                SectorSize::B512 => ffi::SANLK_LSF_SECTOR512,
+                SectorSize::B4K => ffi::SANLK_LSF_SECTOR4K,
+            }
+    }
+
+    /// `sanlk_resource.flags` that make sanlock use this geometry.
+    pub const fn resource_flags(self) -> u32 {
+        ffi::SANLK_RES_ALIGN1M
+            | match self {
+                SectorSize::B512 => ffi::SANLK_RES_SECTOR512,
+                SectorSize::B4K => ffi::SANLK_RES_SECTOR4K,
+            }
+    }
+}
+
+impl std::fmt::Display for SectorSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-byte sectors", self.bytes())
+    }
+}
 /// sanlock's limit on lockspace and resource names (bytes, no terminating NUL needed).
 pub const NAME_LEN: usize = ffi::SANLK_NAME_LEN;
 
@@ -77,10 +162,12 @@ pub const NAME_LEN: usize = ffi::SANLK_NAME_LEN;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lockspace {
     pub name: String,
-    /// This host's id, 1..=[`MAX_HOSTS`] (ignored by [`format_lockspace`]).
+    /// This host's id, 1..=`sector_size.max_hosts()` (ignored by [`format_lockspace`]).
     pub host_id: u64,
     pub path: PathBuf,
     pub offset: u64,
+    /// The area's sectors: those of the storage at `path` ([`SectorSize::of_device`]).
+    pub sector_size: SectorSize,
 }
 
 /// A resource lease (one paxos lease) in `lockspace`, at `path`+`offset`.
@@ -91,6 +178,8 @@ pub struct Resource {
     pub name: String,
     pub path: PathBuf,
     pub offset: u64,
+    /// The lease's sectors: those of the storage at `path` ([`SectorSize::of_device`]).
+    pub sector_size: SectorSize,
 }
 
 /// Checks a lockspace or resource name: 1..=48 bytes of `A-Z a-z 0-9 _ . - +` (sanlock's string
@@ -134,10 +223,19 @@ impl Lockspace {
     pub fn validate(&self, for_format: bool) -> Result<(), SanlockError> {
         validate_name("lockspace", &self.name)?;
         validate_area("lockspace", &self.path, self.offset)?;
-        if !for_format && !(1..=MAX_HOSTS).contains(&self.host_id) {
+        if !for_format {
+            self.check_host_id(self.host_id)?;
+        }
+        Ok(())
+    }
+
+    /// Checks that `host_id` exists in this lockspace: 1..=`sector_size.max_hosts()`.
+    pub fn check_host_id(&self, host_id: u64) -> Result<(), SanlockError> {
+        let max = self.sector_size.max_hosts();
+        if !(1..=max).contains(&host_id) {
             return Err(SanlockError::InvalidArgument(format!(
-                "host id {} of lockspace {:?} is outside 1..={MAX_HOSTS}",
-                self.host_id, self.name
+                "host id {host_id} is outside 1..={max} (lockspace {:?} has {})",
+                self.name, self.sector_size
             )));
         }
         Ok(())
@@ -145,12 +243,8 @@ impl Lockspace {
 
     /// Where host `host_id`'s delta lease sector lies on [`Lockspace::path`].
     pub fn host_lease_offset(&self, host_id: u64) -> Result<u64, SanlockError> {
-        if !(1..=MAX_HOSTS).contains(&host_id) {
-            return Err(SanlockError::InvalidArgument(format!(
-                "host id {host_id} is outside 1..={MAX_HOSTS}"
-            )));
-        }
-        Ok(self.offset + (host_id - 1) * SECTOR_SIZE)
+        self.check_host_id(host_id)?;
+        Ok(self.offset + (host_id - 1) * self.sector_size.bytes())
     }
 }
 
@@ -172,6 +266,7 @@ mod tests {
             host_id: 1,
             path: "/dev/vg1/leases".into(),
             offset: 0,
+            sector_size: SectorSize::B512,
         }
     }
 
@@ -202,6 +297,7 @@ mod tests {
             name: "vol1".into(),
             path: "".into(),
             offset: ALIGN,
+            sector_size: SectorSize::B512,
         };
         assert!(r.validate().is_err());
     }
@@ -212,7 +308,53 @@ mod tests {
         l.offset = 3 * ALIGN;
         assert_eq!(l.host_lease_offset(1).ok(), Some(3 * ALIGN));
         assert_eq!(l.host_lease_offset(2).ok(), Some(3 * ALIGN + 512));
+        assert_eq!(l.host_lease_offset(2000).ok(), Some(3 * ALIGN + 1999 * 512));
         assert!(l.host_lease_offset(0).is_err());
         assert!(l.host_lease_offset(2001).is_err());
+    }
+
+    /// sanlock_admin.h (3.8.5): `ALIGN1M | SECTOR512: max_hosts 2000`, `ALIGN1M | SECTOR4K:
+    /// max_hosts 250`; the flag values are those of sanlock.h.
+    #[test]
+    fn geometry_of_512_and_4k_sectors() {
+        assert_eq!(SectorSize::from_bytes(512).ok(), Some(SectorSize::B512));
+        assert_eq!(SectorSize::from_bytes(4096).ok(), Some(SectorSize::B4K));
+        assert!(SectorSize::from_bytes(1024).is_err());
+        assert_eq!(SectorSize::B512.max_hosts(), 2000);
+        assert_eq!(SectorSize::B4K.max_hosts(), 250);
+        assert_eq!(SectorSize::B512.lockspace_flags(), 0x10 | 0x100);
+        assert_eq!(SectorSize::B4K.lockspace_flags(), 0x10 | 0x200);
+        assert_eq!(SectorSize::B512.resource_flags(), 0x10 | 0x100);
+        assert_eq!(SectorSize::B4K.resource_flags(), 0x10 | 0x200);
+        for s in [SectorSize::B512, SectorSize::B4K] {
+            // Every delta lease of a lockspace lies inside its 1 MiB area, and a paxos lease
+            // (leader, request, one sector per host) fits its 1 MiB.
+            assert!(s.max_hosts() * s.bytes() <= ALIGN, "{s}");
+            assert!((2 + s.max_hosts()) * s.bytes() <= ALIGN, "{s}");
+            assert_eq!(ALIGN % s.bytes(), 0);
+        }
+        // On 4K sectors host n's delta lease is sector n - 1 of 4096 bytes; 251 does not exist.
+        let mut l = ls();
+        l.sector_size = SectorSize::B4K;
+        l.offset = ALIGN;
+        assert_eq!(l.host_lease_offset(1).ok(), Some(ALIGN));
+        assert_eq!(l.host_lease_offset(2).ok(), Some(ALIGN + 4096));
+        assert_eq!(l.host_lease_offset(250).ok(), Some(ALIGN + 249 * 4096));
+        assert!(l.host_lease_offset(251).is_err());
+        l.host_id = 250;
+        assert!(l.validate(false).is_ok());
+        l.host_id = 251;
+        assert!(l.validate(false).is_err());
+        assert!(l.validate(true).is_ok(), "formatting ignores the host id");
+    }
+
+    #[test]
+    fn a_regular_file_has_512_byte_sectors() {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        assert_eq!(SectorSize::of_device(f.path()).ok(), Some(SectorSize::B512));
+        assert!(matches!(
+            SectorSize::of_device(Path::new("/nonexistent/lvchain/ids")),
+            Err(SanlockError::SectorSize { .. })
+        ));
     }
 }

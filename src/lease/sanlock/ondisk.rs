@@ -1,9 +1,12 @@
 //! Reading sanlock's on-disk records without the daemon.
 //!
 //! A reader that holds nothing and need not run (or join) sanlock can still tell who holds a
-//! resource lease: it reads the lease's leader record (one 512-byte sector at the resource
-//! offset) and the owner's delta lease in the lockspace (sector `host_id - 1` of the lockspace
-//! area), with `O_DIRECT` so that another host's writes are seen. A host renews its delta lease
+//! resource lease: it reads the lease's leader record (the sector at the resource offset) and the
+//! owner's delta lease in the lockspace (sector `host_id - 1` of the lockspace area), with
+//! `O_DIRECT` so that another host's writes are seen. Sectors are those of the area
+//! ([`SectorSize`]: 512 or 4096 bytes), which is also what O_DIRECT needs: reads of whole
+//! logical blocks at block-aligned offsets. A record whose own `sector_size` differs from the
+//! area's is refused (its host leases would lie elsewhere). A host renews its delta lease
 //! every 2 × io_timeout seconds with its own monotonic clock, so liveness is decided by watching
 //! the timestamp change, not by comparing clocks.
 //!
@@ -21,7 +24,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{Lockspace, Resource, SanlockError, SECTOR_SIZE};
+use super::{Lockspace, Resource, SanlockError, SectorSize};
 
 pub const PAXOS_DISK_MAGIC: u32 = 0x0615_2010;
 pub const DELTA_DISK_MAGIC: u32 = 0x1221_2010;
@@ -187,45 +190,57 @@ fn open_direct(path: &Path) -> io::Result<File> {
     }
 }
 
-/// Reads the 512-byte sector at `offset` of `path`, bypassing the page cache.
-pub fn read_sector(path: &Path, offset: u64) -> Result<[u8; 512], SanlockError> {
+/// Reads the sector of `sector` bytes at `offset` of `path`, bypassing the page cache (one
+/// O_DIRECT read of a whole sector, from a buffer aligned for any logical block size).
+pub fn read_sector(path: &Path, offset: u64, sector: SectorSize) -> Result<Vec<u8>, SanlockError> {
     let err = |source| SanlockError::DirectIo {
         path: path.display().to_string(),
         offset,
         source,
     };
-    if offset % SECTOR_SIZE != 0 {
+    let len = sector.bytes();
+    if offset % len != 0 {
         return Err(err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "offset is not sector aligned",
+            format!("offset is not aligned to {sector}"),
         )));
     }
     let f = open_direct(path).map_err(err)?;
     let mut buf = Box::new(AlignedSector([0; 4096]));
-    f.read_exact_at(&mut buf.0[..512], offset).map_err(err)?;
-    let mut out = [0u8; 512];
-    out.copy_from_slice(&buf.0[..512]);
-    Ok(out)
+    let bytes = &mut buf.0[..len as usize];
+    f.read_exact_at(bytes, offset).map_err(err)?;
+    Ok(bytes.to_vec())
 }
 
-fn read_record(path: &Path, offset: u64, kind: RecordKind) -> Result<LeaderRecord, SanlockError> {
-    let sector = read_sector(path, offset)?;
-    let rec = LeaderRecord::parse(&sector).map_err(|e| SanlockError::NotFormatted {
-        op: match kind {
-            RecordKind::Paxos => super::Op::ReadResource,
-            RecordKind::Delta => super::Op::InqLockspace,
-        },
+fn read_record(
+    path: &Path,
+    offset: u64,
+    sector: SectorSize,
+    kind: RecordKind,
+) -> Result<LeaderRecord, SanlockError> {
+    let op = match kind {
+        RecordKind::Paxos => super::Op::ReadResource,
+        RecordKind::Delta => super::Op::InqLockspace,
+    };
+    let not_formatted = |detail: String| SanlockError::NotFormatted {
+        op,
         path: path.display().to_string(),
         offset,
-        detail: e.to_string(),
-    })?;
+        detail,
+    };
+    let bytes = read_sector(path, offset, sector)?;
+    let rec = LeaderRecord::parse(&bytes).map_err(|e| not_formatted(e.to_string()))?;
     if rec.kind != kind {
-        return Err(SanlockError::NotFormatted {
-            op: super::Op::ReadResource,
-            path: path.display().to_string(),
-            offset,
-            detail: format!("expected a {kind:?} record, found a {:?} record", rec.kind),
-        });
+        return Err(not_formatted(format!(
+            "expected a {kind:?} record, found a {:?} record",
+            rec.kind
+        )));
+    }
+    if u64::from(rec.sector_size) != sector.bytes() {
+        return Err(not_formatted(format!(
+            "the record was written with {}-byte sectors, the area has {sector}",
+            rec.sector_size
+        )));
     }
     Ok(rec)
 }
@@ -233,7 +248,7 @@ fn read_record(path: &Path, offset: u64, kind: RecordKind) -> Result<LeaderRecor
 /// Reads a resource's leader record from disk (no daemon) and checks it names `res`.
 pub fn read_resource_leader(res: &Resource) -> Result<LeaderRecord, SanlockError> {
     res.validate()?;
-    let rec = read_record(&res.path, res.offset, RecordKind::Paxos)?;
+    let rec = read_record(&res.path, res.offset, res.sector_size, RecordKind::Paxos)?;
     if rec.space_name != res.lockspace || rec.resource_name != res.name {
         return Err(SanlockError::NotFormatted {
             op: super::Op::ReadResource,
@@ -253,7 +268,7 @@ pub fn read_resource_leader(res: &Resource) -> Result<LeaderRecord, SanlockError
 pub fn read_host_lease(ls: &Lockspace, host_id: u64) -> Result<LeaderRecord, SanlockError> {
     ls.validate(true)?;
     let offset = ls.host_lease_offset(host_id)?;
-    let rec = read_record(&ls.path, offset, RecordKind::Delta)?;
+    let rec = read_record(&ls.path, offset, ls.sector_size, RecordKind::Delta)?;
     if rec.space_name != ls.name {
         return Err(SanlockError::NotFormatted {
             op: super::Op::InqLockspace,
@@ -583,12 +598,14 @@ mod tests {
             name: "R1".into(),
             path: path.clone(),
             offset: 1 << 20,
+            sector_size: SectorSize::B512,
         };
         let ls = Lockspace {
             name: "LS".into(),
             host_id: 0,
             path: path.clone(),
             offset: 0,
+            sector_size: SectorSize::B512,
         };
         let st = probe_owner(&res, &ls, Duration::ZERO).expect("probe");
         assert_eq!(
@@ -606,8 +623,49 @@ mod tests {
             Err(SanlockError::NotFormatted { .. })
         ));
         assert!(matches!(
-            read_sector(&path, 3),
+            read_sector(&path, 3, SectorSize::B512),
             Err(SanlockError::DirectIo { .. })
+        ));
+        assert!(matches!(
+            read_sector(&path, 512, SectorSize::B4K),
+            Err(SanlockError::DirectIo { .. })
+        ));
+        // Records written with 512-byte sectors are not read as a 4K area's.
+        let res4k = Resource {
+            sector_size: SectorSize::B4K,
+            ..res.clone()
+        };
+        assert!(matches!(
+            read_resource_leader(&res4k),
+            Err(SanlockError::NotFormatted { .. })
+        ));
+    }
+
+    #[test]
+    fn reads_4k_sector_records_where_4k_geometry_puts_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ids4k");
+        // Host 3's delta lease of a 4K-sector lockspace at 1 MiB: sector 2 of 4096 bytes.
+        let mut rec = delta_fixture();
+        rec[12..16].copy_from_slice(&4096u32.to_le_bytes());
+        set_u64(&mut rec, 32, 3);
+        let mut data = vec![0u8; 2 << 20];
+        let at = (1 << 20) + 2 * 4096;
+        data[at..at + 512].copy_from_slice(&rec);
+        std::fs::write(&path, &data).expect("write fixture");
+        let ls = Lockspace {
+            name: "LS".into(),
+            host_id: 0,
+            path: path.clone(),
+            offset: 1 << 20,
+            sector_size: SectorSize::B4K,
+        };
+        let host3 = read_host_lease(&ls, 3).expect("host 3");
+        assert_eq!((host3.owner_id, host3.sector_size), (3, 4096));
+        assert!(read_host_lease(&ls, 2).is_err(), "host 2's sector is empty");
+        assert!(matches!(
+            read_host_lease(&ls, 251),
+            Err(SanlockError::InvalidArgument(_))
         ));
     }
 }
