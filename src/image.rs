@@ -28,7 +28,7 @@ pub fn prepare(domain: &Domain, image: &Uuid, allow_illegal: bool) -> Result<Vec
     }
     let inactive: Vec<String> = chain
         .iter()
-        .filter(|v| !v.active || !links::device_path(&domain.vg, &v.id).exists())
+        .filter(|v| !v.active || !domain.volume_device(&v.id).exists())
         .map(|v| domain.lv_path(&v.id.to_string()))
         .collect();
     domain
@@ -37,7 +37,8 @@ pub fn prepare(domain: &Domain, image: &Uuid, allow_illegal: bool) -> Result<Vec
     let dir = links::image_dir(&domain.vg, image);
     std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
     for v in &chain {
-        links::add(&domain.vg, image, &v.id).map_err(Error::io("creating a link"))?;
+        links::add(&domain.vg, image, &v.id, &domain.volume_device(&v.id))
+            .map_err(Error::io("creating a link"))?;
     }
     Ok(chain)
 }

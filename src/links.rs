@@ -1,4 +1,5 @@
-//! Image link directories: `/run/lvchain/<VG>/<image>/<volume>` -> `/dev/<VG>/<volume>`.
+//! Image link directories: `/run/lvchain/<VG>/<image>/<volume>` -> the volume's device
+//! (`/dev/<VG>/<volume>` on a real host).
 //!
 //! A link directory exists exactly while its image is prepared on this host. qcow2 backing
 //! files are recorded as the parent's bare volume id, resolved relative to this directory.
@@ -7,9 +8,21 @@ use std::io;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
-/// Root of all link directories (`LVCHAIN_RUN_DIR` overrides, for tests).
+static RUN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Root of all link directories: `/run/lvchain`, or `LVCHAIN_RUN_DIR`, or what
+/// [`set_run_dir`] chose for this process.
 pub fn run_dir() -> PathBuf {
-    std::env::var_os("LVCHAIN_RUN_DIR").map_or_else(|| PathBuf::from("/run/lvchain"), PathBuf::from)
+    RUN_DIR.get().cloned().unwrap_or_else(|| {
+        std::env::var_os("LVCHAIN_RUN_DIR")
+            .map_or_else(|| PathBuf::from("/run/lvchain"), PathBuf::from)
+    })
+}
+
+/// Sets the root of link directories for the whole process, once (tests that run without
+/// root); false when it was set already to another directory.
+pub fn set_run_dir(dir: &Path) -> bool {
+    RUN_DIR.get_or_init(|| dir.to_path_buf()) == dir
 }
 
 pub fn image_dir(vg: &str, image: &Uuid) -> PathBuf {
@@ -20,23 +33,20 @@ pub fn link_path(vg: &str, image: &Uuid, volume: &Uuid) -> PathBuf {
     image_dir(vg, image).join(volume.to_string())
 }
 
-pub fn device_path(vg: &str, volume: &Uuid) -> PathBuf {
-    Path::new("/dev").join(vg).join(volume.to_string())
-}
-
 /// Whether the image is prepared on this host.
 pub fn prepared(vg: &str, image: &Uuid) -> bool {
     image_dir(vg, image).is_dir()
 }
 
-/// Creates (or replaces) the link of one volume; the image directory must exist.
-pub fn add(vg: &str, image: &Uuid, volume: &Uuid) -> io::Result<()> {
+/// Creates (or replaces) the link of one volume to its `device`; the image directory must
+/// exist.
+pub fn add(vg: &str, image: &Uuid, volume: &Uuid, device: &Path) -> io::Result<()> {
     let link = link_path(vg, image, volume);
     match std::fs::remove_file(&link) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    std::os::unix::fs::symlink(device_path(vg, volume), &link)
+    std::os::unix::fs::symlink(device, &link)
 }
 
 /// Removes one volume's link; a missing link is fine.

@@ -10,15 +10,13 @@
 
 use crate::domain::Domain;
 use crate::error::{Error, Result};
-use crate::exec::Cmd;
 use crate::lvm::Activation;
 use crate::metadata::{FenceRecord, Format, Legality, Role, SlotStore, VolumeMeta};
 use crate::units::Bytes;
 use crate::volume::{Catalog, Volume};
-use crate::{crash, links, qemu};
+use crate::{crash, qemu};
 use serde::Serialize;
 use std::path::PathBuf;
-use std::time::Duration;
 use uuid::Uuid;
 
 /// How far fencing moves the generation: a late runner finds a generation it did not expect.
@@ -274,7 +272,7 @@ impl CopySource {
                         generation,
                     });
                 }
-                let spec = qemu::source_spec(&links::device_path(&domain.vg, s), sv.format, true);
+                let spec = qemu::source_spec(&domain.volume_device(s), sv.format, true);
                 Ok(CopySource {
                     read: Read::Image(spec),
                     volume: Some(sv),
@@ -308,17 +306,20 @@ fn copy(
         need.push(sv.clone());
     }
     for v in &need {
-        if !v.active || !links::device_path(&domain.vg, &v.id).exists() {
+        if !v.active || !domain.volume_device(&v.id).exists() {
             domain
                 .lvm
                 .lvchange_activation(&[domain.lv_path(&v.id.to_string())], Activation::Activate)?;
             activated.push(domain.lv_path(&v.id.to_string()));
         }
     }
-    let dst = links::device_path(&domain.vg, &vol.id);
+    let dst = domain.volume_device(&vol.id);
     let r = match &source.read {
-        Read::Stream(fifo) => stream_copy(fifo, &dst),
-        Read::Image(spec) => convert(spec, &dst, vol.format, progress),
+        Read::Stream(fifo) => stream_copy(domain, fifo, &dst),
+        Read::Image(spec) => domain
+            .lvm
+            .convert(spec, &dst, vol.format, progress)
+            .map_err(Error::from),
     };
     if let Err(e) = domain
         .lvm
@@ -329,53 +330,19 @@ fn copy(
     r
 }
 
-/// qemu-img convert of `src` (a `json:` source spec) into the existing volume.
-fn convert(src: &str, dst: &std::path::Path, dst_fmt: Format, progress: bool) -> Result<()> {
-    let timeout = std::env::var("LVCHAIN_COPY_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .map_or(Duration::from_secs(24 * 3600), Duration::from_secs);
-    let mut c = Cmd::new(
-        std::env::var("LVCHAIN_QEMU_IMG").unwrap_or_else(|_| "/usr/bin/qemu-img".into()),
-        timeout,
-    )
-    .args(["convert", "-n", "-t", "none", "-O", &dst_fmt.to_string()]);
-    c.die_with_parent = true;
-    if progress {
-        c = c.arg("-p");
-        c.stdout_to_stderr = true;
-    }
-    let f = c
-        .arg(src)
-        .arg(dst.as_os_str())
-        .run()
-        .map_err(crate::qemu::QemuError::from)?;
-    if !f.success() {
-        return Err(crate::qemu::QemuError::Failed {
-            argv: f.argv,
-            code: f.code,
-            stderr: f.stderr.trim().to_string(),
-        }
-        .into());
-    }
-    Ok(())
-}
-
 /// Copies a stream into a raw device with direct writes, padding the last block with zeros.
-fn stream_copy(src: &std::path::Path, dst: &std::path::Path) -> Result<()> {
+fn stream_copy(domain: &Domain, src: &std::path::Path, dst: &std::path::Path) -> Result<()> {
     use std::io::Read;
     let mut input =
         std::fs::File::open(src).map_err(Error::io(format!("opening {}", src.display())))?;
-    let out = crate::directio::DirectFile::open(dst, true)
-        .map_err(Error::io(format!("opening {}", dst.display())))?;
     let chunk = 1 << 20;
-    let mut buf = crate::directio::AlignedBuf::zeroed(chunk).map_err(Error::io("allocating"))?;
+    let mut buf = vec![0u8; chunk];
     let mut offset = 0u64;
     loop {
         let mut filled = 0;
         while filled < chunk {
             let n = input
-                .read(&mut buf.as_mut_slice()[filled..])
+                .read(&mut buf[filled..])
                 .map_err(Error::io("reading the source"))?;
             if n == 0 {
                 break;
@@ -386,10 +353,10 @@ fn stream_copy(src: &std::path::Path, dst: &std::path::Path) -> Result<()> {
             return Ok(());
         }
         let len = filled.div_ceil(4096) * 4096;
-        buf.as_mut_slice()[filled..len].fill(0);
-        let mut part = crate::directio::AlignedBuf::zeroed(len).map_err(Error::io("allocating"))?;
-        part.as_mut_slice().copy_from_slice(&buf.as_slice()[..len]);
-        out.write_at(offset, &part)
+        buf[filled..len].fill(0);
+        domain
+            .lvm
+            .write_at(dst, offset, &buf[..len])
             .map_err(Error::io("writing the volume"))?;
         offset += len as u64;
         if filled < chunk {

@@ -1,6 +1,6 @@
 //! qemu-img operations (create, resize, info), run through [`crate::exec`].
 
-use crate::directio::{AlignedBuf, DirectFile, ALIGN};
+use crate::directio::ALIGN;
 use crate::exec::Cmd;
 use std::fs::File;
 use std::io::{Read, Seek};
@@ -85,11 +85,14 @@ pub fn qcow2_header(capacity: u64, backing: Option<(&str, &str)>) -> Result<Vec<
 
 /// Writes a header made by [`qcow2_header`] at the start of `device` in one O_DIRECT write,
 /// zero-padded to whole 4 KiB blocks.
-pub fn write_qcow2_header(device: &Path, header: &[u8]) -> std::io::Result<()> {
-    let f = DirectFile::open(device, true)?;
-    let mut buf = AlignedBuf::zeroed(header.len().div_ceil(ALIGN) * ALIGN)?;
-    buf.as_mut_slice()[..header.len()].copy_from_slice(header);
-    f.write_at(0, &buf)
+pub fn write_qcow2_header(
+    io: &dyn crate::lvm::Backend,
+    device: &Path,
+    header: &[u8],
+) -> std::io::Result<()> {
+    let mut buf = header.to_vec();
+    buf.resize(header.len().div_ceil(ALIGN) * ALIGN, 0);
+    io.write_at(device, 0, &buf)
 }
 
 /// Grows a qcow2 image's virtual size.
@@ -103,6 +106,45 @@ pub fn resize_qcow2(target: &Path, capacity: u64) -> Result<(), QemuError> {
 
 /// Bytes of LV needed for a fully written qcow2 of `capacity`: data plus L1/L2 tables,
 /// refcounts and header, for 64 KiB clusters, with margin.
+/// qemu-img convert of `src` (a `json:` source spec) into the existing volume.
+pub fn convert(
+    src: &str,
+    dst: &Path,
+    dst_fmt: crate::metadata::Format,
+    progress: bool,
+) -> Result<(), QemuError> {
+    let timeout = std::env::var("LVCHAIN_COPY_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(Duration::from_secs(24 * 3600), Duration::from_secs);
+    let mut c = Cmd::new(qemu_img(), timeout).args([
+        "convert",
+        "-n",
+        "-t",
+        "none",
+        "-O",
+        &dst_fmt.to_string(),
+    ]);
+    c.die_with_parent = true;
+    if progress {
+        c = c.arg("-p");
+        c.stdout_to_stderr = true;
+    }
+    let f = c
+        .arg(src)
+        .arg(dst.as_os_str())
+        .run()
+        .map_err(QemuError::from)?;
+    if !f.success() {
+        return Err(QemuError::Failed {
+            argv: f.argv,
+            code: f.code,
+            stderr: f.stderr.trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// The `json:` source qemu-img reads `path` through: the format given (never probed), the
 /// protocol driver named (so no `nbd:`/`json:` prefix in a file name is interpreted), and for
 /// qcow2 no backing file, whatever the header names.
@@ -168,7 +210,8 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let dev = dir.join("dev");
         std::fs::write(&dev, vec![0xa5u8; 8 << 20]).expect("device");
-        write_qcow2_header(&dev, &header).expect("write");
+        let real = crate::lvm::Lvm::new(crate::lvm::LvmConfig::from_env());
+        write_qcow2_header(&real, &dev, &header).expect("write");
         let info = Cmd::new(qemu_img(), Duration::from_secs(60))
             .args(["info", "--output", "json", "-f", "qcow2"])
             .arg(dev.as_os_str())

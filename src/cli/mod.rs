@@ -255,7 +255,8 @@ fn parse_format(s: &str) -> std::result::Result<Format, String> {
 
 /// The domain with this host's lock and lease managers: sanlock once `host join` ran here.
 fn domain(vg: &str) -> Result<Domain> {
-    let lvm = Lvm::new(LvmConfig::from_env());
+    let lvm: std::sync::Arc<dyn crate::lvm::Backend> =
+        std::sync::Arc::new(Lvm::new(LvmConfig::from_env()));
     if crate::lease::cluster::joined_host_id(vg).is_some() {
         Domain::new_sanlock(vg, lvm)
     } else {
@@ -270,7 +271,7 @@ fn host_join(vg: &str, host_id: u64) -> Result<String> {
             crate::lease::sanlock::MAX_HOSTS
         )));
     }
-    let d = Domain::new_sanlock(vg, Lvm::new(LvmConfig::from_env()))?;
+    let d = Domain::new_sanlock(vg, std::sync::Arc::new(Lvm::new(LvmConfig::from_env())))?;
     let snap = d.scan()?;
     if snap.info.lock_manager != "sanlock" {
         return Err(Error::InvalidInput(format!(

@@ -6,7 +6,6 @@
 //! taken for a domain; running the format again completes it.
 
 use super::{scan, Domain, IDS_LV, LEASES_LV, METADATA_LV};
-use crate::directio::DirectFile;
 use crate::error::{Error, Result};
 use crate::lvm::{LvmError, NewLv};
 use crate::metadata::SlotStore;
@@ -32,16 +31,17 @@ pub const IDS_SIZE: u64 = 8 * MIB;
 /// VG metadata area: room for thousands of tagged LVs.
 pub const VG_METADATA_SIZE: u64 = 128 * MIB;
 
-fn logical_block_size(pvs: &[PathBuf]) -> Result<u32> {
+fn logical_block_size(domain: &Domain, pvs: &[PathBuf]) -> Result<u32> {
     let mut size = 512;
     for pv in pvs {
-        let f =
-            DirectFile::open(pv, false).map_err(Error::io(format!("opening {}", pv.display())))?;
-        let s = f.logical_block_size().map_err(Error::io(format!(
-            "reading the block size of {}",
-            pv.display()
-        )))?;
-        size = size.max(s as u32);
+        let s = domain
+            .lvm
+            .logical_block_size(pv)
+            .map_err(Error::io(format!(
+                "reading the block size of {}",
+                pv.display()
+            )))?;
+        size = size.max(s);
     }
     Ok(size)
 }
@@ -122,7 +122,7 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
     } else {
         req.pvs.clone()
     };
-    let slot_size = logical_block_size(&pv_paths)?;
+    let slot_size = logical_block_size(domain, &pv_paths)?;
     let layout = [
         Tag::DomainUnready,
         Tag::Format(FORMAT_VERSION),
@@ -197,6 +197,7 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
     }
     let store = SlotStore {
         path: domain.metadata_path(),
+        io: domain.lvm.clone(),
         slot_size: slot_size as usize,
         slots: req.max_volumes,
         version: FORMAT_VERSION,

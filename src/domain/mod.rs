@@ -13,10 +13,11 @@ pub use scan::{info_from_tags, DomainInfo, LvEntry, Snapshot};
 use crate::error::{Error, Result};
 use crate::lease::LeaseManager;
 use crate::lock::{DomainGuard, LockManager};
-use crate::lvm::{Activation, Lvm, LvmError};
+use crate::lvm::{Activation, Backend, LvmError};
 use crate::metadata::SlotStore;
 use crate::tags::{self, Tag};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Names of the special LVs.
 pub const METADATA_LV: &str = "metadata";
@@ -27,7 +28,8 @@ pub const SPECIAL_LVS: [&str; 3] = [METADATA_LV, LEASES_LV, IDS_LV];
 /// A domain (VG) and the means to act on it.
 pub struct Domain {
     pub vg: String,
-    pub lvm: Lvm,
+    /// LVM and LV device I/O: the real host or the simulation.
+    pub lvm: Arc<dyn Backend>,
     pub locks: Box<dyn LockManager>,
     pub leases: Box<dyn LeaseManager>,
     /// The lock manager these belong to ("local" or "sanlock"): must match the domain's.
@@ -55,7 +57,7 @@ pub fn validate_vg_name(vg: &str) -> Result<()> {
 
 impl Domain {
     /// A domain on this host's local lock and lease managers.
-    pub fn new(vg: &str, lvm: Lvm, locks: Box<dyn LockManager>) -> Result<Domain> {
+    pub fn new(vg: &str, lvm: Arc<dyn Backend>, locks: Box<dyn LockManager>) -> Result<Domain> {
         validate_vg_name(vg)?;
         Ok(Domain {
             vg: vg.to_string(),
@@ -66,8 +68,22 @@ impl Domain {
         })
     }
 
+    /// A domain on the local lock and lease managers with their files in `dir` (instead of
+    /// `/run/lock/lvchain`): tests that run without root.
+    pub fn new_local_in(vg: &str, lvm: Arc<dyn Backend>, dir: &std::path::Path) -> Result<Domain> {
+        let locks = crate::lock::LocalLock {
+            dir: dir.to_path_buf(),
+            ..crate::lock::LocalLock::default()
+        };
+        let mut d = Domain::new(vg, lvm, Box::new(locks))?;
+        d.leases = Box::new(crate::lease::local::LocalLeases {
+            dir: dir.to_path_buf(),
+        });
+        Ok(d)
+    }
+
     /// A domain shared through sanlock (this host joined its lockspace).
-    pub fn new_sanlock(vg: &str, lvm: Lvm) -> Result<Domain> {
+    pub fn new_sanlock(vg: &str, lvm: Arc<dyn Backend>) -> Result<Domain> {
         validate_vg_name(vg)?;
         if vg.len() > crate::lease::sanlock::NAME_LEN {
             return Err(Error::InvalidInput(format!(
@@ -133,7 +149,17 @@ impl Domain {
     }
 
     pub fn metadata_path(&self) -> PathBuf {
-        PathBuf::from("/dev").join(&self.vg).join(METADATA_LV)
+        self.device(METADATA_LV)
+    }
+
+    /// The device of LV `lv` while it is active on this host.
+    pub fn device(&self, lv: &str) -> PathBuf {
+        self.lvm.dev_dir().join(&self.vg).join(lv)
+    }
+
+    /// The device of volume `id` while it is active on this host.
+    pub fn volume_device(&self, id: &uuid::Uuid) -> PathBuf {
+        self.device(&id.to_string())
     }
 
     /// The slot store, activating the metadata LV on this host first if needed.
@@ -147,6 +173,7 @@ impl Domain {
         self.activate_special(snap, &[METADATA_LV])?;
         Ok(SlotStore {
             path: self.metadata_path(),
+            io: self.lvm.clone(),
             slot_size: snap.info.slot_size as usize,
             slots: snap.info.max_volumes,
             version: snap.info.format,
@@ -159,10 +186,7 @@ impl Domain {
     pub fn activate_special(&self, snap: &Snapshot, names: &[&str]) -> Result<()> {
         let inactive: Vec<String> = names
             .iter()
-            .filter(|n| {
-                !snap.lv_named(n).is_some_and(|l| l.active)
-                    || !PathBuf::from("/dev").join(&self.vg).join(n).exists()
-            })
+            .filter(|n| !snap.lv_named(n).is_some_and(|l| l.active) || !self.device(n).exists())
             .map(|n| self.lv_path(n))
             .collect();
         self.lvm

@@ -5,9 +5,12 @@
 //! (`--autobackup n`, `--wipesignatures n`, `--setautoactivation n`) and report parsing.
 //! Callers never build lvm argument lists; this module never decides policy (names, tags).
 
+pub mod backend;
 pub mod error;
 pub mod report;
+pub mod sim;
 
+pub use backend::Backend;
 pub use error::{Failure, LvmError};
 pub use report::{LvRow, PvRow, VgRow};
 

@@ -1,13 +1,16 @@
-//! Slot I/O on the metadata LV: one O_DIRECT read or write per slot, or one read of all slots.
+//! Slot I/O on the metadata LV: one direct read or write per slot, or one read of all slots,
+//! through the storage seam ([`crate::lvm::Backend`]: O_DIRECT on a real host).
 
 use super::codec::{decode, encode, MetaError, VolumeMeta};
-use crate::directio::{AlignedBuf, DirectFile};
+use crate::lvm::Backend;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// The slots of one domain's metadata LV.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SlotStore {
     pub path: PathBuf,
+    pub io: Arc<dyn Backend>,
     pub slot_size: usize,
     pub slots: u32,
     /// The slot version written (the domain format's: 1 or 2); both are read.
@@ -34,19 +37,20 @@ impl SlotStore {
 
     pub fn read(&self, slot: u32) -> Result<VolumeMeta, MetaError> {
         let off = self.offset(slot)?;
-        let f = DirectFile::open(&self.path, false).map_err(|e| self.io(e))?;
-        let buf = f.read_at(off, self.slot_size).map_err(|e| self.io(e))?;
-        decode(slot, buf.as_slice())
+        let buf = self
+            .io
+            .read_at(&self.path, off, self.slot_size)
+            .map_err(|e| self.io(e))?;
+        decode(slot, &buf)
     }
 
     /// Reads every slot with one read; entry `n` is slot `n`.
     pub fn read_all(&self) -> Result<Vec<Result<VolumeMeta, MetaError>>, MetaError> {
-        let f = DirectFile::open(&self.path, false).map_err(|e| self.io(e))?;
-        let buf = f
-            .read_at(0, self.slot_size * self.slots as usize)
+        let buf = self
+            .io
+            .read_at(&self.path, 0, self.slot_size * self.slots as usize)
             .map_err(|e| self.io(e))?;
         Ok(buf
-            .as_slice()
             .chunks(self.slot_size)
             .enumerate()
             .map(|(n, b)| decode(n as u32, b))
@@ -66,29 +70,36 @@ impl SlotStore {
 
     fn write_raw(&self, slot: u32, bytes: &[u8]) -> Result<(), MetaError> {
         let off = self.offset(slot)?;
-        let mut buf = AlignedBuf::zeroed(self.slot_size).map_err(|e| self.io(e))?;
-        buf.as_mut_slice().copy_from_slice(bytes);
-        let f = DirectFile::open(&self.path, true).map_err(|e| self.io(e))?;
-        f.write_at(off, &buf).map_err(|e| self.io(e))
+        self.io
+            .write_at(&self.path, off, bytes)
+            .map_err(|e| self.io(e))
     }
 
     /// Zeroes the whole area (a new domain must not show stale slots of old data).
     pub fn wipe(&self) -> Result<(), MetaError> {
         let total = self.slot_size * self.slots as usize;
         let chunk = (1 << 20).min(total);
-        let buf = AlignedBuf::zeroed(chunk).map_err(|e| self.io(e))?;
-        let f = DirectFile::open(&self.path, true).map_err(|e| self.io(e))?;
+        let zeros = vec![0u8; chunk];
         let mut off = 0;
         while off < total {
-            if total - off < chunk {
-                let tail = AlignedBuf::zeroed(total - off).map_err(|e| self.io(e))?;
-                f.write_at(off as u64, &tail).map_err(|e| self.io(e))?;
-                break;
-            }
-            f.write_at(off as u64, &buf).map_err(|e| self.io(e))?;
-            off += chunk;
+            let len = chunk.min(total - off);
+            self.io
+                .write_at(&self.path, off as u64, &zeros[..len])
+                .map_err(|e| self.io(e))?;
+            off += len;
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for SlotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotStore")
+            .field("path", &self.path)
+            .field("slot_size", &self.slot_size)
+            .field("slots", &self.slots)
+            .field("version", &self.version)
+            .finish()
     }
 }
 
@@ -105,6 +116,7 @@ mod tests {
         std::fs::File::create(&path)?.set_len(512 * 8)?;
         let store = SlotStore {
             path,
+            io: Arc::new(crate::lvm::sim::SimLvm::new(&dir.path().join("sim"))?),
             slot_size: 512,
             slots: 8,
             version: super::super::codec::SLOT_VERSION,

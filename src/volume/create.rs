@@ -174,11 +174,12 @@ pub fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
         .parent
         .as_ref()
         .map(|p| (p.id.to_string(), p.format.to_string()));
+    let lvm = domain.lvm.clone();
     let (created, header) = std::thread::scope(|s| {
         let capacity = plan.meta.capacity;
         let backing = backing.as_ref().map(|(f, fmt)| (f.as_str(), fmt.as_str()));
         let header = (plan.meta.format == Format::Qcow2)
-            .then(|| s.spawn(move || qemu::qcow2_header(capacity, backing)));
+            .then(|| s.spawn(move || lvm.qcow2_header(capacity, backing)));
         let created = domain.lvm.lvcreate(&domain.vg, &new_lv);
         let header = header.map(|h| {
             h.join().unwrap_or_else(|_| {
@@ -271,8 +272,12 @@ fn prepare_contents(
     domain.leases.init(&domain.vg, &meta.id, plan.slot)?;
     crash::point("create.after-metadata");
     if let Some(header) = qcow2_header {
-        qemu::write_qcow2_header(&links::device_path(&domain.vg, &meta.id), &header?)
-            .map_err(Error::io("writing the qcow2 header"))?;
+        qemu::write_qcow2_header(
+            domain.lvm.as_ref(),
+            &domain.volume_device(&meta.id),
+            &header?,
+        )
+        .map_err(Error::io("writing the qcow2 header"))?;
     }
     crash::point("create.after-qemu-img");
     if let Some(p) = &plan.parent {
@@ -287,7 +292,13 @@ fn prepare_contents(
     }
     crash::point("create.after-parent-update");
     if plan.prepared {
-        links::add(&domain.vg, &meta.image, &meta.id).map_err(Error::io("creating the link"))?;
+        links::add(
+            &domain.vg,
+            &meta.image,
+            &meta.id,
+            &domain.volume_device(&meta.id),
+        )
+        .map_err(Error::io("creating the link"))?;
     }
     crash::point("create.after-links");
     Ok(())

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::lvm::Activation;
 use crate::metadata::Format;
 use crate::units::Bytes;
-use crate::{crash, links, qemu};
+use crate::{crash, qemu};
 use uuid::Uuid;
 
 /// Grows volume `id` to `size` bytes of capacity (takes the domain lock and the volume lease).
@@ -58,7 +58,7 @@ pub(crate) fn grow_storage(
                 .lvm
                 .lvchange_activation(&[domain.lv_path(&name)], Activation::Activate)?;
         }
-        let r = qemu::resize_qcow2(&links::device_path(&domain.vg, id), size.0);
+        let r = domain.lvm.resize_qcow2(&domain.volume_device(id), size.0);
         if !was_active {
             domain
                 .lvm

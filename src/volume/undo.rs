@@ -143,13 +143,13 @@ pub fn remove_lvs(domain: &Domain, names: &[String]) -> Result<Vec<String>> {
     if paths.is_empty() || domain.lvm.lvremove(&paths).is_ok() {
         return Ok(names
             .iter()
-            .map(|n| removed(n, remove_stale_mapping(domain, n)))
+            .map(|n| removed(n, domain.lvm.remove_stale_mapping(&domain.vg, n)))
             .collect());
     }
     let mut done = Vec::new();
     for (name, path) in names.iter().zip(&paths) {
         let first = domain.lvm.lvremove(std::slice::from_ref(path));
-        let stale = remove_stale_mapping(domain, name);
+        let stale = domain.lvm.remove_stale_mapping(&domain.vg, name);
         match first {
             Ok(()) => done.push(removed(name, stale)),
             Err(LvmError::LvNotFound { .. }) => {}
@@ -163,30 +163,4 @@ pub fn remove_lvs(domain: &Domain, names: &[String]) -> Result<Vec<String>> {
         }
     }
     Ok(done)
-}
-
-/// Removes a device-mapper mapping left behind by a failed deactivation, if any; returns
-/// whether one was removed.
-fn remove_stale_mapping(domain: &Domain, lv: &str) -> bool {
-    let name = format!("{}-{}", domain.vg.replace('-', "--"), lv.replace('-', "--"));
-    if !mapping_exists(&name) {
-        return false;
-    }
-    let r = crate::exec::Cmd::new("/sbin/dmsetup", domain.lvm.config.timeout)
-        .args(["remove", "--retry", &name])
-        .run();
-    let removed = r.as_ref().is_ok_and(|f| f.success());
-    tracing::warn!(mapping = %name, removed, result = ?r.map(|f| (f.code, f.stderr)), "stale device-mapper mapping");
-    removed
-}
-
-/// Whether the kernel has a device-mapper mapping named `name` (from sysfs: no process, and
-/// true even where no udev made its /dev/mapper node).
-fn mapping_exists(name: &str) -> bool {
-    let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        std::fs::read_to_string(e.path().join("dm/name")).is_ok_and(|n| n.trim_end() == name)
-    })
 }
