@@ -102,6 +102,17 @@ pub enum Error {
     Lease(#[from] crate::lease::LeaseError),
     #[error("domain {vg} is not clean: {problems} problem(s)")]
     Unclean { vg: String, problems: usize },
+    #[error("cannot wipe the data of LV {lv} before removing it: {source}")]
+    Wipe {
+        lv: String,
+        #[source]
+        source: crate::wipe::WipeError,
+    },
+    #[error("cannot activate the LVs whose data is to be wiped: {source}")]
+    WipeActivation {
+        #[source]
+        source: LvmError,
+    },
     #[error("{original}; the LV keeps its marker and `lvchain gc` will finish the job")]
     LeftForGc { original: Box<Error> },
 }

@@ -2,9 +2,10 @@
 //!
 //! It holds the domain lock, the same one every creation and removal holds throughout, so any
 //! marked LV it sees belongs to an operation that died. A creation that died is rolled back, a
-//! removal that died is completed; both go through [`crate::volume::undo::release`], whose
-//! steps are idempotent, so a collector that itself dies is finished by the next run. It never
-//! touches a committed volume other than to make a parent a leaf again.
+//! removal that died is completed (its data wiped first, as the removal would have); both go
+//! through the steps of [`crate::volume::undo`], which are idempotent, so a collector that
+//! itself dies is finished by the next run. It never touches a committed volume other than to
+//! make a parent a leaf again.
 //!
 //! One exception to "complete a removal": a marked LV that a committed volume still descends
 //! from (an image removal whose multi-LV mark did not finish: lvm commits each LV of one
@@ -13,7 +14,7 @@
 
 use crate::domain::{Domain, LvEntry};
 use crate::error::Result;
-use crate::volume::undo::{self, Points};
+use crate::volume::undo::{self, Points, WipeProgress};
 use serde::Serialize;
 use std::time::Instant;
 use uuid::Uuid;
@@ -22,6 +23,7 @@ const POINTS: Points = Points {
     parent: Some("gc.after-parent-update"),
     links: Some("gc.after-links"),
     metadata: Some("gc.after-metadata"),
+    wipe: None,
     lvremove: None,
 };
 
@@ -61,11 +63,13 @@ fn describe(lv: &LvEntry) -> Orphan {
     }
 }
 
-/// Collects every orphan of the domain. `progress` is called after each orphan (done, total).
+/// Collects every orphan of the domain. `progress` is called after each orphan (done, total),
+/// `wipe_progress` during the wipe of a removed volume's data.
 pub fn collect(
     domain: &Domain,
     dry_run: bool,
     progress: &mut dyn FnMut(usize, usize),
+    wipe_progress: &mut WipeProgress<'_>,
 ) -> Result<Report> {
     let start = Instant::now();
     let _guard = domain.lock()?;
@@ -85,8 +89,10 @@ pub fn collect(
     for lv in orphans.iter().filter(|l| !needed.contains(&l.name)) {
         let mut o = describe(lv);
         if dry_run {
-            o.actions.push(if lv.removing {
-                "complete the removal: parent role, link, slot, LV".into()
+            o.actions.push(if lv.wipe_on_removal(&snap.info) {
+                "complete the removal: parent role, link, slot, wipe, LV".into()
+            } else if lv.removing {
+                "complete the removal: parent role, link, slot, LV (no wipe)".into()
             } else {
                 "roll back the creation: parent role, link, slot, LV".into()
             });
@@ -95,7 +101,7 @@ pub fn collect(
                 Ok(done) => {
                     o.actions = done;
                     snap.lvs.retain(|l| l.name != lv.name);
-                    undone.push(out.len());
+                    undone.push((out.len(), lv));
                 }
                 Err(e) => o.error = Some(e.to_string()),
             }
@@ -103,20 +109,46 @@ pub fn collect(
         out.push(o);
         progress(out.len(), total);
     }
-    let names: Vec<String> = undone.iter().map(|&i| out[i].lv.clone()).collect();
+    // Wipe the removed volumes' data; an LV whose wipe failed keeps its marker for next time.
+    let lvs: Vec<&LvEntry> = undone.iter().map(|(_, l)| *l).collect();
+    match undo::wipe(domain, &snap.info, &lvs, wipe_progress) {
+        Ok(wiped) => {
+            for (i, _) in &undone {
+                let this = format!("LV {} ", out[*i].lv);
+                let o = &mut out[*i];
+                o.actions
+                    .extend(wiped.done.iter().filter(|d| d.starts_with(&this)).cloned());
+                if let Some((_, e)) = wiped.failed.iter().find(|(n, _)| n == &o.lv) {
+                    o.error = Some(e.to_string());
+                }
+            }
+        }
+        Err(e) => {
+            for (i, l) in &undone {
+                if l.wipe_on_removal(&snap.info) {
+                    out[*i].error = Some(e.to_string());
+                }
+            }
+        }
+    }
+    undone.retain(|(i, _)| out[*i].error.is_none());
+    let names: Vec<String> = undone.iter().map(|(i, _)| out[*i].lv.clone()).collect();
+    if !names.is_empty() {
+        crate::crash::point("gc.after-wipe");
+    }
     match undo::remove_lvs(domain, &names) {
         Ok(done) => {
-            for &i in &undone {
-                let this = format!("LV {} ", out[i].lv);
+            for (i, _) in &undone {
+                let this = format!("LV {} ", out[*i].lv);
                 let action = done.iter().find(|d| d.starts_with(&this));
-                out[i]
+                out[*i]
                     .actions
                     .push(action.cloned().unwrap_or_else(|| "LV already gone".into()));
             }
         }
         Err(e) => {
-            for &i in &undone {
-                out[i].error = Some(format!("removing the LVs: {e}"));
+            for (i, _) in &undone {
+                out[*i].error = Some(format!("removing the LVs: {e}"));
             }
         }
     }

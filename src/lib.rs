@@ -22,3 +22,4 @@ pub mod qemu;
 pub mod tags;
 pub mod units;
 pub mod volume;
+pub mod wipe;

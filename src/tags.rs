@@ -31,6 +31,8 @@ pub enum Tag {
     Lock(String),
     SlotSize(u32),
     MaxVolumes(u32),
+    /// Wipe policy of removed volumes: on the VG, the domain's; on an LV, that volume's.
+    Wipe(Wipe),
     /// A tag lvchain does not own (kept, never interpreted).
     Other(String),
 }
@@ -50,6 +52,7 @@ impl fmt::Display for Tag {
             Tag::Lock(m) => write!(f, "LVC_LOCK={m}"),
             Tag::SlotSize(n) => write!(f, "LVC_SLOT_SIZE={n}"),
             Tag::MaxVolumes(n) => write!(f, "LVC_MAX_VOLUMES={n}"),
+            Tag::Wipe(w) => write!(f, "LVC_WIPE={w}"),
             Tag::Other(s) => f.write_str(s),
         }
     }
@@ -69,6 +72,7 @@ impl Tag {
             Some(("LVC_LOCK", v)) if !v.is_empty() => Tag::Lock(v.to_string()),
             Some(("LVC_SLOT_SIZE", v)) => Tag::SlotSize(num(v)?),
             Some(("LVC_MAX_VOLUMES", v)) => Tag::MaxVolumes(num(v)?),
+            Some(("LVC_WIPE", v)) => Tag::Wipe(v.parse().map_err(|_| bad())?),
             Some((k, _)) if k.starts_with("LVC_") => return Err(bad()),
             _ => match s {
                 "LVC_CREATING" => Tag::Creating,
@@ -85,6 +89,37 @@ impl Tag {
     /// Whether the tag is a transaction marker.
     pub fn is_marker(&self) -> bool {
         matches!(self, Tag::Creating | Tag::Removing)
+    }
+}
+
+/// What a removal does with a volume's data before its extents are freed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Wipe {
+    /// Zero every byte (the default: the next volume on these extents reads zeroes).
+    #[default]
+    Zero,
+    /// Leave the data as it is (faster removal; the next volume may read it).
+    None,
+}
+
+impl fmt::Display for Wipe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Wipe::Zero => "zero",
+            Wipe::None => "none",
+        })
+    }
+}
+
+impl FromStr for Wipe {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Wipe, String> {
+        match s {
+            "zero" => Ok(Wipe::Zero),
+            "none" => Ok(Wipe::None),
+            other => Err(format!("{other:?} is not a wipe policy (zero or none)")),
+        }
     }
 }
 
@@ -120,10 +155,13 @@ mod tests {
             Tag::Lock("local".into()),
             Tag::SlotSize(512),
             Tag::MaxVolumes(2048),
+            Tag::Wipe(Wipe::Zero),
+            Tag::Wipe(Wipe::None),
             Tag::Other("foreign_tag".into()),
         ] {
             assert_eq!(Tag::parse(&t.to_string())?, t);
         }
+        assert_eq!(Tag::Wipe(Wipe::None).to_string(), "LVC_WIPE=none");
         Ok(())
     }
 
@@ -132,5 +170,7 @@ mod tests {
         assert!(Tag::parse("LVC_IMAGE=nope").is_err());
         assert!(Tag::parse("LVC_SLOT=-1").is_err());
         assert!(Tag::parse("LVC_WHATEVER").is_err());
+        assert!(Tag::parse("LVC_WIPE=").is_err());
+        assert!(Tag::parse("LVC_WIPE=shred").is_err());
     }
 }

@@ -267,6 +267,28 @@ fn a_collector_that_crashes_at_every_point_is_finished_by_the_next_run() {
 }
 
 #[test]
+fn a_collector_that_crashes_while_completing_a_removal_is_finished_by_the_next_run() {
+    if !lvm_available("crashgcremove") {
+        return;
+    }
+    let f = Fixture::new("crashgcremove");
+    for point in f.points("gc.") {
+        let point = point.as_str();
+        // A removal that died at its mark: gc completes it (wipe included).
+        let extra = f.d.create(&["--parent", f.leaf()]);
+        f.crash(
+            &["volume", "remove", f.d.name(), &extra],
+            "remove.after-mark",
+        );
+        let dry = f.d.json(&["gc", f.d.name(), "--dry-run"]);
+        assert!(dry.to_string().contains("wipe"), "{dry}");
+        f.crash(&["gc", f.d.name()], point);
+        f.repair_and_verify(point);
+        assert!(f.d.lv_tags(&extra).is_none(), "{point}: orphan gone");
+    }
+}
+
+#[test]
 fn kill_9_at_random_moments_fifty_times() {
     if !lvm_available("kill9") {
         return;

@@ -11,6 +11,7 @@ use crate::lock::LocalLock;
 use crate::lvm::{Lvm, LvmConfig};
 use crate::metadata::{Format, Legality};
 use crate::operation::{self, Source, Work};
+use crate::tags::Wipe;
 use crate::units::{parse_size, Bytes};
 use crate::volume::{self, Catalog, CreateRequest};
 use clap::{Parser, Subcommand};
@@ -84,9 +85,22 @@ pub enum DomainCmd {
         /// Lock manager: local (single host) or sanlock.
         #[arg(long, default_value = "local")]
         lock_manager: String,
+        /// What removing a volume does with its data: zero (overwrite it with zeroes before
+        /// its space is freed, so no later volume reads it) or none (leave it). A volume
+        /// created with its own --wipe keeps that.
+        #[arg(long, value_parser = parse_wipe, default_value = "zero")]
+        wipe: Wipe,
     },
-    /// Show a domain's layout and counts.
+    /// Show a domain's layout, settings and counts.
     Info { vg: String },
+    /// Change a domain's settings (under the domain lock).
+    Set {
+        vg: String,
+        /// What removing a volume does with its data from now on: zero or none (volumes
+        /// created with their own --wipe keep theirs).
+        #[arg(long, value_parser = parse_wipe)]
+        wipe: Wipe,
+    },
     /// Read-only consistency report (exit status 0 only when clean).
     Check { vg: String },
     /// Remove a domain (its VG); refuses while volumes exist unless --force.
@@ -115,6 +129,11 @@ pub enum VolumeCmd {
         id: Option<Uuid>,
         #[arg(long, default_value = "")]
         description: String,
+        /// What removing this volume does with its data, whatever the domain's setting:
+        /// zero (overwrite it with zeroes before its space is freed) or none (leave it).
+        /// Default: the domain's setting at removal time (`domain info`).
+        #[arg(long, value_parser = parse_wipe)]
+        wipe: Option<Wipe>,
     },
     /// List committed volumes (never those with a transaction marker).
     List {
@@ -253,6 +272,39 @@ fn parse_format(s: &str) -> std::result::Result<Format, String> {
     s.parse()
 }
 
+fn parse_wipe(s: &str) -> std::result::Result<Wipe, String> {
+    s.parse()
+}
+
+/// Shows the progress of a wipe on stderr when `enabled` (stderr is a terminal, no --json),
+/// once the wipe has run for a second (short wipes print nothing).
+fn wipe_progress(enabled: bool) -> impl FnMut(&str, u64, u64) {
+    let mut started = std::time::Instant::now();
+    let mut shown = false;
+    move |lv, done, total| {
+        if !enabled {
+            return;
+        }
+        if done == 0 {
+            started = std::time::Instant::now();
+            shown = false;
+            return;
+        }
+        if shown || started.elapsed() >= std::time::Duration::from_secs(1) {
+            let pct = done.saturating_mul(100) / total.max(1);
+            eprint!(
+                "\rwiping {lv}: {} of {} ({pct}%)",
+                Bytes(done),
+                Bytes(total)
+            );
+            shown = true;
+            if done >= total {
+                eprintln!();
+            }
+        }
+    }
+}
+
 /// The domain with this host's lock and lease managers: sanlock once `host join` ran here.
 fn domain(vg: &str) -> Result<Domain> {
     let lvm: std::sync::Arc<dyn crate::lvm::Backend> =
@@ -298,6 +350,11 @@ fn host_join(vg: &str, host_id: u64) -> Result<String> {
     })
 }
 
+/// Whether progress may go to stderr: a terminal, and no --json.
+fn tty(cli: &Cli) -> bool {
+    !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
 /// Runs a parsed command line; prints its output.
 pub fn run(cli: &Cli) -> Result<()> {
     let out = output::Out { json: cli.json };
@@ -308,6 +365,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                 pvs,
                 max_volumes,
                 lock_manager,
+                wipe,
             } => {
                 let d = domain(vg)?;
                 let info = domain::format(
@@ -316,9 +374,14 @@ pub fn run(cli: &Cli) -> Result<()> {
                         pvs: pvs.clone(),
                         max_volumes: *max_volumes,
                         lock_manager: lock_manager.clone(),
+                        wipe: *wipe,
                     },
                 )?;
                 out.domain_created(&info)
+            }
+            DomainCmd::Set { vg, wipe } => {
+                let before = domain(vg)?.set_wipe(*wipe)?;
+                out.message(&format!("domain {vg}: wipe {before} -> {wipe}"))
             }
             DomainCmd::Info { vg } => {
                 let cat = Catalog::load(&domain(vg)?)?;
@@ -350,6 +413,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                 parent,
                 id,
                 description,
+                wipe,
             } => {
                 let v = volume::create(
                     &domain(vg)?,
@@ -360,6 +424,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                         parent: *parent,
                         id: *id,
                         description: description.clone(),
+                        wipe: *wipe,
                     },
                 )?;
                 out.created(&v)
@@ -373,7 +438,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                 out.volume(cat.get(vg, volume)?)
             }
             VolumeCmd::Remove { vg, volume } => {
-                volume::remove(&domain(vg)?, volume)?;
+                volume::remove(&domain(vg)?, volume, &mut wipe_progress(tty(cli)))?;
                 out.message(&format!("removed volume {volume}"))
             }
             VolumeCmd::Extend {
@@ -455,7 +520,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                 out.message(&format!("image {image} torn down"))
             }
             ImageCmd::Remove { vg, image } => {
-                let n = volume::remove_image(&domain(vg)?, image)?;
+                let n = volume::remove_image(&domain(vg)?, image, &mut wipe_progress(tty(cli)))?;
                 out.message(&format!("removed image {image} ({n} volumes)"))
             }
         },
@@ -469,7 +534,12 @@ pub fn run(cli: &Cli) -> Result<()> {
                     }
                 }
             };
-            let report = crate::gc::collect(&domain(vg)?, *dry_run, &mut progress)?;
+            let report = crate::gc::collect(
+                &domain(vg)?,
+                *dry_run,
+                &mut progress,
+                &mut wipe_progress(tty),
+            )?;
             out.gc(&report)?;
             match report.orphans.iter().filter(|o| o.error.is_some()).count() {
                 0 => Ok(()),

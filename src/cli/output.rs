@@ -159,8 +159,8 @@ impl Out {
             return print_json(info);
         }
         println!(
-            "domain {} formatted: format {}, lock {}, {} slots of {} bytes",
-            info.vg, info.format, info.lock_manager, info.max_volumes, info.slot_size
+            "domain {} formatted: format {}, lock {}, {} slots of {} bytes, wipe {}",
+            info.vg, info.format, info.lock_manager, info.max_volumes, info.slot_size, info.wipe
         );
         Ok(())
     }
@@ -198,6 +198,7 @@ impl Out {
                 "DOMAIN",
                 "FORMAT",
                 "LOCK",
+                "WIPE",
                 "SIZE",
                 "FREE",
                 "VOLUMES",
@@ -209,6 +210,7 @@ impl Out {
                 i.info.vg.clone(),
                 i.info.format.to_string(),
                 i.info.lock_manager.clone(),
+                i.info.wipe.to_string(),
                 b(i.info.vg_size),
                 b(i.info.vg_free),
                 i.volumes.to_string(),

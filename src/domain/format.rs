@@ -1,7 +1,7 @@
 //! Formatting a VG as a domain.
 //!
-//! Steps: create or adopt the VG tagged `LVC_DOMAIN_UNREADY` (with the format, lock manager and
-//! slot layout tags), create the special LVs tagged `LVC_SPECIAL`, zero the metadata area, then
+//! Steps: create or adopt the VG tagged `LVC_DOMAIN_UNREADY` (with the format, lock manager,
+//! slot layout and, when not the default, wipe policy tags), create the special LVs tagged `LVC_SPECIAL`, zero the metadata area, then
 //! ONE `vgchange --deltag LVC_DOMAIN_UNREADY --addtag LVC_DOMAIN`. A VG left UNREADY is never
 //! taken for a domain; running the format again completes it.
 
@@ -9,7 +9,7 @@ use super::{scan, Domain, IDS_LV, LEASES_LV, METADATA_LV};
 use crate::error::{Error, Result};
 use crate::lvm::{LvmError, NewLv};
 use crate::metadata::SlotStore;
-use crate::tags::{self, Tag, FORMAT_VERSION};
+use crate::tags::{self, Tag, Wipe, FORMAT_VERSION};
 use crate::units::{Bytes, MIB};
 use std::path::PathBuf;
 
@@ -19,6 +19,8 @@ pub struct FormatRequest {
     pub pvs: Vec<PathBuf>,
     pub max_volumes: u32,
     pub lock_manager: String,
+    /// What removals do with volume data (an `LVC_WIPE` VG tag only when not the default).
+    pub wipe: Wipe,
 }
 
 /// Bytes reserved in the leases LV before the first volume lease (domain lock and spares).
@@ -123,13 +125,17 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
         req.pvs.clone()
     };
     let slot_size = logical_block_size(domain, &pv_paths)?;
-    let layout = [
+    let mut layout = vec![
         Tag::DomainUnready,
         Tag::Format(FORMAT_VERSION),
         Tag::Lock(req.lock_manager.clone()),
         Tag::SlotSize(slot_size),
         Tag::MaxVolumes(req.max_volumes),
     ];
+    // The default needs no tag: a domain that never chose stays readable by older lvchain.
+    if req.wipe != Wipe::default() {
+        layout.push(Tag::Wipe(req.wipe));
+    }
     match &existing {
         None => lvm.vgcreate(
             vg,
@@ -147,7 +153,11 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
                 .filter(|t| {
                     matches!(
                         Tag::parse(t),
-                        Ok(Tag::Format(_) | Tag::Lock(_) | Tag::SlotSize(_) | Tag::MaxVolumes(_))
+                        Ok(Tag::Format(_)
+                            | Tag::Lock(_)
+                            | Tag::SlotSize(_)
+                            | Tag::MaxVolumes(_)
+                            | Tag::Wipe(_))
                     ) && !want.contains(t)
                 })
                 .cloned()

@@ -1,7 +1,8 @@
 //! Storage domains: one VG formatted with lvchain's special LVs and VG tags.
 //!
 //! Owns formatting (`LVC_DOMAIN_UNREADY` while the special LVs are made, then ONE `vgchange`
-//! that swaps it for `LVC_DOMAIN`), opening (one `lvs` report per scan), info and removal.
+//! that swaps it for `LVC_DOMAIN`), opening (one `lvs` report per scan), info, settings
+//! (`LVC_WIPE`) and removal.
 //! Never changes a volume: that is the volume layer's job.
 
 pub mod format;
@@ -15,7 +16,7 @@ use crate::lease::LeaseManager;
 use crate::lock::{DomainGuard, LockManager};
 use crate::lvm::{Activation, Backend, LvmError};
 use crate::metadata::SlotStore;
-use crate::tags::{self, Tag};
+use crate::tags::{self, Tag, Wipe};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -192,6 +193,30 @@ impl Domain {
         self.lvm
             .lvchange_activation(&inactive, Activation::Activate)?;
         Ok(())
+    }
+
+    /// Sets the domain's wipe policy (what removals do with volume data unless a volume's own
+    /// `LVC_WIPE` says otherwise): under the domain lock, ONE vgchange that replaces the VG's
+    /// `LVC_WIPE` tag; the default (`zero`) is the tag's absence. Returns the previous policy.
+    pub fn set_wipe(&self, wipe: Wipe) -> Result<Wipe> {
+        let _guard = self.lock()?;
+        let snap = self.scan()?;
+        self.check_kind(&snap)?;
+        let row = self.lvm.vgs(&self.vg).map_err(|e| self.vg_error(e))?;
+        let del: Vec<String> = row
+            .vg_tags
+            .iter()
+            .filter(|t| t.starts_with("LVC_WIPE="))
+            .cloned()
+            .collect();
+        let add = match wipe {
+            w if w == Wipe::default() => vec![],
+            w => tags::strings(&[Tag::Wipe(w)]),
+        };
+        if del != add {
+            self.lvm.vgchange_tags(&self.vg, &del, &add)?;
+        }
+        Ok(snap.info.wipe)
     }
 
     /// `vg/lv` as lvm takes it.

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::lvm::LvRow;
-use crate::tags::{Tag, FORMAT_VERSION, OLDEST_FORMAT};
+use crate::tags::{Tag, Wipe, FORMAT_VERSION, OLDEST_FORMAT};
 use std::collections::{BTreeSet, HashSet};
 use uuid::Uuid;
 
@@ -24,6 +24,8 @@ pub struct DomainInfo {
     pub extent_size: u64,
     pub vg_size: u64,
     pub vg_free: u64,
+    /// What removals do with a volume's data unless its own `LVC_WIPE` says otherwise.
+    pub wipe: Wipe,
 }
 
 /// One LV of the domain with its tags parsed.
@@ -43,6 +45,8 @@ pub struct LvEntry {
     /// A chain member: committed, or marked but needed by a committed descendant (set by
     /// [`Snapshot::from_rows`]).
     pub member: bool,
+    /// The volume's own wipe policy (`LVC_WIPE` LV tag), overriding the domain's.
+    pub wipe: Option<Wipe>,
     /// `LVC_*` tags that do not parse (a damaged domain).
     pub bad_tags: Vec<String>,
 }
@@ -62,6 +66,7 @@ impl LvEntry {
             removing: false,
             special: false,
             member: false,
+            wipe: None,
             bad_tags: Vec::new(),
         };
         for t in &row.lv_tags {
@@ -72,11 +77,18 @@ impl LvEntry {
                 Ok(Tag::Creating) => e.creating = true,
                 Ok(Tag::Removing) => e.removing = true,
                 Ok(Tag::Special) => e.special = true,
+                Ok(Tag::Wipe(w)) => e.wipe = Some(w),
                 Ok(_) => {}
                 Err(_) => e.bad_tags.push(t.clone()),
             }
         }
         e
+    }
+
+    /// Whether removing this LV zeroes its data first: its own policy, else the domain's.
+    /// Only a removal wipes: a rolled-back creation never held committed data.
+    pub fn wipe_on_removal(&self, domain: &DomainInfo) -> bool {
+        self.removing && self.wipe.unwrap_or(domain.wipe) == Wipe::Zero
     }
 
     /// A transaction marker is set: the LV is an orphan whenever the domain lock is free.
@@ -238,6 +250,7 @@ pub fn info_from_tags(
         extent_size: extent,
         vg_size: size,
         vg_free: free,
+        wipe: Wipe::default(),
     };
     for t in tags {
         match Tag::parse(t) {
@@ -247,6 +260,7 @@ pub fn info_from_tags(
             Ok(Tag::Lock(m)) => info.lock_manager = m,
             Ok(Tag::SlotSize(n)) => info.slot_size = n,
             Ok(Tag::MaxVolumes(n)) => info.max_volumes = n,
+            Ok(Tag::Wipe(w)) => info.wipe = w,
             _ => {}
         }
     }

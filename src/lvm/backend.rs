@@ -64,6 +64,13 @@ pub trait Backend: Send + Sync {
     /// The logical block size of a device (a PV, an LV).
     fn logical_block_size(&self, device: &Path) -> std::io::Result<u32>;
 
+    /// Zeroes the whole device (before its extents are freed); `progress(done, total)`.
+    fn zero_device(
+        &self,
+        device: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<crate::wipe::Wiped, crate::wipe::WipeError>;
+
     /// A qcow2 header for `capacity` bytes, backed by `(file, format)`, made in memory.
     fn qcow2_header(
         &self,
@@ -172,6 +179,14 @@ impl Backend for super::Lvm {
     fn logical_block_size(&self, device: &Path) -> std::io::Result<u32> {
         let f = crate::directio::DirectFile::open(device, false)?;
         Ok(f.logical_block_size()? as u32)
+    }
+
+    fn zero_device(
+        &self,
+        device: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<crate::wipe::Wiped, crate::wipe::WipeError> {
+        crate::wipe::zero_device(device, progress)
     }
 
     fn qcow2_header(

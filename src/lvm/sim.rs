@@ -639,6 +639,34 @@ impl Backend for SimLvm {
         Ok(512)
     }
 
+    fn zero_device(
+        &self,
+        device: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<crate::wipe::Wiped, crate::wipe::WipeError> {
+        let start = std::time::Instant::now();
+        let zero_err = |source| crate::wipe::WipeError::ZeroOut {
+            path: device.to_path_buf(),
+            offset: 0,
+            len: 0,
+            source,
+        };
+        let size = std::fs::metadata(device).map_err(zero_err)?.len();
+        progress(0, size);
+        self.io_step(&format!("zero {}", device.display()), || {
+            let f = std::fs::OpenOptions::new().write(true).open(device)?;
+            // A sparse file of the same size reads zeros: what BLKZEROOUT leaves.
+            f.set_len(0)?;
+            f.set_len(size)
+        })
+        .map_err(zero_err)?;
+        progress(size, size);
+        Ok(crate::wipe::Wiped {
+            bytes: size,
+            duration: start.elapsed(),
+        })
+    }
+
     fn qcow2_header(
         &self,
         capacity: u64,

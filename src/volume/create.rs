@@ -20,7 +20,7 @@ use crate::links;
 use crate::lvm::{Activation, LvmError, NewLv};
 use crate::metadata::{check_description, FenceRecord, Format, Legality, Role, VolumeMeta};
 use crate::qemu;
-use crate::tags::{self, Tag};
+use crate::tags::{self, Tag, Wipe};
 use crate::units::Bytes;
 use uuid::Uuid;
 
@@ -32,6 +32,8 @@ pub struct CreateRequest {
     pub parent: Option<Uuid>,
     pub id: Option<Uuid>,
     pub description: String,
+    /// The volume's own wipe-on-removal policy (an `LVC_WIPE` LV tag); None: the domain's.
+    pub wipe: Option<Wipe>,
 }
 
 /// What validation decided, before anything changes.
@@ -161,6 +163,10 @@ pub fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
     if let Some(p) = &plan.parent {
         tags.push(Tag::Parent(p.id));
     }
+    // Only an explicit choice is recorded, so a domain without overrides has no such tag.
+    if let Some(w) = req.wipe {
+        tags.push(Tag::Wipe(w));
+    }
     // qcow2 needs the device to write its header; a prepared image keeps its volumes active.
     let activate = plan.meta.format == Format::Qcow2 || plan.prepared;
     let new_lv = NewLv {
@@ -210,9 +216,16 @@ pub fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
         let rollback = domain.scan().and_then(|snap| {
             let lv = snap.lv_named(&name).cloned();
             match lv {
-                Some(lv) => {
-                    undo::release(domain, &snap, &store, &lv, &held, undo::Points::default())
-                }
+                // Marked LVC_CREATING: nothing committed to wipe.
+                Some(lv) => undo::release(
+                    domain,
+                    &snap,
+                    &store,
+                    &lv,
+                    &held,
+                    undo::Points::default(),
+                    &mut |_, _, _| {},
+                ),
                 None => Ok(vec![]),
             }
         });
@@ -255,6 +268,7 @@ pub fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
         removing: false,
         special: false,
         member: true,
+        wipe: req.wipe,
         bad_tags: vec![],
     };
     Ok(Volume::from_parts(&lv, plan.slot, &plan.meta))

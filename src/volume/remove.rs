@@ -2,9 +2,11 @@
 //!
 //! Under the domain lock: ONE `lvchange --addtag LVC_REMOVING` (the point of no return: from
 //! here the removal is completed, by this process or by the collector), then the parent becomes
-//! a leaf again, the link and the metadata slot go, and `lvremove` ends it.
+//! a leaf again, the link and the metadata slot go, the data is wiped (unless the volume's or
+//! the domain's `LVC_WIPE` is `none`), and `lvremove` ends it.
 
-use super::{undo, Catalog};
+use super::undo::{self, WipeProgress};
+use super::Catalog;
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::tags::{self, Tag};
@@ -14,11 +16,12 @@ const POINTS: undo::Points = undo::Points {
     parent: Some("remove.after-parent-update"),
     links: Some("remove.after-links"),
     metadata: Some("remove.after-metadata"),
+    wipe: Some("remove.after-wipe"),
     lvremove: Some("remove.after-lvremove"),
 };
 
-/// Removes the leaf volume `id`.
-pub fn remove(domain: &Domain, id: &Uuid) -> Result<()> {
+/// Removes the leaf volume `id`; `progress` follows the wipe of its data.
+pub fn remove(domain: &Domain, id: &Uuid, progress: &mut WipeProgress<'_>) -> Result<()> {
     let _guard = domain.lock()?;
     let cat = Catalog::load_for_change(domain)?;
     let vol = cat.get(&domain.vg, id)?;
@@ -67,7 +70,7 @@ pub fn remove(domain: &Domain, id: &Uuid) -> Result<()> {
     crate::crash::point("remove.after-mark");
     let mut marked = lv;
     marked.removing = true;
-    undo::release(domain, &cat.snap, &store, &marked, &held, POINTS).map_err(|e| {
+    undo::release(domain, &cat.snap, &store, &marked, &held, POINTS, progress).map_err(|e| {
         Error::LeftForGc {
             original: Box::new(e),
         }
@@ -75,8 +78,13 @@ pub fn remove(domain: &Domain, id: &Uuid) -> Result<()> {
     Ok(())
 }
 
-/// Removes every volume of `image` (leaf first) and its link directory.
-pub fn remove_image(domain: &Domain, image: &Uuid) -> Result<usize> {
+/// Removes every volume of `image` (leaf first) and its link directory; `progress` follows the
+/// wipe of their data.
+pub fn remove_image(
+    domain: &Domain,
+    image: &Uuid,
+    progress: &mut WipeProgress<'_>,
+) -> Result<usize> {
     let _guard = domain.lock()?;
     let cat = Catalog::load_for_change(domain)?;
     let members = super::idle_members(&cat.snap, &domain.vg, image)?;
@@ -110,13 +118,16 @@ pub fn remove_image(domain: &Domain, image: &Uuid) -> Result<usize> {
         );
     }
     crate::crash::point("remove.after-mark");
-    // Undo each volume's changes leaf first, then remove all LVs with ONE lvremove. The undo
-    // sees the domain as it will be: without any member, so no parent is made a leaf again
-    // (its lease is ours already, and it goes too).
+    // Undo each volume's changes leaf first, wipe their data, then remove all LVs with ONE
+    // lvremove. The undo sees the domain as it will be: without any member, so no parent is
+    // made a leaf again (its lease is ours already, and it goes too).
     let mut snap = cat.snap.clone();
     snap.lvs
         .retain(|l| !members.iter().any(|m| m.name == l.name));
-    let mut names = Vec::new();
+    let left_for_gc = |e| Error::LeftForGc {
+        original: Box::new(e),
+    };
+    let mut undone = Vec::new();
     for id in &order {
         let Some(lv) = members.iter().find(|l| l.id.as_ref() == Some(id)) else {
             continue;
@@ -131,14 +142,23 @@ pub fn remove_image(domain: &Domain, image: &Uuid) -> Result<usize> {
             &held,
             undo::Points::default(),
         )
-        .map_err(|e| Error::LeftForGc {
-            original: Box::new(e),
-        })?;
-        names.push(lv.name.clone());
+        .map_err(left_for_gc)?;
+        undone.push(marked);
     }
-    undo::remove_lvs(domain, &names).map_err(|e| Error::LeftForGc {
-        original: Box::new(e),
-    })?;
+    let refs: Vec<&crate::domain::LvEntry> = undone.iter().collect();
+    let mut failed = undo::wipe(domain, &snap.info, &refs, progress)
+        .map_err(left_for_gc)?
+        .failed;
+    // The LVs whose wipe failed keep their marker (and their data) for the collector.
+    let names: Vec<String> = undone
+        .iter()
+        .filter(|l| !failed.iter().any(|(n, _)| n == &l.name))
+        .map(|l| l.name.clone())
+        .collect();
+    undo::remove_lvs(domain, &names).map_err(left_for_gc)?;
+    if let Some((_, e)) = failed.pop() {
+        return Err(left_for_gc(e));
+    }
     crate::links::remove_image(&domain.vg, image)
         .map_err(Error::io("removing the link directory"))?;
     Ok(order.len())

@@ -1,7 +1,7 @@
 //! Taking a marked LV out of the domain: the one procedure behind a creation's rollback, a
-//! removal, and the collector. Order: parent's role, link, metadata slot, then the LV itself
-//! (last, so the marker stays until everything else is undone). Every step is idempotent:
-//! rerunning it after a crash at any point finishes the job.
+//! removal, and the collector. Order: parent's role, link, metadata slot, the wipe of a removed
+//! volume's data, then the LV itself (last, so the marker stays until everything else is
+//! undone). Every step is idempotent: rerunning it after a crash at any point finishes the job.
 //!
 //! Metadata is written under the volume's lease (never beside an operation's writes): the
 //! caller names the leases it holds already; the others are taken here, and only where a write
@@ -9,8 +9,8 @@
 //! before the removal cannot write into its slot once it is free.
 
 use crate::crash;
-use crate::domain::{Domain, LvEntry, Snapshot};
-use crate::error::Result;
+use crate::domain::{Domain, DomainInfo, LvEntry, Snapshot};
+use crate::error::{Error, Result};
 use crate::metadata::{MetaError, Role, SlotStore};
 use crate::{links, lvm::LvmError};
 use uuid::Uuid;
@@ -21,8 +21,12 @@ pub struct Points {
     pub parent: Option<&'static str>,
     pub links: Option<&'static str>,
     pub metadata: Option<&'static str>,
+    pub wipe: Option<&'static str>,
     pub lvremove: Option<&'static str>,
 }
+
+/// Progress of a wipe: the LV, bytes zeroed so far, its size.
+pub type WipeProgress<'a> = dyn FnMut(&str, u64, u64) + 'a;
 
 fn pass(p: Option<&'static str>) {
     if let Some(p) = p {
@@ -30,7 +34,8 @@ fn pass(p: Option<&'static str>) {
     }
 }
 
-/// Undoes what the marked LV `lv` changed and removes it. Returns what was done.
+/// Undoes what the marked LV `lv` changed, wipes its data when it is being removed (and its
+/// policy says so), and removes it. Returns what was done; a failed wipe leaves the LV marked.
 /// `held`: the volumes whose leases the caller holds.
 pub fn release(
     domain: &Domain,
@@ -39,8 +44,15 @@ pub fn release(
     lv: &LvEntry,
     held: &[Uuid],
     points: Points,
+    progress: &mut WipeProgress<'_>,
 ) -> Result<Vec<String>> {
     let mut done = undo_changes(domain, snap, store, lv, held, points)?;
+    let mut wiped = wipe(domain, &snap.info, &[lv], progress)?;
+    if let Some((_, e)) = wiped.failed.pop() {
+        return Err(e);
+    }
+    done.extend(wiped.done);
+    pass(points.wipe);
     done.extend(remove_lvs(domain, std::slice::from_ref(&lv.name))?);
     pass(points.lvremove);
     Ok(done)
@@ -129,7 +141,65 @@ pub fn undo_changes(
     Ok(done)
 }
 
-/// Step 4: removes the LVs (deactivating them), and with them their markers, in ONE lvremove;
+/// Step 4: zeroes the data of those `lvs` that are being removed and whose policy (their own
+/// `LVC_WIPE`, else the domain's) is `zero`, so that no later volume on the same extents reads
+/// it. An LV marked `LVC_CREATING` is never wiped: a rolled-back creation never held committed
+/// data (it held nothing but what the creation itself wrote). The LVs not active on this host
+/// are activated first, in ONE lvchange (an error there fails the whole step). Returns what
+/// was done, and the LVs whose wipe failed with its error: those must not be removed (their
+/// marker stays, so the collector retries).
+pub fn wipe(
+    domain: &Domain,
+    info: &DomainInfo,
+    lvs: &[&LvEntry],
+    progress: &mut WipeProgress<'_>,
+) -> Result<WipeOutcome> {
+    let due: Vec<&LvEntry> = lvs
+        .iter()
+        .copied()
+        .filter(|l| l.wipe_on_removal(info))
+        .collect();
+    let device = |l: &LvEntry| domain.device(&l.name);
+    let inactive: Vec<String> = due
+        .iter()
+        .filter(|l| !l.active || !device(l).exists())
+        .map(|l| domain.lv_path(&l.name))
+        .collect();
+    domain
+        .lvm
+        .lvchange_activation(&inactive, crate::lvm::Activation::Activate)
+        .map_err(|source| Error::WipeActivation { source })?;
+    let (mut done, mut failed) = (Vec::new(), Vec::new());
+    for l in due {
+        match domain
+            .lvm
+            .zero_device(&device(l), &mut |d, t| progress(&l.name, d, t))
+        {
+            Ok(w) => done.push(format!(
+                "LV {} wiped ({} in {:.1}s)",
+                l.name,
+                crate::units::Bytes(w.bytes),
+                w.duration.as_secs_f64()
+            )),
+            Err(source) => failed.push((
+                l.name.clone(),
+                Error::Wipe {
+                    lv: l.name.clone(),
+                    source,
+                },
+            )),
+        }
+    }
+    Ok(WipeOutcome { done, failed })
+}
+
+/// What [`wipe`] did: its actions, and the LVs whose wipe failed (to be left marked).
+pub struct WipeOutcome {
+    pub done: Vec<String>,
+    pub failed: Vec<(String, Error)>,
+}
+
+/// Step 5: removes the LVs (deactivating them), and with them their markers, in ONE lvremove;
 /// when that fails, one LV at a time, clearing a stale device-mapper mapping first if needed.
 /// A mapping by an LV's name that lvm did not know (left by a failed deactivation: lvm finds
 /// mappings by uuid) survives a successful lvremove and would break the next activation of
