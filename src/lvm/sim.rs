@@ -162,6 +162,11 @@ impl SimLvm {
         lock(&self.faults).plan = Some((step, fault));
     }
 
+    /// Whether a fault is armed and has not fired yet.
+    pub fn fault_pending(&self) -> bool {
+        lock(&self.faults).plan.is_some()
+    }
+
     pub fn clear_faults(&self) {
         lock(&self.faults).plan = None;
     }
