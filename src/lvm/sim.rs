@@ -272,11 +272,19 @@ impl SimLvm {
     }
 }
 
-fn vg_mut<'a>(s: &'a mut State, vg: &str, what: &str) -> Result<&'a mut Vg, LvmError> {
-    s.vgs.get_mut(vg).ok_or_else(|| LvmError::VgNotFound {
+fn vg_missing(vg: &str, what: &str) -> LvmError {
+    LvmError::VgNotFound {
         vg: vg.to_string(),
         failure: failure(what, format!("Volume group \"{vg}\" not found")),
-    })
+    }
+}
+
+fn vg_ref<'a>(s: &'a State, vg: &str, what: &str) -> Result<&'a Vg, LvmError> {
+    s.vgs.get(vg).ok_or_else(|| vg_missing(vg, what))
+}
+
+fn vg_mut<'a>(s: &'a mut State, vg: &str, what: &str) -> Result<&'a mut Vg, LvmError> {
+    s.vgs.get_mut(vg).ok_or_else(|| vg_missing(vg, what))
 }
 
 fn lv_mut<'a>(v: &'a mut Vg, vg: &str, lv: &str, what: &str) -> Result<&'a mut Lv, LvmError> {
@@ -302,10 +310,7 @@ impl Backend for SimLvm {
     fn lvs(&self, vg: &str) -> Result<Vec<LvRow>, LvmError> {
         let what = format!("lvs {vg}");
         self.lvm_step(&what, |s| {
-            let v = s.vgs.get(vg).ok_or_else(|| LvmError::VgNotFound {
-                vg: vg.to_string(),
-                failure: failure(&what, format!("Volume group \"{vg}\" not found")),
-            })?;
+            let v = vg_ref(s, vg, &what)?;
             let (size, free) = (vg_size(s, v), vg_free(s, v));
             Ok(v.lvs
                 .iter()
@@ -327,10 +332,7 @@ impl Backend for SimLvm {
     fn vgs(&self, vg: &str) -> Result<VgRow, LvmError> {
         let what = format!("vgs {vg}");
         self.lvm_step(&what, |s| {
-            let v = s.vgs.get(vg).ok_or_else(|| LvmError::VgNotFound {
-                vg: vg.to_string(),
-                failure: failure(&what, format!("Volume group \"{vg}\" not found")),
-            })?;
+            let v = vg_ref(s, vg, &what)?;
             Ok(VgRow {
                 vg_name: vg.to_string(),
                 vg_size: vg_size(s, v),
@@ -452,13 +454,7 @@ impl Backend for SimLvm {
         let what = format!("lvcreate {vg}/{} {:?}", lv.name, lv.tags);
         let size = round_up(lv.size.0);
         self.lvm_step(&what, |s| {
-            let free = {
-                let v = s.vgs.get(vg).ok_or_else(|| LvmError::VgNotFound {
-                    vg: vg.to_string(),
-                    failure: failure(&what, format!("Volume group \"{vg}\" not found")),
-                })?;
-                vg_free(s, v)
-            };
+            let free = vg_free(s, vg_ref(s, vg, &what)?);
             let v = vg_mut(s, vg, &what)?;
             if v.lvs.contains_key(lv.name) {
                 return Err(LvmError::AlreadyExists {
@@ -532,13 +528,7 @@ impl Backend for SimLvm {
         let what = format!("lvextend {vg}/{lv} -L {}", size.0);
         let size = round_up(size.0);
         self.lvm_step(&what, |s| {
-            let free = {
-                let v = s.vgs.get(vg).ok_or_else(|| LvmError::VgNotFound {
-                    vg: vg.to_string(),
-                    failure: failure(&what, format!("Volume group \"{vg}\" not found")),
-                })?;
-                vg_free(s, v)
-            };
+            let free = vg_free(s, vg_ref(s, vg, &what)?);
             let v = vg_mut(s, vg, &what)?;
             let l = lv_mut(v, vg, lv, &what)?;
             if size <= l.size {
