@@ -99,7 +99,7 @@ pub fn collect(
         } else {
             match undo::undo_changes(domain, &snap, &store, lv, &[], POINTS) {
                 Ok(done) => {
-                    o.actions = done;
+                    o.actions = done.iter().map(ToString::to_string).collect();
                     snap.lvs.retain(|l| l.name != lv.name);
                     undone.push((out.len(), lv));
                 }
@@ -114,10 +114,9 @@ pub fn collect(
     match undo::wipe(domain, &snap.info, &lvs, wipe_progress) {
         Ok(wiped) => {
             for (i, _) in &undone {
-                let this = format!("LV {} ", out[*i].lv);
                 let o = &mut out[*i];
-                o.actions
-                    .extend(wiped.done.iter().filter(|d| d.starts_with(&this)).cloned());
+                let mine = wiped.done.iter().filter(|a| a.lv() == Some(o.lv.as_str()));
+                o.actions.extend(mine.map(ToString::to_string));
                 if let Some((_, e)) = wiped.failed.iter().find(|(n, _)| n == &o.lv) {
                     o.error = Some(e.to_string());
                 }
@@ -139,11 +138,11 @@ pub fn collect(
     match undo::remove_lvs(domain, &names) {
         Ok(done) => {
             for (i, _) in &undone {
-                let this = format!("LV {} ", out[*i].lv);
-                let action = done.iter().find(|d| d.starts_with(&this));
-                out[*i]
-                    .actions
-                    .push(action.cloned().unwrap_or_else(|| "LV already gone".into()));
+                let o = &mut out[*i];
+                let action = done.iter().find(|a| a.lv() == Some(o.lv.as_str()));
+                o.actions.push(
+                    action.map_or_else(|| "LV already gone".to_string(), ToString::to_string),
+                );
             }
         }
         Err(e) => {

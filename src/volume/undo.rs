@@ -25,6 +25,57 @@ pub struct Points {
     pub lvremove: Option<&'static str>,
 }
 
+/// One thing the undo did; its text is what gc's report shows (stable).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// The parent has no committed child left: its role went back to leaf.
+    ParentLeaf(Uuid),
+    LinkRemoved,
+    SlotCleared(u32),
+    Wiped {
+        lv: String,
+        bytes: u64,
+        seconds: f64,
+    },
+    LvRemoved {
+        lv: String,
+        stale_mapping: bool,
+    },
+}
+
+impl Action {
+    /// The LV an LV-wide action was done to (wipes and removals are done for many at once).
+    pub fn lv(&self) -> Option<&str> {
+        match self {
+            Action::Wiped { lv, .. } | Action::LvRemoved { lv, .. } => Some(lv),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::ParentLeaf(p) => write!(f, "parent {p} is a leaf again"),
+            Action::LinkRemoved => f.write_str("link removed"),
+            Action::SlotCleared(n) => write!(f, "slot {n} cleared"),
+            Action::Wiped { lv, bytes, seconds } => write!(
+                f,
+                "LV {lv} wiped ({} in {seconds:.1}s)",
+                crate::units::Bytes(*bytes)
+            ),
+            Action::LvRemoved {
+                lv,
+                stale_mapping: false,
+            } => write!(f, "LV {lv} removed"),
+            Action::LvRemoved {
+                lv,
+                stale_mapping: true,
+            } => write!(f, "LV {lv} removed; stale device-mapper mapping removed"),
+        }
+    }
+}
+
 /// Progress of a wipe: the LV, bytes zeroed so far, its size.
 pub type WipeProgress<'a> = dyn FnMut(&str, u64, u64) + 'a;
 
@@ -45,7 +96,7 @@ pub fn release(
     held: &[Uuid],
     points: Points,
     progress: &mut WipeProgress<'_>,
-) -> Result<Vec<String>> {
+) -> Result<Vec<Action>> {
     let mut done = undo_changes(domain, snap, store, lv, held, points)?;
     let mut wiped = wipe(domain, &snap.info, &[lv], progress)?;
     if let Some((_, e)) = wiped.failed.pop() {
@@ -66,7 +117,7 @@ pub fn undo_changes(
     lv: &LvEntry,
     held: &[Uuid],
     points: Points,
-) -> Result<Vec<String>> {
+) -> Result<Vec<Action>> {
     let mut done = Vec::new();
     // A committed volume being removed may have had an operation waiting for its lease: hold
     // it throughout, so no late write lands in the slot once it is free (busy: nothing done).
@@ -101,7 +152,7 @@ pub fn undo_changes(
                     Ok(changed)
                 });
                 match r {
-                    Ok(_) if changed => done.push(format!("parent {p} is a leaf again")),
+                    Ok(_) if changed => done.push(Action::ParentLeaf(p)),
                     Ok(_) | Err(crate::error::Error::Metadata { .. }) => {}
                     Err(e) => return Err(e),
                 }
@@ -117,7 +168,7 @@ pub fn undo_changes(
         {
             links::remove(&domain.vg, &image, &id)
                 .map_err(crate::error::Error::io("removing a link"))?;
-            done.push("link removed".into());
+            done.push(Action::LinkRemoved);
         }
     }
     pass(points.links);
@@ -134,7 +185,7 @@ pub fn undo_changes(
         };
         if ours {
             store.clear(n)?;
-            done.push(format!("slot {n} cleared"));
+            done.push(Action::SlotCleared(n));
         }
     }
     pass(points.metadata);
@@ -175,12 +226,11 @@ pub fn wipe(
             .lvm
             .zero_device(&device(l), &mut |d, t| progress(&l.name, d, t))
         {
-            Ok(w) => done.push(format!(
-                "LV {} wiped ({} in {:.1}s)",
-                l.name,
-                crate::units::Bytes(w.bytes),
-                w.duration.as_secs_f64()
-            )),
+            Ok(w) => done.push(Action::Wiped {
+                lv: l.name.clone(),
+                bytes: w.bytes,
+                seconds: w.duration.as_secs_f64(),
+            }),
             Err(source) => failed.push((
                 l.name.clone(),
                 Error::Wipe {
@@ -195,7 +245,7 @@ pub fn wipe(
 
 /// What [`wipe`] did: its actions, and the LVs whose wipe failed (to be left marked).
 pub struct WipeOutcome {
-    pub done: Vec<String>,
+    pub done: Vec<Action>,
     pub failed: Vec<(String, Error)>,
 }
 
@@ -204,11 +254,11 @@ pub struct WipeOutcome {
 /// A mapping by an LV's name that lvm did not know (left by a failed deactivation: lvm finds
 /// mappings by uuid) survives a successful lvremove and would break the next activation of
 /// that name: it goes too.
-pub fn remove_lvs(domain: &Domain, names: &[String]) -> Result<Vec<String>> {
+pub fn remove_lvs(domain: &Domain, names: &[String]) -> Result<Vec<Action>> {
     let paths: Vec<String> = names.iter().map(|n| domain.lv_path(n)).collect();
-    let removed = |name: &String, stale: bool| match stale {
-        true => format!("LV {name} removed; stale device-mapper mapping removed"),
-        false => format!("LV {name} removed"),
+    let removed = |name: &String, stale: bool| Action::LvRemoved {
+        lv: name.clone(),
+        stale_mapping: stale,
     };
     if paths.is_empty() || domain.lvm.lvremove(&paths).is_ok() {
         return Ok(names
@@ -233,4 +283,47 @@ pub fn remove_lvs(domain: &Domain, names: &[String]) -> Result<Vec<String>> {
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_read_as_gc_reports_them() {
+        let p = Uuid::nil();
+        let texts: Vec<String> = [
+            Action::ParentLeaf(p),
+            Action::LinkRemoved,
+            Action::SlotCleared(3),
+            Action::Wiped {
+                lv: "v".into(),
+                bytes: 8 << 20,
+                seconds: 0.25,
+            },
+            Action::LvRemoved {
+                lv: "v".into(),
+                stale_mapping: true,
+            },
+            Action::LvRemoved {
+                lv: "v".into(),
+                stale_mapping: false,
+            },
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            texts,
+            [
+                format!("parent {p} is a leaf again"),
+                "link removed".into(),
+                "slot 3 cleared".into(),
+                format!("LV v wiped ({} in 0.2s)", crate::units::Bytes(8 << 20)),
+                "LV v removed; stale device-mapper mapping removed".into(),
+                "LV v removed".into(),
+            ]
+        );
+        assert_eq!(Action::LinkRemoved.lv(), None);
+    }
 }
