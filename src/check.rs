@@ -14,9 +14,41 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Instant;
 
+/// What kind of problem `domain check` found (JSON: the kebab-case name; variants in the
+/// alphabetical order of those names, which is the report's order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemKind {
+    /// An `LVC_*` tag that does not parse.
+    BadTag,
+    /// An image whose chain is not one line from a base to one leaf.
+    Chain,
+    /// An LV that belongs to no volume.
+    ForeignLv,
+    /// A volume whose data may be partial (an operation failed or runs).
+    Illegal,
+    /// A slot that fails its checksum or names another volume.
+    Metadata,
+    /// An LV carrying a transaction marker.
+    Orphan,
+    /// A slot owned by more than one LV tag.
+    SlotCollision,
+    /// A special LV that is missing.
+    SpecialLvMissing,
+    /// Tags that disagree with the metadata.
+    TagMismatch,
+}
+
+impl std::fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(s.as_str().unwrap_or_default())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
-    pub kind: &'static str,
+    pub kind: ProblemKind,
     pub subject: String,
     pub detail: String,
 }
@@ -46,7 +78,7 @@ pub fn check(domain: &Domain) -> Result<Report> {
     for name in SPECIAL_LVS {
         if snap.lv_named(name).is_none() {
             add(
-                "special-lv-missing",
+                ProblemKind::SpecialLvMissing,
                 name.to_string(),
                 "the domain lacks this LV".into(),
             );
@@ -64,20 +96,20 @@ pub fn check(domain: &Domain) -> Result<Report> {
                 "LVC_CREATING"
             };
             add(
-                "orphan",
+                ProblemKind::Orphan,
                 lv.name.clone(),
                 format!("carries {marker}: an operation died; run gc"),
             );
         } else if !lv.special && !lv.is_committed() {
             add(
-                "foreign-lv",
+                ProblemKind::ForeignLv,
                 lv.name.clone(),
                 "belongs to no volume (no UUID name, image or slot tag)".into(),
             );
         }
         if !lv.bad_tags.is_empty() {
             add(
-                "bad-tag",
+                ProblemKind::BadTag,
                 lv.name.clone(),
                 format!("malformed tags {:?}", lv.bad_tags),
             );
@@ -86,14 +118,14 @@ pub fn check(domain: &Domain) -> Result<Report> {
     for (slot, owners) in &by_slot {
         if owners.len() > 1 {
             add(
-                "slot-collision",
+                ProblemKind::SlotCollision,
                 format!("slot {slot}"),
                 format!("owned by {}", owners.join(", ")),
             );
         }
     }
     for (id, e) in &cat.bad {
-        add("metadata", id.to_string(), e.to_string());
+        add(ProblemKind::Metadata, id.to_string(), e.to_string());
     }
     for v in cat.volumes.values() {
         let Some(lv) = snap.volume(&v.id) else {
@@ -101,7 +133,7 @@ pub fn check(domain: &Domain) -> Result<Report> {
         };
         if lv.parent != v.parent {
             add(
-                "tag-mismatch",
+                ProblemKind::TagMismatch,
                 v.id.to_string(),
                 format!(
                     "LVC_PARENT tag {:?} but metadata parent {:?}",
@@ -111,7 +143,7 @@ pub fn check(domain: &Domain) -> Result<Report> {
         }
         if lv.image != Some(v.image) {
             add(
-                "tag-mismatch",
+                ProblemKind::TagMismatch,
                 v.id.to_string(),
                 format!(
                     "LVC_IMAGE tag {:?} but metadata image {}",
@@ -123,7 +155,7 @@ pub fn check(domain: &Domain) -> Result<Report> {
     for v in cat.volumes.values() {
         if v.legality != Legality::Legal {
             add(
-                "illegal",
+                ProblemKind::Illegal,
                 v.id.to_string(),
                 format!(
                     "illegal at generation {}: an operation on it failed (or is running); its \
@@ -136,7 +168,7 @@ pub fn check(domain: &Domain) -> Result<Report> {
     let images = snap.images();
     for image in &images {
         if let Err(e) = crate::chain::walk(&cat, image) {
-            add("chain", image.to_string(), e.to_string());
+            add(ProblemKind::Chain, image.to_string(), e.to_string());
         }
     }
     problems.sort_by(|a, b| (a.kind, &a.subject).cmp(&(b.kind, &b.subject)));
@@ -148,4 +180,44 @@ pub fn check(domain: &Domain) -> Result<Report> {
         problems,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_kinds_keep_their_json_names_and_order() {
+        use ProblemKind::*;
+        let kinds = [
+            BadTag,
+            Chain,
+            ForeignLv,
+            Illegal,
+            Metadata,
+            Orphan,
+            SlotCollision,
+            SpecialLvMissing,
+            TagMismatch,
+        ];
+        let names: Vec<String> = kinds.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            names,
+            [
+                "bad-tag",
+                "chain",
+                "foreign-lv",
+                "illegal",
+                "metadata",
+                "orphan",
+                "slot-collision",
+                "special-lv-missing",
+                "tag-mismatch"
+            ]
+        );
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, names, "the report sorts by kind as it did by name");
+        assert!(kinds.windows(2).all(|w| w[0] < w[1]));
+    }
 }

@@ -365,12 +365,40 @@ fn stream_copy(domain: &Domain, src: &std::path::Path, dst: &std::path::Path) ->
     }
 }
 
+/// The verdict on an operation, read from shared storage (JSON: the lowercase name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Its lease is held by a live holder at its generation.
+    Running,
+    /// It moved the generation on.
+    Succeeded,
+    /// Its lease is free and the volume illegal at its generation.
+    Failed,
+    /// A fence moved the generation on from it.
+    Fenced,
+    /// Storage cannot tell (the reason says why).
+    Unknown,
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::Running => "running",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Fenced => "fenced",
+            State::Unknown => "unknown",
+        })
+    }
+}
+
 /// What a reader concludes about the operation that was started at `generation`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub volume: Uuid,
     pub generation: u64,
-    pub state: &'static str,
+    pub state: State,
     pub host_id: Option<u64>,
     pub current_generation: u64,
     pub legality: Legality,
@@ -407,7 +435,7 @@ pub fn status(domain: &Domain, id: &Uuid, generation: u64) -> Result<Status> {
         tries += 1;
         if tries == 5 {
             let reason = "the volume's metadata changed on every read: operations are running";
-            break (meta, ("unknown", None, Some(reason.to_string())));
+            break (meta, (State::Unknown, None, Some(reason.to_string())));
         }
     };
     let (state, host_id, reason) = verdict;
@@ -431,11 +459,11 @@ fn decide(
     generation: u64,
     meta: &VolumeMeta,
     holder: Option<&crate::lease::Holder>,
-) -> (&'static str, Option<u64>, Option<String>) {
+) -> (State, Option<u64>, Option<String>) {
     let current = meta.generation;
     if current < generation {
         return (
-            "unknown",
+            State::Unknown,
             None,
             Some(format!(
                 "the volume is at generation {current}: nothing started at {generation}"
@@ -444,24 +472,24 @@ fn decide(
     }
     if current > generation {
         return match past(generation, current, meta.fence) {
-            Past::Succeeded => ("succeeded", None, None),
-            Past::Fenced => ("fenced", None, None),
-            Past::Unknown(reason) => ("unknown", None, Some(reason)),
+            Past::Succeeded => (State::Succeeded, None, None),
+            Past::Fenced => (State::Fenced, None, None),
+            Past::Unknown(reason) => (State::Unknown, None, Some(reason)),
         };
     }
     match holder {
-        Some(h) if h.alive => ("running", Some(h.host_id), None),
+        Some(h) if h.alive => (State::Running, Some(h.host_id), None),
         Some(h) => (
-            "unknown",
+            State::Unknown,
             Some(h.host_id),
             Some(format!(
                 "the lease is held by host {} whose liveness is unknown",
                 h.host_id
             )),
         ),
-        None if meta.legality == Legality::Illegal => ("failed", None, None),
+        None if meta.legality == Legality::Illegal => (State::Failed, None, None),
         None => (
-            "unknown",
+            State::Unknown,
             None,
             Some("the volume is legal at this generation: the operation never started".into()),
         ),
@@ -568,25 +596,28 @@ mod tests {
     #[test]
     fn a_live_holder_at_the_generation_is_running() {
         let m = meta(4, Legality::Illegal);
-        assert_eq!(decide(4, &m, Some(&LIVE)), ("running", Some(7), None));
+        assert_eq!(decide(4, &m, Some(&LIVE)), (State::Running, Some(7), None));
     }
 
     #[test]
     fn the_next_generation_is_success_whoever_holds_the_lease_now() {
         for l in [Legality::Legal, Legality::Illegal] {
             let m = meta(5, l);
-            assert_eq!(decide(4, &m, Some(&LIVE)).0, "succeeded");
-            assert_eq!(decide(4, &m, None).0, "succeeded");
+            assert_eq!(decide(4, &m, Some(&LIVE)).0, State::Succeeded);
+            assert_eq!(decide(4, &m, None).0, State::Succeeded);
         }
     }
 
     #[test]
     fn free_lease_illegal_at_the_generation_is_failed() {
-        assert_eq!(decide(4, &meta(4, Legality::Illegal), None).0, "failed");
+        assert_eq!(
+            decide(4, &meta(4, Legality::Illegal), None).0,
+            State::Failed
+        );
         let never = decide(4, &meta(4, Legality::Legal), None);
-        assert_eq!(never.0, "unknown");
+        assert_eq!(never.0, State::Unknown);
         let unsure = decide(4, &meta(4, Legality::Illegal), Some(&UNSURE));
-        assert_eq!((unsure.0, unsure.1), ("unknown", Some(7)));
+        assert_eq!((unsure.0, unsure.1), (State::Unknown, Some(7)));
     }
 
     #[test]
@@ -594,46 +625,54 @@ mod tests {
         // G, G+1, G+2 succeeded: the volume is at G+3 with no fence recorded.
         let m = meta(7, Legality::Legal);
         for g in 4..7 {
-            assert_eq!(decide(g, &m, Some(&LIVE)).0, "succeeded", "generation {g}");
+            assert_eq!(
+                decide(g, &m, Some(&LIVE)).0,
+                State::Succeeded,
+                "generation {g}"
+            );
         }
     }
 
     #[test]
     fn a_recorded_fence_is_fenced_and_what_it_skipped_never_existed() {
         let m = fenced(7, Some(4), Some(1));
-        assert_eq!(decide(4, &m, None).0, "fenced");
-        assert_eq!(decide(5, &m, None).0, "unknown");
-        assert_eq!(decide(6, &m, None).0, "unknown");
+        assert_eq!(decide(4, &m, None).0, State::Fenced);
+        assert_eq!(decide(5, &m, None).0, State::Unknown);
+        assert_eq!(decide(6, &m, None).0, State::Unknown);
         // Before the only fence, every step was an operation.
-        assert_eq!(decide(2, &m, None).0, "succeeded");
+        assert_eq!(decide(2, &m, None).0, State::Succeeded);
         // After the fence: operations at 7, 8 took the volume to 9.
         let m = fenced(9, Some(4), Some(1));
-        assert_eq!(decide(7, &m, None).0, "succeeded");
-        assert_eq!(decide(8, &m, None).0, "succeeded");
-        assert_eq!(decide(4, &m, None).0, "fenced");
+        assert_eq!(decide(7, &m, None).0, State::Succeeded);
+        assert_eq!(decide(8, &m, None).0, State::Succeeded);
+        assert_eq!(decide(4, &m, None).0, State::Fenced);
     }
 
     #[test]
     fn before_the_last_of_several_fences_the_answer_is_unknown() {
         let m = fenced(20, Some(10), Some(2));
-        assert_eq!(decide(10, &m, None).0, "fenced");
-        assert_eq!(decide(15, &m, None).0, "succeeded");
-        assert_eq!(decide(3, &m, None).0, "unknown");
+        assert_eq!(decide(10, &m, None).0, State::Fenced);
+        assert_eq!(decide(15, &m, None).0, State::Succeeded);
+        assert_eq!(decide(3, &m, None).0, State::Unknown);
     }
 
     #[test]
     fn version_1_metadata_keeps_the_old_reading_where_it_is_sure() {
         let m = fenced(5, None, None);
-        assert_eq!(decide(4, &m, None).0, "succeeded");
-        assert_eq!(decide(2, &m, None).0, "unknown", "3 operations or a fence");
-        assert_eq!(decide(1, &m, None).0, "unknown");
+        assert_eq!(decide(4, &m, None).0, State::Succeeded);
+        assert_eq!(
+            decide(2, &m, None).0,
+            State::Unknown,
+            "3 operations or a fence"
+        );
+        assert_eq!(decide(1, &m, None).0, State::Unknown);
     }
 
     #[test]
     fn future_generations_are_unknown() {
         let m = meta(4, Legality::Legal);
-        assert_eq!(decide(9, &m, Some(&LIVE)).0, "unknown");
-        assert_eq!(decide(u64::MAX, &m, None).0, "unknown");
+        assert_eq!(decide(9, &m, Some(&LIVE)).0, State::Unknown);
+        assert_eq!(decide(u64::MAX, &m, None).0, State::Unknown);
     }
 
     #[test]
@@ -645,7 +684,7 @@ mod tests {
         assert!(advance(MAX_GENERATION, FENCE_STEP).is_ok());
         // The top generation an operation can leave still answers.
         let m = meta(u64::MAX, Legality::Legal);
-        assert_eq!(decide(u64::MAX - 1, &m, None).0, "succeeded");
-        assert_eq!(decide(u64::MAX, &m, None).0, "unknown");
+        assert_eq!(decide(u64::MAX - 1, &m, None).0, State::Succeeded);
+        assert_eq!(decide(u64::MAX, &m, None).0, State::Unknown);
     }
 }

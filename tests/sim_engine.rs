@@ -12,10 +12,11 @@
 //! running concurrently with writers.
 #![allow(clippy::unwrap_used)]
 
+use lvchain::check::ProblemKind;
 use lvchain::domain::{self, Domain, FormatRequest};
 use lvchain::lvm::sim::{Fault, SimCrash, SimLvm};
 use lvchain::metadata::{Format, Legality};
-use lvchain::operation::{self, Source, Work};
+use lvchain::operation::{self, Source, State, Work};
 use lvchain::units::Bytes;
 use lvchain::volume::{self, Catalog, CreateRequest};
 use std::collections::BTreeMap;
@@ -167,7 +168,7 @@ fn verify(h: &Host, before: &BTreeMap<Uuid, volume::Volume>, allowed: &Allowed, 
     );
     let report = lvchain::check::check(&h.d).unwrap();
     for p in &report.problems {
-        let ok = p.kind == "illegal"
+        let ok = p.kind == ProblemKind::Illegal
             && allowed.illegal.map(|i| i.to_string()) == Some(p.subject.clone());
         assert!(ok, "{case}: domain check: {p:?}");
     }
@@ -206,7 +207,7 @@ fn verify(h: &Host, before: &BTreeMap<Uuid, volume::Volume>, allowed: &Allowed, 
         .unwrap()
         .problems
         .iter()
-        .all(|p| p.kind == "illegal"));
+        .all(|p| p.kind == ProblemKind::Illegal));
 }
 
 /// One operation of the matrix: how to set the domain up, the operation, what it may change.
@@ -344,7 +345,7 @@ fn settle(h: &Host, s: &Scenario, ids: &[Uuid]) {
     let v = &h.catalog()[&ids[0]];
     if v.legality == Legality::Illegal {
         let st = operation::status(&h.d, &ids[0], v.generation).unwrap();
-        assert_eq!(st.state, "failed", "{st:?}");
+        assert_eq!(st.state, State::Failed, "{st:?}");
         (s.op)(h, ids).unwrap();
     }
 }
@@ -578,7 +579,7 @@ fn sequence(seed: u64, ops: usize) -> usize {
         let cat = h.catalog();
         for v in cat.values().filter(|v| v.legality == Legality::Illegal) {
             let st = operation::status(&h.d, &v.id, v.generation).unwrap();
-            assert_eq!(st.state, "failed", "{case}: {st:?}");
+            assert_eq!(st.state, State::Failed, "{case}: {st:?}");
             let work = Work::Copy {
                 from: Source::File {
                     path: h.source.clone(),
