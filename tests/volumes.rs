@@ -411,7 +411,7 @@ fn a_vg_with_lvs_or_half_formatted_is_not_taken_for_a_domain() {
     d.ok(&["domain", "create", d.name()]);
     let info = d.json(&["domain", "info", d.name()]);
     assert_eq!(info["volumes"], 0);
-    assert_eq!(info["format"], 1);
+    assert_eq!(info["format"], lvchain::tags::FORMAT_VERSION);
     let md = d.vg.lvm.lvs(d.name()).unwrap();
     let md = md.iter().find(|r| r.lv_name == "metadata").unwrap();
     let need = info["max_volumes"].as_u64().unwrap() * info["slot_size"].as_u64().unwrap();
