@@ -8,7 +8,7 @@
 
 pub mod cluster;
 pub mod local;
-pub mod sanlock;
+pub use ::sanlock;
 
 use crate::domain::format::{LEASES_RESERVED, LEASE_SIZE};
 use uuid::Uuid;
