@@ -208,7 +208,7 @@ impl Out {
             &[vec![
                 i.info.vg.clone(),
                 i.info.format.to_string(),
-                i.info.lock_manager.clone(),
+                i.info.lock_manager.to_string(),
                 b(i.info.vg_size),
                 b(i.info.vg_free),
                 i.volumes.to_string(),
