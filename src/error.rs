@@ -1,6 +1,6 @@
 //! Errors of the domain, volume, chain and collector layers, in the operator's words.
 
-use crate::lock::LockError;
+use crate::lock::{LeaseError, LockError, LockKind};
 use crate::lvm::LvmError;
 use crate::metadata::MetaError;
 use crate::qemu::QemuError;
@@ -29,6 +29,10 @@ pub enum Error {
         found: u32,
         supported: u32,
     },
+    #[error("domain {vg} has a bad tag: {reason}")]
+    BadDomainTag { vg: String, reason: String },
+    #[error("host(s) {hosts:?} are still joined to domain {vg}: run `lvchain host leave {vg}` there first")]
+    HostsJoined { vg: String, hosts: Vec<u64> },
     #[error("domain {vg} still holds {count} volume(s); remove them or use --force")]
     DomainNotEmpty { vg: String, count: usize },
     #[error("volume {id} not found in domain {vg}")]
@@ -90,16 +94,16 @@ pub enum Error {
         original: Box<Error>,
         rollback: Box<Error>,
     },
-    #[error("domain {vg} uses the {domain} lock manager, but this command ran with {ours}; for sanlock run `lvchain host join {vg} --host-id N` first")]
+    #[error("domain {vg} uses the {domain} lock manager, not {ours}")]
     WrongLockManager {
         vg: String,
-        domain: String,
-        ours: String,
+        domain: LockKind,
+        ours: LockKind,
     },
     #[error("volume {id} has generation {found}, not {expected}; nothing was changed")]
     WrongGeneration { id: Uuid, expected: u64, found: u64 },
     #[error(transparent)]
-    Lease(#[from] crate::lease::LeaseError),
+    Lease(#[from] LeaseError),
     #[error("domain {vg} is not clean: {problems} problem(s)")]
     Unclean { vg: String, problems: usize },
     #[error("cannot wipe the data of LV {lv} before removing it: {source}")]

@@ -12,7 +12,6 @@ pub mod error;
 pub mod exec;
 pub mod gc;
 pub mod image;
-pub mod lease;
 pub mod links;
 pub mod lock;
 pub mod lvm;

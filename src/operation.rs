@@ -147,7 +147,7 @@ struct Started {
     cat: Catalog,
     vol: Volume,
     store: SlotStore,
-    _lease: Box<dyn crate::lease::LeaseGuard>,
+    _lease: Box<dyn crate::lock::LeaseGuard>,
     meta: VolumeMeta,
 }
 
@@ -156,7 +156,7 @@ fn start(domain: &Domain, id: &Uuid, generation: u64) -> Result<Started> {
     let cat = Catalog::load_for_change(domain)?;
     let vol = cat.get(&domain.vg, id)?.clone();
     let store = domain.slots(&cat.snap)?;
-    let _lease = domain.leases.acquire(&domain.vg, id, vol.slot)?;
+    let _lease = domain.lease(id, vol.slot)?;
     let meta = read_own(&store, &vol)?;
     if meta.generation != generation {
         return Err(Error::WrongGeneration {
@@ -192,7 +192,7 @@ fn read_own(store: &SlotStore, vol: &Volume) -> Result<VolumeMeta> {
 struct CopySource {
     read: Read,
     volume: Option<Volume>,
-    _lease: Option<Box<dyn crate::lease::LeaseGuard>>,
+    _lease: Option<Box<dyn crate::lock::LeaseGuard>>,
 }
 
 enum Read {
@@ -248,7 +248,7 @@ impl CopySource {
                     )));
                 }
                 let sv = cat.get(&domain.vg, s)?.clone();
-                let lease = domain.leases.acquire_shared(&domain.vg, s, sv.slot)?;
+                let lease = domain.lease_shared(s, sv.slot)?;
                 // Read under the shared lease: no operation can start on it from now on.
                 let store = domain.slots(&cat.snap)?;
                 let now = read_own(&store, &sv)?;
@@ -412,21 +412,14 @@ pub fn status(domain: &Domain, id: &Uuid, generation: u64) -> Result<Status> {
     let store = domain.slots(&cat.snap)?;
     // The reader follows the domain's lock manager, not this host's: a host that never joined
     // a sanlock domain still reads its leases (from disk when no daemon can answer).
-    let sanlock_reader = crate::lease::cluster::SanlockLeases;
-    let reader: &dyn crate::lease::LeaseManager = if cat.snap.info.lock_manager == "sanlock" {
-        use crate::domain::{IDS_LV, LEASES_LV};
-        domain.activate_special(&cat.snap, &[LEASES_LV, IDS_LV])?;
-        &sanlock_reader
-    } else {
-        domain.leases.as_ref()
-    };
+    domain.activate_lease_lvs(&cat.snap)?;
     // The metadata before and after the holder: an operation that starts between two reads
     // changes the metadata (ILLEGAL) after taking the lease, so equal reads around the
     // holder's are one consistent moment.
     let mut tries = 0;
     let (meta, verdict) = loop {
         let before = read_own(&store, &vol)?;
-        let holder = reader.holder(&domain.vg, id, vol.slot)?;
+        let holder = domain.lease_holder(id, vol.slot)?;
         let meta = read_own(&store, &vol)?;
         if meta == before {
             let verdict = decide(generation, &meta, holder.as_ref());
@@ -458,7 +451,7 @@ pub fn status(domain: &Domain, id: &Uuid, generation: u64) -> Result<Status> {
 fn decide(
     generation: u64,
     meta: &VolumeMeta,
-    holder: Option<&crate::lease::Holder>,
+    holder: Option<&crate::lock::Holder>,
 ) -> (State, Option<u64>, Option<String>) {
     let current = meta.generation;
     if current < generation {
@@ -559,7 +552,7 @@ pub fn fence(domain: &Domain, id: &Uuid, generation: u64) -> Result<Volume> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::Holder;
+    use crate::lock::Holder;
 
     fn meta(generation: u64, legality: Legality) -> VolumeMeta {
         VolumeMeta {

@@ -3,9 +3,10 @@
 //! Volume LVs carry `LVC_IMAGE=<uuid>`, `LVC_PARENT=<uuid>` (not on a base), `LVC_SLOT=<n>`;
 //! transaction markers `LVC_CREATING` / `LVC_REMOVING`; special LVs `LVC_SPECIAL`.
 //! The domain VG carries `LVC_DOMAIN_UNREADY` while formatting, then `LVC_DOMAIN`, plus
-//! `LVC_FORMAT=<n>`, `LVC_LOCK=<manager>`, `LVC_SLOT_SIZE=<bytes>`, `LVC_MAX_VOLUMES=<n>`.
+//! `LVC_FORMAT=<n>`, `LVC_LOCK=local|sanlock` (the [`LockKind`]), `LVC_SLOT_SIZE=<bytes>`, `LVC_MAX_VOLUMES=<n>`.
 //! This module only names and parses tags; it never decides when they change.
 
+use crate::lock::{LockKind, UnknownLockKind};
 use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
@@ -28,7 +29,7 @@ pub enum Tag {
     Domain,
     DomainUnready,
     Format(u32),
-    Lock(String),
+    Lock(LockKind),
     SlotSize(u32),
     MaxVolumes(u32),
     /// Wipe policy of removed volumes: on the VG, the domain's; on an LV, that volume's.
@@ -49,7 +50,7 @@ impl fmt::Display for Tag {
             Tag::Domain => f.write_str("LVC_DOMAIN"),
             Tag::DomainUnready => f.write_str("LVC_DOMAIN_UNREADY"),
             Tag::Format(n) => write!(f, "LVC_FORMAT={n}"),
-            Tag::Lock(m) => write!(f, "LVC_LOCK={m}"),
+            Tag::Lock(k) => write!(f, "LVC_LOCK={k}"),
             Tag::SlotSize(n) => write!(f, "LVC_SLOT_SIZE={n}"),
             Tag::MaxVolumes(n) => write!(f, "LVC_MAX_VOLUMES={n}"),
             Tag::Wipe(w) => write!(f, "LVC_WIPE={w}"),
@@ -69,7 +70,10 @@ impl Tag {
             Some(("LVC_PARENT", v)) => Tag::Parent(uuid(v)?),
             Some(("LVC_SLOT", v)) => Tag::Slot(num(v)?),
             Some(("LVC_FORMAT", v)) => Tag::Format(num(v)?),
-            Some(("LVC_LOCK", v)) if !v.is_empty() => Tag::Lock(v.to_string()),
+            Some(("LVC_LOCK", v)) => Tag::Lock(
+                v.parse()
+                    .map_err(|e: UnknownLockKind| format!("{s}: {e}"))?,
+            ),
             Some(("LVC_SLOT_SIZE", v)) => Tag::SlotSize(num(v)?),
             Some(("LVC_MAX_VOLUMES", v)) => Tag::MaxVolumes(num(v)?),
             Some(("LVC_WIPE", v)) => Tag::Wipe(v.parse().map_err(|_| bad())?),
@@ -152,7 +156,8 @@ mod tests {
             Tag::Domain,
             Tag::DomainUnready,
             Tag::Format(1),
-            Tag::Lock("local".into()),
+            Tag::Lock(LockKind::Local),
+            Tag::Lock(LockKind::Sanlock),
             Tag::SlotSize(512),
             Tag::MaxVolumes(2048),
             Tag::Wipe(Wipe::Zero),
@@ -172,5 +177,13 @@ mod tests {
         assert!(Tag::parse("LVC_WHATEVER").is_err());
         assert!(Tag::parse("LVC_WIPE=").is_err());
         assert!(Tag::parse("LVC_WIPE=shred").is_err());
+        assert_eq!(
+            Tag::parse("LVC_LOCK=dlm"),
+            Err(
+                "LVC_LOCK=dlm: unknown lock manager \"dlm\" (this lvchain knows local and sanlock)"
+                    .to_string()
+            )
+        );
+        assert!(Tag::parse("LVC_LOCK=").is_err());
     }
 }

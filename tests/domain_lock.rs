@@ -78,7 +78,7 @@ fn sanlock_holds_domain_lock(vg: &str) -> bool {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let needle = format!("{vg}:{}:", lvchain::lease::cluster::DOMAIN_LOCK_NAME);
+    let needle = format!("{vg}:{}:", lvchain::lock::sanlock::DOMAIN_LOCK_NAME);
     text.lines()
         .any(|l| l.starts_with("r ") && l.contains(&needle))
 }

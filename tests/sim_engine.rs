@@ -71,7 +71,7 @@ impl Host {
             &FormatRequest {
                 pvs: vec![pv],
                 max_volumes: 32,
-                lock_manager: "local".into(),
+                lock_manager: lvchain::lock::LockKind::Local,
                 wipe: lvchain::tags::Wipe::Zero,
             },
         )

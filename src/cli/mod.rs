@@ -7,7 +7,7 @@ mod output;
 
 use crate::domain::{self, Domain, FormatRequest};
 use crate::error::{Error, Result};
-use crate::lock::LocalLock;
+use crate::lock::LockKind;
 use crate::lvm::{Lvm, LvmConfig};
 use crate::metadata::{Format, Legality};
 use crate::operation::{self, Source, Work};
@@ -83,8 +83,8 @@ pub enum DomainCmd {
         #[arg(long, default_value_t = 2048)]
         max_volumes: u32,
         /// Lock manager: local (single host) or sanlock.
-        #[arg(long, default_value = "local")]
-        lock_manager: String,
+        #[arg(long, default_value = "local", value_parser = parse_lock_kind)]
+        lock_manager: LockKind,
         /// What removing a volume does with its data: zero (overwrite it with zeroes before
         /// its space is freed, so no later volume reads it) or none (leave it). A volume
         /// created with its own --wipe keeps that.
@@ -305,49 +305,14 @@ fn wipe_progress(enabled: bool) -> impl FnMut(&str, u64, u64) {
     }
 }
 
-/// The domain with this host's lock and lease managers: sanlock once `host join` ran here.
+/// The domain `vg`: its lock manager is the one its `LVC_LOCK` tag names.
 fn domain(vg: &str) -> Result<Domain> {
-    let lvm: std::sync::Arc<dyn crate::lvm::Backend> =
-        std::sync::Arc::new(Lvm::new(LvmConfig::from_env()));
-    if crate::lease::cluster::joined_host_id(vg).is_some() {
-        Domain::new_sanlock(vg, lvm)
-    } else {
-        Domain::new(vg, lvm, Box::new(LocalLock::default()))
-    }
+    Domain::new(vg, std::sync::Arc::new(Lvm::new(LvmConfig::from_env())))
 }
 
-fn host_join(vg: &str, host_id: u64) -> Result<String> {
-    if !(1..=crate::lease::sanlock::MAX_HOSTS).contains(&host_id) {
-        return Err(Error::InvalidInput(format!(
-            "--host-id must be 1 to {}",
-            crate::lease::sanlock::MAX_HOSTS
-        )));
-    }
-    let d = Domain::new_sanlock(vg, std::sync::Arc::new(Lvm::new(LvmConfig::from_env())))?;
-    let snap = d.scan()?;
-    if snap.info.lock_manager != "sanlock" {
-        return Err(Error::InvalidInput(format!(
-            "domain {vg} uses the {} lock manager: only sanlock domains have hosts to join",
-            snap.info.lock_manager
-        )));
-    }
-    d.activate_special(&snap, &domain::SPECIAL_LVS)?;
-    // The lockspace's sectors set its host ids: 1..=2000 on 512-byte sectors, 1..=250 on 4K.
-    let sectors = crate::lease::cluster::lockspace_sectors(vg)
-        .map_err(|e| Error::InvalidInput(format!("cannot read the lockspace of {vg}: {e}")))?;
-    if host_id > sectors.max_hosts() {
-        return Err(Error::InvalidInput(format!(
-            "--host-id must be 1 to {} on domain {vg}: its storage has {sectors}",
-            sectors.max_hosts()
-        )));
-    }
-    let new = crate::lease::cluster::join(vg, host_id)
-        .map_err(|e| Error::InvalidInput(format!("cannot join the lockspace of {vg}: {e}")))?;
-    Ok(if new {
-        format!("joined domain {vg} as host {host_id}")
-    } else {
-        format!("already joined domain {vg}; host id {host_id} recorded")
-    })
+fn parse_lock_kind(s: &str) -> std::result::Result<LockKind, String> {
+    s.parse()
+        .map_err(|e: crate::lock::UnknownLockKind| e.to_string())
 }
 
 /// Whether progress may go to stderr: a terminal, and no --json.
@@ -373,7 +338,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                     &FormatRequest {
                         pvs: pvs.clone(),
                         max_volumes: *max_volumes,
-                        lock_manager: lock_manager.clone(),
+                        lock_manager: *lock_manager,
                         wipe: *wipe,
                     },
                 )?;
@@ -548,11 +513,16 @@ pub fn run(cli: &Cli) -> Result<()> {
                 ))),
             }
         }
-        Command::Host(HostCmd::Join { vg, host_id }) => out.message(&host_join(vg, *host_id)?),
+        Command::Host(HostCmd::Join { vg, host_id }) => {
+            let joined = domain(vg)?.join(*host_id)?;
+            out.message(&if joined.new {
+                format!("joined domain {vg} as host {host_id}")
+            } else {
+                format!("already joined domain {vg}; host id {host_id} recorded")
+            })
+        }
         Command::Host(HostCmd::Leave { vg }) => {
-            let id = crate::lease::cluster::leave(vg).map_err(|e| {
-                Error::InvalidInput(format!("cannot leave the lockspace of {vg}: {e}"))
-            })?;
+            let id = domain(vg)?.leave()?;
             out.message(&format!("host {id} left domain {vg}"))
         }
         Command::Debug(DebugCmd::CrashPoints) => out.list(crate::crash::POINTS),

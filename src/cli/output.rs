@@ -209,7 +209,7 @@ impl Out {
             &[vec![
                 i.info.vg.clone(),
                 i.info.format.to_string(),
-                i.info.lock_manager.clone(),
+                i.info.lock_manager.to_string(),
                 i.info.wipe.to_string(),
                 b(i.info.vg_size),
                 b(i.info.vg_free),

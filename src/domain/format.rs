@@ -7,6 +7,7 @@
 
 use super::{scan, Domain, IDS_LV, LEASES_LV, METADATA_LV};
 use crate::error::{Error, Result};
+use crate::lock::LockKind;
 use crate::lvm::{LvmError, NewLv};
 use crate::metadata::SlotStore;
 use crate::tags::{self, Tag, Wipe, FORMAT_VERSION};
@@ -18,7 +19,7 @@ use std::path::PathBuf;
 pub struct FormatRequest {
     pub pvs: Vec<PathBuf>,
     pub max_volumes: u32,
-    pub lock_manager: String,
+    pub lock_manager: LockKind,
     /// What removals do with volume data (an `LVC_WIPE` VG tag only when not the default).
     pub wipe: Wipe,
 }
@@ -55,13 +56,10 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
             "--max-volumes must be at least 1".into(),
         ));
     }
-    if req.lock_manager != "local" && req.lock_manager != "sanlock" {
-        return Err(Error::InvalidInput(format!(
-            "unknown lock manager {:?} (local or sanlock)",
-            req.lock_manager
-        )));
-    }
-    let _guard = domain.lock()?;
+    let manager = domain.manager_of(req.lock_manager);
+    manager.check_vg_name(&domain.vg)?;
+    // The VG is no domain yet: this host's local lock is the one there is.
+    let _guard = domain.lock_local()?;
     let lvm = &domain.lvm;
     let vg = &domain.vg;
     let existing = match lvm.vgs(vg) {
@@ -128,7 +126,7 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
     let mut layout = vec![
         Tag::DomainUnready,
         Tag::Format(FORMAT_VERSION),
-        Tag::Lock(req.lock_manager.clone()),
+        Tag::Lock(req.lock_manager),
         Tag::SlotSize(slot_size),
         Tag::MaxVolumes(req.max_volumes),
     ];
@@ -213,13 +211,10 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
         version: FORMAT_VERSION,
     };
     store.wipe()?;
-    if req.lock_manager == "sanlock" {
-        let lvs = [domain.lv_path(IDS_LV), domain.lv_path(LEASES_LV)];
-        lvm.lvchange_activation(&lvs, crate::lvm::Activation::Activate)?;
-        crate::lease::cluster::format_domain(vg).map_err(|e| {
-            Error::InvalidInput(format!("cannot format the sanlock areas of {vg}: {e}"))
-        })?;
-    }
+    // The manager's areas (sanlock: the lockspace and the domain lock), in its LVs.
+    let lvs: Vec<String> = manager.lvs().iter().map(|lv| domain.lv_path(lv)).collect();
+    lvm.lvchange_activation(&lvs, crate::lvm::Activation::Activate)?;
+    manager.format(vg)?;
     lvm.vgchange_tags(
         vg,
         &tags::strings(&[Tag::DomainUnready]),

@@ -2,8 +2,9 @@
 //!
 //! Owns formatting (`LVC_DOMAIN_UNREADY` while the special LVs are made, then ONE `vgchange`
 //! that swaps it for `LVC_DOMAIN`), opening (one `lvs` report per scan), info, settings
-//! (`LVC_WIPE`) and removal.
-//! Never changes a volume: that is the volume layer's job.
+//! (`LVC_WIPE`), removal, and the domain's lock manager: the one its `LVC_LOCK` tag names,
+//! learned from the first scan (host join and leave go through it too). Never changes a volume:
+//! that is the volume layer's job.
 
 pub mod format;
 mod scan;
@@ -12,13 +13,15 @@ pub use format::{format, FormatRequest};
 pub use scan::{info_from_tags, DomainInfo, LvEntry, Snapshot};
 
 use crate::error::{Error, Result};
-use crate::lease::LeaseManager;
-use crate::lock::{DomainGuard, LockManager};
+use crate::lock::local::Local;
+use crate::lock::{self, DomainGuard, Holder, Joined, LeaseGuard, LockError, LockManager};
 use crate::lvm::{Activation, Backend, LvmError};
 use crate::metadata::SlotStore;
 use crate::tags::{self, Tag, Wipe};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::ThreadId;
+use uuid::Uuid;
 
 /// Names of the special LVs.
 pub const METADATA_LV: &str = "metadata";
@@ -31,10 +34,15 @@ pub struct Domain {
     pub vg: String,
     /// LVM and LV device I/O: the real host or the simulation.
     pub lvm: Arc<dyn Backend>,
-    pub locks: Box<dyn LockManager>,
-    pub leases: Box<dyn LeaseManager>,
-    /// The lock manager these belong to ("local" or "sanlock"): must match the domain's.
-    pub lock_kind: String,
+    /// This host's local lock settings: the local manager's, and the first part of every
+    /// manager's domain lock.
+    local: Local,
+    /// The manager the domain's `LVC_LOCK` tag names, set by the first scan (or lock).
+    manager: OnceLock<Box<dyn LockManager>>,
+    /// The scan [`Domain::lock`] made to learn the manager, when the lock it then held was the
+    /// whole domain lock: handed to that thread's next [`Domain::scan`] instead of a second
+    /// report, and dropped with the lock.
+    fresh: Arc<Mutex<Option<(ThreadId, Snapshot)>>>,
 }
 
 /// Checks a VG name against LVM's rules.
@@ -57,57 +65,109 @@ pub fn validate_vg_name(vg: &str) -> Result<()> {
 }
 
 impl Domain {
-    /// A domain on this host's local lock and lease managers.
-    pub fn new(vg: &str, lvm: Arc<dyn Backend>, locks: Box<dyn LockManager>) -> Result<Domain> {
+    /// The domain `vg`, with this host's default local lock settings; its lock manager is the
+    /// one its `LVC_LOCK` tag names.
+    pub fn new(vg: &str, lvm: Arc<dyn Backend>) -> Result<Domain> {
+        Domain::with_local(vg, lvm, Local::default())
+    }
+
+    /// [`Domain::new`] with other local lock settings (lock file directory, timeout).
+    pub fn with_local(vg: &str, lvm: Arc<dyn Backend>, local: Local) -> Result<Domain> {
         validate_vg_name(vg)?;
         Ok(Domain {
             vg: vg.to_string(),
             lvm,
-            locks,
-            leases: Box::new(crate::lease::local::LocalLeases::default()),
-            lock_kind: "local".into(),
+            local,
+            manager: OnceLock::new(),
+            fresh: Arc::default(),
         })
     }
 
-    /// A domain on the local lock and lease managers with their files in `dir` (instead of
+    /// A domain whose local lock and lease files live in `dir` (instead of
     /// `/run/lock/lvchain`): tests that run without root.
     pub fn new_local_in(vg: &str, lvm: Arc<dyn Backend>, dir: &std::path::Path) -> Result<Domain> {
-        let locks = crate::lock::LocalLock {
-            dir: dir.to_path_buf(),
-            ..crate::lock::LocalLock::default()
+        let local = Local {
+            lock: crate::lock::local::LocalLock {
+                dir: dir.to_path_buf(),
+                ..Default::default()
+            },
+            leases: crate::lock::local::LocalLeases {
+                dir: dir.to_path_buf(),
+            },
         };
-        let mut d = Domain::new(vg, lvm, Box::new(locks))?;
-        d.leases = Box::new(crate::lease::local::LocalLeases {
-            dir: dir.to_path_buf(),
-        });
-        Ok(d)
+        Domain::with_local(vg, lvm, local)
     }
 
-    /// A domain shared through sanlock (this host joined its lockspace).
-    pub fn new_sanlock(vg: &str, lvm: Arc<dyn Backend>) -> Result<Domain> {
-        validate_vg_name(vg)?;
-        if vg.len() > crate::lease::sanlock::NAME_LEN {
-            return Err(Error::InvalidInput(format!(
-                "{vg}: a sanlock domain's VG name has at most {} characters",
-                crate::lease::sanlock::NAME_LEN
-            )));
+    /// The manager of `kind`; the domain's own once it is known (the first call sets it).
+    fn learn(&self, kind: lock::LockKind) -> &dyn LockManager {
+        self.manager
+            .get_or_init(|| lock::manager(kind, &self.local))
+            .as_ref()
+    }
+
+    /// The domain's lock manager (a scan learns it when none did yet).
+    pub fn locks(&self) -> Result<&dyn LockManager> {
+        if let Some(m) = self.manager.get() {
+            return Ok(m.as_ref());
         }
-        Ok(Domain {
-            vg: vg.to_string(),
-            lvm,
-            locks: Box::new(crate::lease::cluster::SanlockLock::default()),
-            leases: Box::new(crate::lease::cluster::SanlockLeases),
-            lock_kind: "sanlock".into(),
-        })
+        let snap = self.scan()?;
+        Ok(self.learn(snap.info.lock_manager))
     }
 
-    /// Takes the domain lock (every metadata-changing operation holds it throughout).
+    /// The manager of `kind` with this host's local settings, for a domain not formatted yet.
+    pub fn manager_of(&self, kind: lock::LockKind) -> Box<dyn LockManager> {
+        lock::manager(kind, &self.local)
+    }
+
+    /// Takes this host's local lock of the VG only: for formatting, before the VG is a domain.
+    pub fn lock_local(&self) -> Result<Box<dyn DomainGuard>> {
+        Ok(self.local.lock.lock_domain(&self.vg)?)
+    }
+
+    /// Takes the domain lock (every metadata-changing operation holds it throughout). Every
+    /// manager's lock starts with this host's local lock; under it one report tells the
+    /// manager, which then takes the rest ([`LockManager::lock_across_hosts`]). When there is
+    /// no rest (a local domain) that report was made under the whole lock and serves this
+    /// thread's next [`Domain::scan`], so locking costs no extra LVM command.
     pub fn lock(&self) -> Result<Box<dyn DomainGuard>> {
-        Ok(self.locks.lock_domain(&self.vg)?)
+        if let Some(m) = self.manager.get() {
+            return Ok(m.lock_domain(&self.vg)?);
+        }
+        let local = self.local.lock.lock_domain(&self.vg)?;
+        let snap = self.read()?;
+        let manager = self.learn(snap.info.lock_manager);
+        if let Some(lease) = manager.lock_across_hosts(&self.vg)? {
+            return Ok(Box::new(lock::Both {
+                lease: Some(lease),
+                local,
+            }));
+        }
+        *self.fresh.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::thread::current().id(), snap));
+        Ok(Box::new(Fresh {
+            _local: local,
+            fresh: Arc::clone(&self.fresh),
+        }))
     }
 
-    /// Reads the domain with ONE lvs report.
+    /// Reads the domain with ONE lvs report (none when [`Domain::lock`] just made it).
     pub fn scan(&self) -> Result<Snapshot> {
+        let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        if fresh
+            .as_ref()
+            .is_some_and(|(thread, _)| *thread == std::thread::current().id())
+        {
+            if let Some((_, snap)) = fresh.take() {
+                return Ok(snap);
+            }
+        }
+        drop(fresh);
+        let snap = self.read()?;
+        self.learn(snap.info.lock_manager);
+        Ok(snap)
+    }
+
+    fn read(&self) -> Result<Snapshot> {
         let rows = self.lvm.lvs(&self.vg).map_err(|e| self.vg_error(e))?;
         if rows.is_empty() {
             // No LV: maybe a VG that is not (or not yet) a domain; its tags tell.
@@ -127,17 +187,79 @@ impl Domain {
         Snapshot::from_rows(&self.vg, &rows)
     }
 
-    /// Refuses to change a domain through lock managers other than its own (a sanlock domain
-    /// changed under a local lock would not be protected from the other hosts).
+    /// Refuses to change a domain through a lock manager other than its own (one learned
+    /// before the domain was formatted anew with another).
     pub fn check_kind(&self, snap: &Snapshot) -> Result<()> {
-        if snap.info.lock_manager != self.lock_kind {
+        let domain = snap.info.lock_manager;
+        let ours = self.learn(domain).kind();
+        if ours != domain {
             return Err(Error::WrongLockManager {
                 vg: self.vg.clone(),
-                domain: snap.info.lock_manager.clone(),
-                ours: self.lock_kind.clone(),
+                domain,
+                ours,
             });
         }
         Ok(())
+    }
+
+    /// Takes the lease of volume `id` (in `slot`) for this process.
+    pub fn lease(&self, id: &Uuid, slot: u32) -> Result<Box<dyn LeaseGuard>> {
+        Ok(self.locks()?.acquire(&self.vg, id, slot)?)
+    }
+
+    /// Takes the lease of volume `id` in shared mode (a reader of its data).
+    pub fn lease_shared(&self, id: &Uuid, slot: u32) -> Result<Box<dyn LeaseGuard>> {
+        Ok(self.locks()?.acquire_shared(&self.vg, id, slot)?)
+    }
+
+    /// Reads who holds the lease of volume `id`, without taking it: works on a host that never
+    /// joined (the manager's LVs must be active, [`Domain::activate_lease_lvs`]).
+    pub fn lease_holder(&self, id: &Uuid, slot: u32) -> Result<Option<Holder>> {
+        Ok(self.locks()?.holder(&self.vg, id, slot)?)
+    }
+
+    /// Writes the lease area of a new volume.
+    pub fn init_lease(&self, id: &Uuid, slot: u32) -> Result<()> {
+        Ok(self.locks()?.init(&self.vg, id, slot)?)
+    }
+
+    /// Activates the special LVs the domain's lock manager keeps its leases in (none for a
+    /// local domain).
+    pub fn activate_lease_lvs(&self, snap: &Snapshot) -> Result<()> {
+        let lvs = self.locks()?.lvs();
+        self.activate_special(snap, lvs)
+    }
+
+    /// Joins the domain's lockspace as `host_id`: activates the special LVs, then joins and
+    /// records the id. Refused, changing nothing, for a domain without hosts (local) and for a
+    /// host id outside 1..=2000, or beyond what the lockspace's sectors hold (250 on 4K).
+    pub fn join(&self, host_id: u64) -> Result<Joined> {
+        if !(1..=::sanlock::MAX_HOSTS).contains(&host_id) {
+            return Err(Error::InvalidInput(format!(
+                "--host-id must be 1 to {}",
+                ::sanlock::MAX_HOSTS
+            )));
+        }
+        let snap = self.scan()?;
+        let manager = self.locks()?;
+        if !manager.has_hosts() {
+            return Err(LockError::NoHosts {
+                vg: self.vg.clone(),
+                kind: manager.kind(),
+            }
+            .into());
+        }
+        manager.check_vg_name(&self.vg)?;
+        self.activate_special(&snap, &SPECIAL_LVS)?;
+        Ok(manager.join(&self.vg, host_id)?)
+    }
+
+    /// Leaves the domain's lockspace; returns the host id this host had. Works on a domain
+    /// whose removal did not finish (its VG tags name the manager).
+    pub fn leave(&self) -> Result<u64> {
+        let row = self.lvm.vgs(&self.vg).map_err(|e| self.vg_error(e))?;
+        let manager = self.learn(scan::lock_kind(&self.vg, &row.vg_tags)?);
+        Ok(manager.leave(&self.vg)?)
     }
 
     pub(crate) fn vg_error(&self, e: LvmError) -> Error {
@@ -247,37 +369,33 @@ impl Domain {
             crate::links::remove_image(&self.vg, &image)
                 .map_err(Error::io(format!("removing links of image {image}")))?;
         }
-        if self.lock_kind == "sanlock" {
-            let others = crate::lease::cluster::other_joined_hosts(&self.vg).map_err(|e| {
-                Error::InvalidInput(format!("cannot list the hosts of {}: {e}", self.vg))
-            })?;
-            if !others.is_empty() {
-                return Err(Error::InvalidInput(format!(
-                    "host(s) {others:?} are still joined to domain {}: run `lvchain host leave \
-                     {}` there first",
-                    self.vg, self.vg
-                )));
-            }
+        let manager = self.locks()?;
+        let hosts = manager.other_hosts(&self.vg)?;
+        if !hosts.is_empty() {
+            return Err(Error::HostsJoined {
+                vg: self.vg.clone(),
+                hosts,
+            });
+        }
+        if !manager.lvs().is_empty() {
             self.lvm.vgchange_tags(
                 &self.vg,
                 &tags::strings(&[Tag::Domain]),
                 &tags::strings(&[Tag::DomainUnready]),
             )?;
             crate::crash::point("domain-remove.after-mark");
-            // sanlock keeps the ids and leases LVs open: release, leave, then remove.
+            // The manager keeps its LVs open (sanlock: ids and leases): release, leave, then
+            // remove.
             drop(guard);
         }
-        self.finish_remove()?;
+        self.finish_remove(manager)?;
         Ok(count)
     }
 
     /// Leaves the lockspace (if joined), removes the links and the VG.
-    fn finish_remove(&self) -> Result<()> {
-        if self.lock_kind == "sanlock" && crate::lease::cluster::joined_host_id(&self.vg).is_some()
-        {
-            crate::lease::cluster::leave(&self.vg).map_err(|e| {
-                Error::InvalidInput(format!("cannot leave the lockspace of {}: {e}", self.vg))
-            })?;
+    fn finish_remove(&self, manager: &dyn LockManager) -> Result<()> {
+        if manager.joined_host_id(&self.vg).is_some() {
+            manager.leave(&self.vg)?;
         }
         let vg_dir = crate::links::run_dir().join(&self.vg);
         let _ = std::fs::remove_dir_all(vg_dir);
@@ -306,7 +424,20 @@ impl Domain {
                 count: row.lv_count,
             });
         }
-        self.finish_remove()?;
+        let manager = self.learn(scan::lock_kind(&self.vg, &row.vg_tags)?);
+        self.finish_remove(manager)?;
         Ok(Some(0))
+    }
+}
+
+/// The local part of the domain lock, with the report made under it (dropped first).
+struct Fresh {
+    _local: Box<dyn DomainGuard>,
+    fresh: Arc<Mutex<Option<(ThreadId, Snapshot)>>>,
+}
+impl DomainGuard for Fresh {}
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        *self.fresh.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }

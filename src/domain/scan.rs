@@ -8,6 +8,7 @@
 //! under a marked middle volume is never taken for a leaf.
 
 use crate::error::{Error, Result};
+use crate::lock::LockKind;
 use crate::lvm::LvRow;
 use crate::tags::{Tag, Wipe, FORMAT_VERSION, OLDEST_FORMAT};
 use std::collections::{BTreeSet, HashSet};
@@ -18,7 +19,8 @@ use uuid::Uuid;
 pub struct DomainInfo {
     pub vg: String,
     pub format: u32,
-    pub lock_manager: String,
+    /// Serialized as `"local"` or `"sanlock"`, the `LVC_LOCK` value.
+    pub lock_manager: LockKind,
     pub slot_size: u32,
     pub max_volumes: u32,
     pub extent_size: u64,
@@ -231,6 +233,25 @@ impl Snapshot {
     }
 }
 
+/// The lock manager a VG's `LVC_LOCK` tag names (local when there is none), whether or not
+/// the domain is complete; an unknown one is an error (it must not be served as the default).
+pub fn lock_kind(vg: &str, tags: &[String]) -> Result<LockKind> {
+    let mut kind = LockKind::Local;
+    for t in tags {
+        match Tag::parse(t) {
+            Ok(Tag::Lock(k)) => kind = k,
+            Err(reason) if t.starts_with("LVC_LOCK=") => {
+                return Err(Error::BadDomainTag {
+                    vg: vg.to_string(),
+                    reason,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(kind)
+}
+
 /// Reads the domain facts from VG tags; refuses what is not a complete domain of our format.
 pub fn info_from_tags(
     vg: &str,
@@ -244,7 +265,7 @@ pub fn info_from_tags(
     let mut info = DomainInfo {
         vg: vg.to_string(),
         format: 0,
-        lock_manager: "local".into(),
+        lock_manager: LockKind::Local,
         slot_size: 0,
         max_volumes: 0,
         extent_size: extent,
@@ -257,7 +278,7 @@ pub fn info_from_tags(
             Ok(Tag::Domain) => ready = true,
             Ok(Tag::DomainUnready) => unready = true,
             Ok(Tag::Format(n)) => info.format = n,
-            Ok(Tag::Lock(m)) => info.lock_manager = m,
+
             Ok(Tag::SlotSize(n)) => info.slot_size = n,
             Ok(Tag::MaxVolumes(n)) => info.max_volumes = n,
             Ok(Tag::Wipe(w)) => info.wipe = w,
@@ -283,6 +304,7 @@ pub fn info_from_tags(
             supported: FORMAT_VERSION,
         });
     }
+    info.lock_manager = lock_kind(vg, tags)?;
     if info.slot_size == 0 || info.max_volumes == 0 {
         return Err(Error::NotADomain {
             vg: vg.to_string(),
@@ -310,6 +332,62 @@ mod tests {
                 .collect(),
             ..LvRow::default()
         }
+    }
+
+    fn domain_tags(lock: &str) -> Vec<String> {
+        [
+            "LVC_DOMAIN",
+            "LVC_FORMAT=2",
+            lock,
+            "LVC_SLOT_SIZE=4096",
+            "LVC_MAX_VOLUMES=8",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+    }
+
+    #[test]
+    fn the_lock_tag_names_the_manager_and_the_json_keeps_its_value() -> Result<()> {
+        for (tag, kind, json) in [
+            (
+                "LVC_LOCK=local",
+                LockKind::Local,
+                "\"lock_manager\":\"local\"",
+            ),
+            (
+                "LVC_LOCK=sanlock",
+                LockKind::Sanlock,
+                "\"lock_manager\":\"sanlock\"",
+            ),
+        ] {
+            let info = info_from_tags("vg", &domain_tags(tag), 4 << 20, 1 << 30, 1 << 29)?;
+            assert_eq!(info.lock_manager, kind);
+            let text =
+                serde_json::to_string(&info).map_err(|e| Error::InvalidInput(e.to_string()))?;
+            assert!(text.contains(json), "{text}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn an_unknown_lock_manager_is_refused_by_name() {
+        let e = info_from_tags(
+            "vg",
+            &domain_tags("LVC_LOCK=dlm"),
+            4 << 20,
+            1 << 30,
+            1 << 29,
+        )
+        .err()
+        .map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some(
+                "domain vg has a bad tag: LVC_LOCK=dlm: unknown lock manager \"dlm\" (this \
+                 lvchain knows local and sanlock)"
+            )
+        );
     }
 
     /// A chain base <- mid <- leaf, with the given markers on each.

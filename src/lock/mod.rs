@@ -1,120 +1,287 @@
-//! The domain lock: serializes every change of a domain's VG metadata.
+//! Lock managers: the domain lock (serializes every change of a domain's VG metadata), volume
+//! leases (who may change a volume's data, readable by anyone without the holder's help) and the
+//! hosts that share a domain.
 //!
-//! [`LockManager`] is the seam where a cluster lock manager (sanlock) takes the place of the
-//! single-host [`LocalLock`] (an exclusive `flock` on `/run/lock/lvchain/<VG>.lock`). The lock
-//! is held by the returned guard and released when it drops, or when the process and every
-//! child it started while holding it have exited.
+//! A domain names its manager in its `LVC_LOCK` tag ([`LockKind`]); [`manager`] gives the
+//! implementation of a kind, so the domain layer takes whatever its own tag says, never what this
+//! host did. One trait, [`LockManager`], covers everything a manager does — the domain lock,
+//! volume leases and their holders, formatting its areas, and joining, leaving and listing hosts —
+//! because these are one mechanism per kind: sanlock's domain lock and volume leases live in the
+//! lockspace the host joined, and the local manager's in files on this host (where "hosts" are
+//! just this one). Capabilities a kind lacks (hosts of a local domain) are refused by its
+//! implementation with a typed error, so callers never ask which kind they hold.
+//!
+//! [`local::Local`]: this host's `flock` ([`local::LocalLock`], in `flock.rs`) and
+//! open-file-description locks under `/run/lock/lvchain`, one host.
+//! [`sanlock::Sanlock`]: the same `flock`, then paxos leases in the domain's `leases` LV and the
+//! lockspace in its `ids` LV, many hosts (the binding itself is the `sanlock` crate). A lock or a
+//! lease belongs to the process that took it and is released when that process dies, so a
+//! reader can tell a running operation (lease held by a live holder) from a dead one (free).
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::io::AsRawFd;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+mod flock;
+pub mod local;
+pub mod sanlock;
 
+use crate::domain::format::{LEASES_RESERVED, LEASE_SIZE};
+use ::sanlock::{SanlockError, SectorSize};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The lock manager of a domain, as its `LVC_LOCK` tag names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockKind {
+    /// One host: file locks under `/run/lock/lvchain`.
+    Local,
+    /// Many hosts: sanlock leases on the domain's own storage.
+    Sanlock,
+}
+
+impl LockKind {
+    pub const ALL: [LockKind; 2] = [LockKind::Local, LockKind::Sanlock];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LockKind::Local => "local",
+            LockKind::Sanlock => "sanlock",
+        }
+    }
+}
+
+impl fmt::Display for LockKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An `LVC_LOCK` value (or `--lock-manager` argument) this lvchain does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown lock manager {0:?} (this lvchain knows local and sanlock)")]
+pub struct UnknownLockKind(pub String);
+
+impl FromStr for LockKind {
+    type Err = UnknownLockKind;
+    fn from_str(s: &str) -> Result<LockKind, UnknownLockKind> {
+        LockKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownLockKind(s.to_string()))
+    }
+}
+
+/// What a sanlock call failed to do, for [`LockError::Sanlock`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SanlockAction {
+    TakeDomainLock,
+    Format,
+    ReadLockspace,
+    Join,
+    Leave,
+    ListHosts,
+}
+
+impl fmt::Display for SanlockAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SanlockAction::TakeDomainLock => "take the cluster lock of domain",
+            SanlockAction::Format => "format the sanlock areas of",
+            SanlockAction::ReadLockspace => "read the lockspace of",
+            SanlockAction::Join => "join the lockspace of",
+            SanlockAction::Leave => "leave the lockspace of",
+            SanlockAction::ListHosts => "list the hosts of",
+        })
+    }
+}
+
+/// Errors of the domain lock and of host membership.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("domain {vg} is locked by another process; gave up after {}s", .waited.as_secs())]
     Busy { vg: String, waited: Duration },
-    #[error("cannot take the cluster lock of domain {vg}: {detail}")]
-    Cluster { vg: String, detail: String },
     #[error("cannot use the lock file {path}: {source}")]
     Io {
         path: String,
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot {action} {vg}: {source}")]
+    Sanlock {
+        vg: String,
+        action: SanlockAction,
+        #[source]
+        source: SanlockError,
+    },
+    #[error("this host has not joined the lockspace of domain {vg}; run `lvchain host join {vg} --host-id N`")]
+    NotJoined { vg: String },
+    #[error("domain {vg} uses the {kind} lock manager: only sanlock domains have hosts to join")]
+    NoHosts { vg: String, kind: LockKind },
+    #[error("--host-id must be 1 to {} on domain {vg}: its storage has {sectors}", .sectors.max_hosts())]
+    HostIdOutOfRange {
+        vg: String,
+        host_id: u64,
+        sectors: SectorSize,
+    },
+    #[error("cannot join the lockspace of {vg}: this host has joined {vg} as host {joined}; run `lvchain host leave {vg}` before joining as host {host_id}")]
+    JoinedAs {
+        vg: String,
+        joined: u64,
+        host_id: u64,
+    },
+    #[error("cannot record the host id in {path}: {source}")]
+    HostIdFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{vg}: a sanlock domain's VG name has at most {max} characters")]
+    NameTooLong { vg: String, max: usize },
+}
+
+/// Errors of volume leases.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("the lease of volume {volume} is held by {holder}")]
+    Held { volume: Uuid, holder: String },
+    #[error("this host has not joined the lockspace of domain {vg}; run `lvchain host join {vg} --host-id N`")]
+    NoLockspace { vg: String },
+    #[error("the sanlock daemon does not answer on this host ({source}); start it, then `lvchain host join`")]
+    NoDaemon {
+        #[source]
+        source: SanlockError,
+    },
+    #[error("lease I/O on {what}: {reason}")]
+    Io { what: String, reason: String },
+    #[error("lease I/O on sanlock lease of {volume}: {source}")]
+    Sanlock {
+        volume: Uuid,
+        #[source]
+        source: SanlockError,
+    },
+}
+
+/// Who holds a lease, as read from shared storage.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Holder {
+    /// sanlock host id (0 for the local lock manager).
+    pub host_id: u64,
+    /// Whether the holder is alive (its host renews its lockspace, or its process exists).
+    pub alive: bool,
 }
 
 /// A held domain lock; dropping it releases the lock.
 pub trait DomainGuard {}
 
-/// Something that can take a domain's exclusive lock.
-pub trait LockManager {
+/// A domain lock held in two parts: the part beyond this host, then this host's local lock
+/// (released in that order).
+pub struct Both {
+    pub lease: Option<Box<dyn DomainGuard>>,
+    pub local: Box<dyn DomainGuard>,
+}
+impl DomainGuard for Both {}
+
+/// A held lease; dropping it releases the lease.
+pub trait LeaseGuard {}
+
+/// Where a volume's lease lives in the leases LV: after the reserved area, 1 MiB per slot.
+pub fn lease_offset(slot: u32) -> u64 {
+    LEASES_RESERVED + LEASE_SIZE * u64::from(slot)
+}
+
+/// This host joined a domain's lockspace as `host_id`; `new` unless it had already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined {
+    pub host_id: u64,
+    pub new: bool,
+}
+
+/// Everything a lock manager does for the domains of its kind (`vg` names the domain).
+pub trait LockManager: Send + Sync {
+    /// The kind whose `LVC_LOCK` tag selects this manager.
+    fn kind(&self) -> LockKind;
+
+    /// Refuses a VG name the manager cannot name its areas after (before anything is done).
+    fn check_vg_name(&self, _vg: &str) -> Result<(), LockError> {
+        Ok(())
+    }
+    /// Special LVs the manager keeps its areas in: active while leases are taken or read, and
+    /// held open by the manager (so a domain is released before these LVs can go).
+    fn lvs(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Writes the manager's areas of a new domain (its special LVs are active).
+    fn format(&self, _vg: &str) -> Result<(), LockError> {
+        Ok(())
+    }
+
+    /// Takes the domain's exclusive lock (every metadata-changing operation holds it): this
+    /// host's local lock, then [`LockManager::lock_across_hosts`].
     fn lock_domain(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError>;
-}
+    /// The part of the domain lock beyond this host, taken while this host's local lock is held
+    /// (sanlock's domain lease); None for a manager of one host, whose local lock is all of it.
+    fn lock_across_hosts(&self, _vg: &str) -> Result<Option<Box<dyn DomainGuard>>, LockError> {
+        Ok(None)
+    }
 
-/// Single-host lock: `flock(LOCK_EX)` on a file per VG, waiting up to `timeout`.
-#[derive(Debug, Clone)]
-pub struct LocalLock {
-    pub dir: PathBuf,
-    pub timeout: Duration,
-}
+    /// Takes the volume's lease for this process, or fails at once when someone holds it.
+    fn acquire(
+        &self,
+        vg: &str,
+        volume: &Uuid,
+        slot: u32,
+    ) -> Result<Box<dyn LeaseGuard>, LeaseError>;
+    /// Takes the volume's lease in shared mode (readers of its data: any number of them, and
+    /// no exclusive holder meanwhile), or fails at once when it is held exclusively.
+    fn acquire_shared(
+        &self,
+        vg: &str,
+        volume: &Uuid,
+        slot: u32,
+    ) -> Result<Box<dyn LeaseGuard>, LeaseError>;
+    /// Reads who holds the lease, without taking it and without having joined.
+    fn holder(&self, vg: &str, volume: &Uuid, slot: u32) -> Result<Option<Holder>, LeaseError>;
+    /// Prepares the lease area of a new volume (sanlock writes its paxos lease).
+    fn init(&self, _vg: &str, _volume: &Uuid, _slot: u32) -> Result<(), LeaseError> {
+        Ok(())
+    }
 
-impl Default for LocalLock {
-    fn default() -> Self {
-        let timeout = std::env::var("LVCHAIN_LOCK_TIMEOUT")
-            .ok()
-            .and_then(|s| s.parse::<f64>().ok())
-            .filter(|s| *s >= 0.0)
-            .map_or(Duration::from_secs(300), Duration::from_secs_f64);
-        LocalLock {
-            dir: PathBuf::from("/run/lock/lvchain"),
-            timeout,
-        }
+    /// Whether hosts join the domain (a lockspace) before they change it.
+    fn has_hosts(&self) -> bool {
+        false
+    }
+    /// Joins the domain as `host_id` (its [`LockManager::lvs`] are active).
+    fn join(&self, vg: &str, _host_id: u64) -> Result<Joined, LockError> {
+        Err(LockError::NoHosts {
+            vg: vg.to_string(),
+            kind: self.kind(),
+        })
+    }
+    /// Leaves the domain; returns the host id this host had (refused while it holds leases).
+    fn leave(&self, vg: &str) -> Result<u64, LockError> {
+        Err(LockError::NoHosts {
+            vg: vg.to_string(),
+            kind: self.kind(),
+        })
+    }
+    /// The host id this host joined the domain with, if it did.
+    fn joined_host_id(&self, _vg: &str) -> Option<u64> {
+        None
+    }
+    /// Other hosts joined to the domain and not known to be gone.
+    fn other_hosts(&self, _vg: &str) -> Result<Vec<u64>, LockError> {
+        Ok(Vec::new())
     }
 }
 
-struct FileGuard(#[allow(dead_code)] File);
-
-/// Lets the lock's file description pass into every child (lvm, qemu-img) we start: a flock
-/// lives until all holders close it, so when lvchain is killed the domain stays locked until
-/// its in-flight lvm command has finished too. Otherwise a collector could act on a scan taken
-/// before that command's commit.
-fn inherit_into_children(file: &File) -> std::io::Result<()> {
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-impl DomainGuard for FileGuard {}
-
-impl LockManager for LocalLock {
-    fn lock_domain(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError> {
-        let path = self.dir.join(format!("{vg}.lock"));
-        let io = |source| LockError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(&self.dir).map_err(io)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
-        let start = Instant::now();
-        let mut pause = Duration::from_millis(2);
-        loop {
-            // SAFETY: flock on a file descriptor we own.
-            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if r == 0 {
-                inherit_into_children(&file).map_err(io)?;
-                tracing::debug!(
-                    vg,
-                    waited_ms = start.elapsed().as_millis() as u64,
-                    "domain lock taken"
-                );
-                return Ok(Box::new(FileGuard(file)));
-            }
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(io(e));
-            }
-            if start.elapsed() >= self.timeout {
-                return Err(LockError::Busy {
-                    vg: vg.to_string(),
-                    waited: start.elapsed(),
-                });
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(50));
-        }
+/// The manager of `kind`, with this host's local lock settings (the sanlock manager takes the
+/// local lock first too).
+pub fn manager(kind: LockKind, local: &local::Local) -> Box<dyn LockManager> {
+    match kind {
+        LockKind::Local => Box::new(local.clone()),
+        LockKind::Sanlock => Box::new(sanlock::Sanlock {
+            local: local.clone(),
+        }),
     }
 }
 
@@ -123,23 +290,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn second_holder_waits_then_gives_up() -> Result<(), LockError> {
-        let dir = tempfile::tempdir().map_err(|source| LockError::Io {
-            path: "tmp".into(),
-            source,
-        })?;
-        let lock = LocalLock {
-            dir: dir.path().to_path_buf(),
-            timeout: Duration::from_millis(100),
-        };
-        let held = lock.lock_domain("vg")?;
-        assert!(matches!(
-            lock.lock_domain("vg"),
-            Err(LockError::Busy { .. })
-        ));
-        assert!(lock.lock_domain("other").is_ok());
-        drop(held);
-        assert!(lock.lock_domain("vg").is_ok());
-        Ok(())
+    fn lock_kinds_read_and_write_their_tag_values() {
+        for k in LockKind::ALL {
+            assert_eq!(k.to_string().parse::<LockKind>(), Ok(k));
+            assert_eq!(
+                serde_json::to_string(&k).ok(),
+                Some(format!("\"{}\"", k.as_str()))
+            );
+        }
+        assert_eq!("local".parse::<LockKind>(), Ok(LockKind::Local));
+        assert_eq!("sanlock".parse::<LockKind>(), Ok(LockKind::Sanlock));
+        let e = "dlm".parse::<LockKind>().err().map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("unknown lock manager \"dlm\" (this lvchain knows local and sanlock)")
+        );
+        assert!("Local".parse::<LockKind>().is_err());
+        assert!("".parse::<LockKind>().is_err());
+    }
+
+    #[test]
+    fn each_kind_gets_its_manager() {
+        let local = local::Local::default();
+        for k in LockKind::ALL {
+            assert_eq!(manager(k, &local).kind(), k);
+        }
+        assert!(!manager(LockKind::Local, &local).has_hosts());
+        assert!(manager(LockKind::Sanlock, &local).has_hosts());
     }
 }

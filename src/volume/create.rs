@@ -149,7 +149,7 @@ pub fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
     let plan = plan(domain, &cat, req)?;
     let store = domain.slots(&cat.snap)?;
     let _parent_lease = match &plan.parent {
-        Some(p) => Some(domain.leases.acquire(&domain.vg, &p.id, p.slot)?),
+        Some(p) => Some(domain.lease(&p.id, p.slot)?),
         None => None,
     };
     let held: Vec<Uuid> = plan.parent.iter().map(|p| p.id).collect();
@@ -283,7 +283,7 @@ fn prepare_contents(
 ) -> Result<()> {
     let meta = &plan.meta;
     store.write(plan.slot, meta)?;
-    domain.leases.init(&domain.vg, &meta.id, plan.slot)?;
+    domain.init_lease(&meta.id, plan.slot)?;
     crash::point("create.after-metadata");
     if let Some(header) = qcow2_header {
         qemu::write_qcow2_header(

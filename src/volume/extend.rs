@@ -16,7 +16,7 @@ pub fn extend(domain: &Domain, id: &Uuid, size: Bytes) -> Result<Volume> {
     let cat = Catalog::load_for_change(domain)?;
     let mut vol = cat.get(&domain.vg, id)?.clone();
     let store = domain.slots(&cat.snap)?;
-    let _lease = domain.leases.acquire(&domain.vg, id, vol.slot)?;
+    let _lease = domain.lease(id, vol.slot)?;
     vol.lv_size = grow_storage(domain, &cat, &vol, size)?;
     let mut meta = store.read(vol.slot)?;
     meta.capacity = size.0;

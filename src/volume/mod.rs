@@ -242,7 +242,7 @@ pub(crate) fn update_meta(
     let _lease = if lease_held {
         None
     } else {
-        Some(domain.leases.acquire(&domain.vg, id, slot)?)
+        Some(domain.lease(id, slot)?)
     };
     let mut meta = store
         .read(slot)

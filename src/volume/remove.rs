@@ -56,11 +56,11 @@ pub fn remove(domain: &Domain, id: &Uuid, progress: &mut WipeProgress<'_>) -> Re
     // both leases through the removal, taken before the point of no return so that a busy
     // lease is a clean refusal.
     let mut held = vec![*id];
-    let _lease = domain.leases.acquire(&domain.vg, id, vol.slot)?;
+    let _lease = domain.lease(id, vol.slot)?;
     let _parent_lease = match vol.parent.and_then(|p| cat.volumes.get(&p)) {
         Some(p) => {
             held.push(p.id);
-            Some(domain.leases.acquire(&domain.vg, &p.id, p.slot)?)
+            Some(domain.lease(&p.id, p.slot)?)
         }
         None => None,
     };
@@ -98,7 +98,7 @@ pub fn remove_image(
     let mut leases = Vec::new();
     for l in &members {
         if let (Some(id), Some(slot)) = (l.id, l.slot) {
-            leases.push(domain.leases.acquire(&domain.vg, &id, slot)?);
+            leases.push(domain.lease(&id, slot)?);
         }
     }
     let held: Vec<Uuid> = members.iter().filter_map(|l| l.id).collect();

@@ -122,9 +122,7 @@ pub fn undo_changes(
     // A committed volume being removed may have had an operation waiting for its lease: hold
     // it throughout, so no late write lands in the slot once it is free (busy: nothing done).
     let _own_lease = match (lv.id, lv.slot) {
-        (Some(id), Some(n)) if lv.removing && !held.contains(&id) => {
-            Some(domain.leases.acquire(&domain.vg, &id, n)?)
-        }
+        (Some(id), Some(n)) if lv.removing && !held.contains(&id) => Some(domain.lease(&id, n)?),
         _ => None,
     };
     let own_meta = lv

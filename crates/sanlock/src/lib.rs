@@ -1,11 +1,12 @@
-//! Volume leases on shared storage through sanlock.
+//! A binding of libsanlock: leases on shared storage.
 //!
-//! This module owns everything lvchain does with sanlock: formatting lockspace and resource
-//! areas, joining and leaving a lockspace with this host's id, acquiring and releasing a
-//! volume's lease for the calling process, and reading who holds a lease — through the daemon
-//! ([`client::owner_status`]) and without it, straight from the disk ([`ondisk::probe_owner`]) —
-//! so that a reader that holds nothing can tell whether an operation on a volume is running
-//! (the lease/generation protocol of the team notes, lvchain issue 5).
+//! This crate owns everything lvchain does with sanlock, and depends on nothing of lvchain:
+//! formatting lockspace and resource areas, joining and leaving a lockspace with this host's
+//! id, acquiring and releasing a lease for the calling process, and reading who holds a lease —
+//! through the daemon ([`client::owner_status`]) and without it, straight from the disk
+//! ([`ondisk::probe_owner`]) — so that a reader that holds nothing can tell whether an
+//! operation on a volume is running (the lease/generation protocol of the team notes, lvchain
+//! issue 5).
 //!
 //! # Why libsanlock through FFI, loaded with `dlopen`
 //! A sanlock lease belongs to a *registered process*: the daemon releases it when that process
@@ -15,7 +16,7 @@
 //! to some other process) while lvchain works. lvchain therefore calls `sanlock_register` and
 //! `sanlock_acquire` itself ([`Registration`]); the leases then live exactly as long as the
 //! lvchain process (or until [`Registration`] is dropped, which closes the registered socket).
-//! The registered socket is made close-on-exec, so children started by [`crate::exec`] do not
+//! The registered socket is made close-on-exec, so children the process starts do not
 //! inherit it and cannot keep a lease alive after lvchain is gone.
 //!
 //! libsanlock is loaded at run time (`dlopen("libsanlock.so.1")`, package `libsanlock1`, which
@@ -39,7 +40,7 @@
 //!
 //! # Caveat for long-running work
 //! Only the registered process's death frees the lease. Work done by a child (e.g. `qemu-img`
-//! started through [`crate::exec`]) survives a SIGKILL of lvchain, and would go on writing after
+//! started by lvchain) survives a SIGKILL of lvchain, and would go on writing after
 //! the lease was freed, unless the child dies with it. Two ways out, neither done here: the
 //! child gets `PR_SET_PDEATHSIG(SIGKILL)` (a `pre_exec` hook in `exec`, used for work under a
 //! lease), or the worker is started as `sanlock client command -r RESOURCE -c PROG ARGS`, which
@@ -106,8 +107,8 @@ impl SectorSize {
             source,
         };
         let f = std::fs::File::open(path).map_err(err)?;
-        let bytes = crate::directio::logical_block_size(&f).map_err(err)?;
-        SectorSize::from_bytes(bytes as u64).map_err(|_| {
+        let bytes = logical_block_size(&f).map_err(err)?;
+        SectorSize::from_bytes(bytes).map_err(|_| {
             SanlockError::InvalidArgument(format!(
                 "{} has {bytes}-byte logical sectors: sanlock supports 512 and 4096",
                 path.display()
@@ -155,6 +156,28 @@ impl std::fmt::Display for SectorSize {
         write!(f, "{}-byte sectors", self.bytes())
     }
 }
+/// The logical block size of an open device (BLKSSZGET), the unit of O_DIRECT I/O on it; 512
+/// for a regular file.
+fn logical_block_size(file: &std::fs::File) -> std::io::Result<u64> {
+    use std::os::unix::io::AsRawFd;
+    // _IO(0x12, 104)
+    const BLKSSZGET: libc::c_ulong = 0x1268;
+    if file.metadata()?.is_file() {
+        return Ok(512);
+    }
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one c_int into `size`.
+    if unsafe { libc::ioctl(file.as_raw_fd(), BLKSSZGET, &mut size) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    u64::try_from(size).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("BLKSSZGET returned {size}"),
+        )
+    })
+}
+
 /// sanlock's limit on lockspace and resource names (bytes, no terminating NUL needed).
 pub const NAME_LEN: usize = ffi::SANLK_NAME_LEN;
 

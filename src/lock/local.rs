@@ -1,12 +1,54 @@
-//! Single-host volume leases: an open-file-description write lock (`F_OFD_SETLK`) on
-//! `/run/lock/lvchain/<VG>/<volume>.lease`. The kernel drops it when the holder dies; a reader
-//! asks with `F_OFD_GETLK`, which reports a conflicting lock without taking it.
+//! The single-host lock manager ([`Local`]): the domain lock is this host's [`LocalLock`]
+//! (a `flock`); volume leases ([`LocalLeases`]) are open-file-description write locks
+//! (`F_OFD_SETLK`) on `/run/lock/lvchain/<VG>/<volume>.lease`. The kernel drops it when the
+//! holder dies; a reader asks with `F_OFD_GETLK`, which reports a conflicting lock without
+//! taking it.
 
-use super::{Holder, LeaseError, LeaseGuard, LeaseManager};
+pub use super::flock::LocalLock;
+use super::{DomainGuard, Holder, LeaseError, LeaseGuard, LockError, LockKind, LockManager};
 use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 use uuid::Uuid;
+
+/// The local lock manager: this host's domain lock and volume leases.
+#[derive(Debug, Clone, Default)]
+pub struct Local {
+    pub lock: LocalLock,
+    pub leases: LocalLeases,
+}
+
+impl LockManager for Local {
+    fn kind(&self) -> LockKind {
+        LockKind::Local
+    }
+
+    fn lock_domain(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError> {
+        self.lock.lock_domain(vg)
+    }
+
+    fn acquire(
+        &self,
+        vg: &str,
+        volume: &Uuid,
+        slot: u32,
+    ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
+        self.leases.acquire(vg, volume, slot)
+    }
+
+    fn acquire_shared(
+        &self,
+        vg: &str,
+        volume: &Uuid,
+        slot: u32,
+    ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
+        self.leases.acquire_shared(vg, volume, slot)
+    }
+
+    fn holder(&self, vg: &str, volume: &Uuid, slot: u32) -> Result<Option<Holder>, LeaseError> {
+        self.leases.holder(vg, volume, slot)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct LocalLeases {
@@ -51,8 +93,8 @@ impl LocalLeases {
     }
 }
 
-impl LeaseManager for LocalLeases {
-    fn acquire(
+impl LocalLeases {
+    pub fn acquire(
         &self,
         vg: &str,
         volume: &Uuid,
@@ -61,7 +103,7 @@ impl LeaseManager for LocalLeases {
         self.lock(vg, volume, libc::F_WRLCK as libc::c_short)
     }
 
-    fn acquire_shared(
+    pub fn acquire_shared(
         &self,
         vg: &str,
         volume: &Uuid,
@@ -71,7 +113,12 @@ impl LeaseManager for LocalLeases {
     }
 
     /// The exclusive holder (an operation); shared holders (readers) are not reported.
-    fn holder(&self, vg: &str, volume: &Uuid, _slot: u32) -> Result<Option<Holder>, LeaseError> {
+    pub fn holder(
+        &self,
+        vg: &str,
+        volume: &Uuid,
+        _slot: u32,
+    ) -> Result<Option<Holder>, LeaseError> {
         let f = self.open(vg, volume)?;
         let mut fl = whole_file_lock(libc::F_WRLCK as libc::c_short);
         // SAFETY: as above; F_OFD_GETLK fills `fl` with a conflicting lock, if any.
@@ -123,6 +170,21 @@ impl LocalLeases {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_local_domain_has_no_hosts() {
+        let local = Local::default();
+        assert!(matches!(
+            local.join("vg", 1),
+            Err(LockError::NoHosts {
+                kind: LockKind::Local,
+                ..
+            })
+        ));
+        assert!(matches!(local.leave("vg"), Err(LockError::NoHosts { .. })));
+        assert_eq!(local.joined_host_id("vg"), None);
+        assert_eq!(local.other_hosts("vg").ok(), Some(vec![]));
+    }
 
     #[test]
     fn held_lease_is_seen_and_refused_until_released() -> Result<(), LeaseError> {

@@ -1,5 +1,6 @@
-//! Domains shared by several hosts: the domain lock and the volume leases as sanlock paxos
-//! leases, and this host's membership (host id) in the domain's lockspace.
+//! The sanlock lock manager ([`Sanlock`]), for domains shared by several hosts: the domain lock
+//! and the volume leases as sanlock paxos leases, and this host's membership (host id) in the
+//! domain's lockspace.
 //!
 //! Layout (format version 1): the lockspace (one delta lease per host id) at offset 0 of the
 //! `ids` LV, named after the VG; the domain lock `lvchain_domain` at 1 MiB of the `leases` LV;
@@ -9,12 +10,16 @@
 //! ([`SectorSize::of_device`]: 512, or 4096 on 4Kn storage), read whenever an area is named: the
 //! offsets above hold for both, and a 4K domain has host ids 1..=250 (2000 on 512-byte sectors).
 
-use super::sanlock::{
-    self, AcquireOptions, LeaveMode, Lockspace, Registration, Resource, SanlockError, SectorSize,
+use super::local::Local;
+use super::{
+    lease_offset, Both, DomainGuard, Holder, Joined, LeaseError, LeaseGuard, LockError, LockKind,
+    LockManager, SanlockAction,
 };
-use super::{lease_offset, Holder, LeaseError, LeaseGuard, LeaseManager};
-use crate::lock::{DomainGuard, LocalLock, LockError, LockManager};
+use crate::domain::{IDS_LV, LEASES_LV};
 use crate::units::MIB;
+use sanlock::{
+    AcquireOptions, LeaveMode, Lockspace, Registration, Resource, SanlockError, SectorSize,
+};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -30,7 +35,7 @@ fn dev(vg: &str, lv: &str) -> PathBuf {
 
 /// `vg`'s lockspace as `host_id`, in the sectors of its `ids` LV (which must be active).
 pub fn lockspace(vg: &str, host_id: u64) -> Result<Lockspace, SanlockError> {
-    let path = dev(vg, crate::domain::IDS_LV);
+    let path = dev(vg, IDS_LV);
     Ok(Lockspace {
         name: vg.to_string(),
         host_id,
@@ -41,7 +46,7 @@ pub fn lockspace(vg: &str, host_id: u64) -> Result<Lockspace, SanlockError> {
 }
 
 fn leases_resource(vg: &str, name: String, offset: u64) -> Result<Resource, SanlockError> {
-    let path = dev(vg, crate::domain::LEASES_LV);
+    let path = dev(vg, LEASES_LV);
     Ok(Resource {
         lockspace: vg.to_string(),
         name,
@@ -59,12 +64,6 @@ pub fn domain_resource(vg: &str) -> Result<Resource, SanlockError> {
 /// The lease of the volume in `slot`, in the sectors of the `leases` LV (which must be active).
 pub fn volume_resource(vg: &str, volume: &Uuid, slot: u32) -> Result<Resource, SanlockError> {
     leases_resource(vg, volume.to_string(), lease_offset(slot))
-}
-
-/// The sectors of `vg`'s lockspace (its `ids` LV must be active), which set its highest host
-/// id ([`SectorSize::max_hosts`]).
-pub fn lockspace_sectors(vg: &str) -> Result<SectorSize, SanlockError> {
-    Ok(lockspace(vg, 0)?.sector_size)
 }
 
 fn host_id_file(vg: &str) -> PathBuf {
@@ -89,12 +88,10 @@ fn lease_error(vg: &str, volume: &Uuid, e: SanlockError) -> LeaseError {
     }
     match e {
         SanlockError::LockspaceNotJoined { .. } => LeaseError::NoLockspace { vg: vg.to_string() },
-        e @ SanlockError::DaemonUnavailable { .. } => LeaseError::NoDaemon {
-            detail: e.to_string(),
-        },
-        other => LeaseError::Io {
-            what: format!("sanlock lease of {volume}"),
-            reason: other.to_string(),
+        source @ SanlockError::DaemonUnavailable { .. } => LeaseError::NoDaemon { source },
+        source => LeaseError::Sanlock {
+            volume: *volume,
+            source,
         },
     }
 }
@@ -105,37 +102,48 @@ pub fn format_domain(vg: &str) -> Result<(), SanlockError> {
     sanlock::format_resource(&domain_resource(vg)?)
 }
 
+fn failed(vg: &str, action: SanlockAction) -> impl FnOnce(SanlockError) -> LockError + '_ {
+    move |source| LockError::Sanlock {
+        vg: vg.to_string(),
+        action,
+        source,
+    }
+}
+
 /// Joins `vg`'s lockspace as `host_id` (the special LVs must be active); records the id. A host
 /// id the lockspace's sectors have no room for is refused before anything is done.
-pub fn join(vg: &str, host_id: u64) -> Result<bool, SanlockError> {
-    let ls = lockspace(vg, host_id)?;
-    ls.check_host_id(host_id)?;
-    // One host id per host and lockspace: say so plainly (sanlock's answer is EINVAL).
-    if let Some(id) = joined_host_id(vg).filter(|&id| id != host_id) {
-        return Err(SanlockError::Sanlock {
-            op: sanlock::Op::AddLockspace,
-            rv: -libc::EEXIST,
-            detail: format!(
-                "this host has joined {vg} as host {id}; run `lvchain host leave {vg}` before \
-                 joining as host {host_id}"
-            ),
+pub fn join(vg: &str, host_id: u64) -> Result<Joined, LockError> {
+    let ls = lockspace(vg, host_id).map_err(failed(vg, SanlockAction::ReadLockspace))?;
+    // The lockspace's sectors set its host ids: 1..=2000 on 512-byte sectors, 1..=250 on 4K.
+    if ls.check_host_id(host_id).is_err() {
+        return Err(LockError::HostIdOutOfRange {
+            vg: vg.to_string(),
+            host_id,
+            sectors: ls.sector_size,
         });
     }
-    let joined = match sanlock::join_lockspace(&ls, IO_TIMEOUT) {
+    // One host id per host and lockspace: say so plainly (sanlock's answer is EINVAL).
+    if let Some(joined) = joined_host_id(vg).filter(|&id| id != host_id) {
+        return Err(LockError::JoinedAs {
+            vg: vg.to_string(),
+            joined,
+            host_id,
+        });
+    }
+    let new = match sanlock::join_lockspace(&ls, IO_TIMEOUT) {
         Ok(()) => true,
         Err(SanlockError::LockspaceAlreadyJoined { .. }) => false,
-        Err(e) => return Err(e),
+        Err(e) => return Err(failed(vg, SanlockAction::Join)(e)),
     };
     let file = host_id_file(vg);
     if let Some(dir) = file.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    std::fs::write(&file, format!("{host_id}\n")).map_err(|e| SanlockError::Sanlock {
-        op: sanlock::Op::AddLockspace,
-        rv: 0,
-        detail: format!("cannot record the host id in {}: {e}", file.display()),
+    std::fs::write(&file, format!("{host_id}\n")).map_err(|source| LockError::HostIdFile {
+        path: file.display().to_string(),
+        source,
     })?;
-    Ok(joined)
+    Ok(Joined { host_id, new })
 }
 
 /// Hosts other than this one that this host's daemon sees in `vg`'s lockspace and that are
@@ -175,19 +183,88 @@ impl Drop for SanlockGuard {
     }
 }
 
-/// Volume leases as sanlock paxos leases.
+/// The sanlock lock manager: the domain lock is this host's local lock, then the sanlock domain
+/// lease; volume leases are sanlock paxos leases.
 #[derive(Debug, Clone, Default)]
-pub struct SanlockLeases;
+pub struct Sanlock {
+    pub local: Local,
+}
 
-impl LeaseManager for SanlockLeases {
+impl LockManager for Sanlock {
+    fn kind(&self) -> LockKind {
+        LockKind::Sanlock
+    }
+
+    fn check_vg_name(&self, vg: &str) -> Result<(), LockError> {
+        if vg.len() > sanlock::NAME_LEN {
+            return Err(LockError::NameTooLong {
+                vg: vg.to_string(),
+                max: sanlock::NAME_LEN,
+            });
+        }
+        Ok(())
+    }
+
+    fn lvs(&self) -> &'static [&'static str] {
+        &[LEASES_LV, IDS_LV]
+    }
+
+    fn format(&self, vg: &str) -> Result<(), LockError> {
+        format_domain(vg).map_err(failed(vg, SanlockAction::Format))
+    }
+
+    fn lock_domain(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError> {
+        let local = self.local.lock.lock_domain(vg)?;
+        let lease = self.lock_across_hosts(vg)?;
+        Ok(Box::new(Both { lease, local }))
+    }
+
+    /// The sanlock domain lease, waiting up to the local lock's timeout while another host
+    /// holds it; passed into children like the local lock.
+    fn lock_across_hosts(&self, vg: &str) -> Result<Option<Box<dyn DomainGuard>>, LockError> {
+        if joined_host_id(vg).is_none() {
+            return Err(LockError::NotJoined { vg: vg.to_string() });
+        }
+        let start = Instant::now();
+        let error = |source: SanlockError| match source {
+            SanlockError::LockspaceNotJoined { .. } => LockError::NotJoined { vg: vg.to_string() },
+            source => failed(vg, SanlockAction::TakeDomainLock)(source),
+        };
+        let res = domain_resource(vg).map_err(error)?;
+        loop {
+            let mut reg = Registration::register().map_err(error)?;
+            match reg.acquire(
+                &res,
+                AcquireOptions {
+                    no_wait: true,
+                    shared: false,
+                },
+            ) {
+                Ok(()) => {
+                    reg.inherit_into_children().map_err(error)?;
+                    return Ok(Some(Box::new(SanlockGuard { reg, res })));
+                }
+                Err(e) if e.is_held() && start.elapsed() < self.local.lock.timeout => {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) if e.is_held() => {
+                    return Err(LockError::Busy {
+                        vg: vg.to_string(),
+                        waited: start.elapsed(),
+                    })
+                }
+                Err(e) => return Err(error(e)),
+            }
+        }
+    }
+
     fn acquire(
         &self,
         vg: &str,
         volume: &Uuid,
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
-        let res = volume_resource(vg, volume, slot).map_err(|e| lease_error(vg, volume, e))?;
-        acquire_mode(vg, volume, res, false)
+        acquire_mode(vg, volume, slot, false)
     }
 
     fn acquire_shared(
@@ -196,8 +273,7 @@ impl LeaseManager for SanlockLeases {
         volume: &Uuid,
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
-        let res = volume_resource(vg, volume, slot).map_err(|e| lease_error(vg, volume, e))?;
-        acquire_mode(vg, volume, res, true)
+        acquire_mode(vg, volume, slot, true)
     }
 
     fn holder(&self, vg: &str, volume: &Uuid, slot: u32) -> Result<Option<Holder>, LeaseError> {
@@ -231,14 +307,40 @@ impl LeaseManager for SanlockLeases {
             .and_then(|res| sanlock::format_resource(&res))
             .map_err(|e| lease_error(vg, volume, e))
     }
+
+    fn has_hosts(&self) -> bool {
+        true
+    }
+
+    fn join(&self, vg: &str, host_id: u64) -> Result<Joined, LockError> {
+        self.check_vg_name(vg)?;
+        join(vg, host_id)
+    }
+
+    fn leave(&self, vg: &str) -> Result<u64, LockError> {
+        leave(vg).map_err(failed(vg, SanlockAction::Leave))
+    }
+
+    fn joined_host_id(&self, vg: &str) -> Option<u64> {
+        joined_host_id(vg)
+    }
+
+    fn other_hosts(&self, vg: &str) -> Result<Vec<u64>, LockError> {
+        other_joined_hosts(vg).map_err(failed(vg, SanlockAction::ListHosts))
+    }
 }
 
+/// Takes a volume's lease for this process (the host must have joined the lockspace).
 fn acquire_mode(
     vg: &str,
     volume: &Uuid,
-    res: Resource,
+    slot: u32,
     shared: bool,
 ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
+    if joined_host_id(vg).is_none() {
+        return Err(LeaseError::NoLockspace { vg: vg.to_string() });
+    }
+    let res = volume_resource(vg, volume, slot).map_err(|e| lease_error(vg, volume, e))?;
     let mut reg = Registration::register().map_err(|e| lease_error(vg, volume, e))?;
     let opts = AcquireOptions {
         no_wait: true,
@@ -262,58 +364,5 @@ fn disk_owner(st: &sanlock::DiskOwnerStatus) -> Option<u64> {
         Free { .. } => None,
         HeldLive { owner_id, .. } | HeldUnrenewed { owner_id, .. } => Some(*owner_id),
         HeldStale { .. } => None,
-    }
-}
-
-/// The domain lock across hosts: this host's local lock, then the sanlock domain lease.
-#[derive(Debug, Clone, Default)]
-pub struct SanlockLock {
-    pub local: LocalLock,
-}
-
-struct BothGuards {
-    _sanlock: SanlockGuard,
-    _local: Box<dyn DomainGuard>,
-}
-impl DomainGuard for BothGuards {}
-
-impl LockManager for SanlockLock {
-    fn lock_domain(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError> {
-        let local = self.local.lock_domain(vg)?;
-        let start = Instant::now();
-        let failed = |detail: String| LockError::Cluster {
-            vg: vg.to_string(),
-            detail,
-        };
-        let res = domain_resource(vg).map_err(|e| failed(e.to_string()))?;
-        loop {
-            let mut reg = Registration::register().map_err(|e| failed(e.to_string()))?;
-            match reg.acquire(
-                &res,
-                AcquireOptions {
-                    no_wait: true,
-                    shared: false,
-                },
-            ) {
-                Ok(()) => {
-                    reg.inherit_into_children()
-                        .map_err(|e| failed(e.to_string()))?;
-                    return Ok(Box::new(BothGuards {
-                        _sanlock: SanlockGuard { reg, res },
-                        _local: local,
-                    }));
-                }
-                Err(e) if e.is_held() && start.elapsed() < self.local.timeout => {
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) if e.is_held() => {
-                    return Err(LockError::Busy {
-                        vg: vg.to_string(),
-                        waited: start.elapsed(),
-                    })
-                }
-                Err(e) => return Err(failed(e.to_string())),
-            }
-        }
     }
 }

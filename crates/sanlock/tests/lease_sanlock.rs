@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use lvchain::lease::sanlock::{
+use sanlock::{
     self as lease, ondisk, AcquireOptions, DiskOwnerStatus, LeaveMode, Lockspace, OwnerStatus,
     Registration, Resource, SanlockError, SectorSize, ALIGN,
 };

@@ -546,14 +546,14 @@ mod tests {
             name: "vol-1".into(),
             path: "/dev/loop0".into(),
             offset: 1 << 20,
-            sector_size: super::super::SectorSize::B512,
+            sector_size: crate::SectorSize::B512,
         };
         let c = c_resource(&r).expect("valid resource");
         assert_eq!(c.num_disks, 1);
         assert_eq!(c.disk.offset, 1 << 20);
         assert_eq!(c.flags, ffi::SANLK_RES_ALIGN1M | ffi::SANLK_RES_SECTOR512);
         let r4k = Resource {
-            sector_size: super::super::SectorSize::B4K,
+            sector_size: crate::SectorSize::B4K,
             ..r.clone()
         };
         let c4k = c_resource(&r4k).expect("valid resource");
@@ -563,7 +563,7 @@ mod tests {
             host_id: 250,
             path: "/dev/loop0".into(),
             offset: 0,
-            sector_size: super::super::SectorSize::B4K,
+            sector_size: crate::SectorSize::B4K,
         };
         let cl = c_lockspace(&ls, false).expect("valid lockspace");
         assert_eq!(cl.flags, ffi::SANLK_LSF_ALIGN1M | ffi::SANLK_LSF_SECTOR4K);
