@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 /// The chain of `image`, base first; an error names what is wrong with it.
-pub fn walk(catalog: &Catalog, image: &Uuid) -> Result<Vec<Volume>> {
+pub(crate) fn walk(catalog: &Catalog, image: &Uuid) -> Result<Vec<Volume>> {
     let members: HashMap<Uuid, &Volume> = catalog
         .volumes
         .values()

@@ -63,7 +63,7 @@ pub struct Report {
     pub seconds: f64,
 }
 
-pub fn check(domain: &Domain) -> Result<Report> {
+pub(crate) fn check(domain: &Domain) -> Result<Report> {
     let start = Instant::now();
     let cat = Catalog::load(domain)?;
     let snap = &cat.snap;

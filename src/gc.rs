@@ -65,7 +65,7 @@ fn describe(lv: &LvEntry) -> Orphan {
 
 /// Collects every orphan of the domain. `progress` is called after each orphan (done, total),
 /// `wipe_progress` during the wipe of a removed volume's data.
-pub fn collect(
+pub(crate) fn collect(
     domain: &Domain,
     dry_run: bool,
     progress: &mut dyn FnMut(usize, usize),

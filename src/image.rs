@@ -13,7 +13,7 @@ use uuid::Uuid;
 /// Activates the chain of `image` and links every member; returns the chain, base first.
 /// A chain with an illegal member (partial data from an operation that failed, or one still
 /// running) is refused unless `allow_illegal` (recovery work).
-pub fn prepare(domain: &Domain, image: &Uuid, allow_illegal: bool) -> Result<Vec<Volume>> {
+pub(crate) fn prepare(domain: &Domain, image: &Uuid, allow_illegal: bool) -> Result<Vec<Volume>> {
     let cat = Catalog::load(domain)?;
     let chain = crate::chain::walk(&cat, image)?;
     if let Some(v) = chain.iter().find(|v| v.legality != Legality::Legal) {
@@ -44,7 +44,7 @@ pub fn prepare(domain: &Domain, image: &Uuid, allow_illegal: bool) -> Result<Vec
 }
 
 /// Removes the links of `image` and deactivates its volumes.
-pub fn teardown(domain: &Domain, image: &Uuid) -> Result<()> {
+pub(crate) fn teardown(domain: &Domain, image: &Uuid) -> Result<()> {
     let cat = Catalog::load(domain)?;
     let members = crate::volume::idle_members(&cat.snap, &domain.vg, image)?;
     links::remove_image(&domain.vg, image).map_err(Error::io("removing the links"))?;

@@ -70,7 +70,7 @@ pub enum Work {
 }
 
 /// Runs `work` on volume `id` under the protocol; returns the volume as it ends.
-pub fn run(domain: &Domain, id: &Uuid, generation: u64, work: &Work) -> Result<Volume> {
+pub(crate) fn run(domain: &Domain, id: &Uuid, generation: u64, work: &Work) -> Result<Volume> {
     check_generation(generation)?;
     let next = advance(generation, 1)?;
     if let Work::Update {
@@ -406,7 +406,7 @@ pub struct Status {
 }
 
 /// Reads the status from shared storage only: the volume's lease and its metadata slot.
-pub fn status(domain: &Domain, id: &Uuid, generation: u64) -> Result<Status> {
+pub(crate) fn status(domain: &Domain, id: &Uuid, generation: u64) -> Result<Status> {
     let cat = Catalog::load(domain)?;
     let vol = cat.get(&domain.vg, id)?.clone();
     let store = domain.slots(&cat.snap)?;
@@ -528,7 +528,7 @@ fn past(generation: u64, current: u64, fence: FenceRecord) -> Past {
 /// Moves the generation from N to N+3 under the lease, so a late runner refuses to write.
 /// The fence is recorded in the metadata (the generation it fenced), so that status tells it
 /// from three successful operations.
-pub fn fence(domain: &Domain, id: &Uuid, generation: u64) -> Result<Volume> {
+pub(crate) fn fence(domain: &Domain, id: &Uuid, generation: u64) -> Result<Volume> {
     check_generation(generation)?;
     let fenced = advance(generation, FENCE_STEP)?;
     let Started {

@@ -13,12 +13,12 @@
 #![allow(clippy::unwrap_used)]
 
 use lvchain::check::ProblemKind;
-use lvchain::domain::{self, Domain, FormatRequest};
+use lvchain::domain::{Domain, FormatRequest};
 use lvchain::lvm::sim::{Fault, SimCrash, SimLvm};
 use lvchain::metadata::{Format, Legality};
-use lvchain::operation::{self, Source, State, Work};
+use lvchain::operation::{Source, State};
 use lvchain::units::Bytes;
-use lvchain::volume::{self, Catalog, CreateRequest};
+use lvchain::volume::{CreateRequest, Volume};
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -66,15 +66,12 @@ impl Host {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let vg = format!("sim{}x{n}", std::process::id());
         let d = Domain::new_local_in(&vg, sim.clone(), &dir.path().join("lock")).unwrap();
-        domain::format(
-            &d,
-            &FormatRequest {
-                pvs: vec![pv],
-                max_volumes: 32,
-                lock_manager: lvchain::lock::LockKind::Local,
-                wipe: lvchain::tags::Wipe::Zero,
-            },
-        )
+        d.format(&FormatRequest {
+            pvs: vec![pv],
+            max_volumes: 32,
+            lock_manager: lvchain::lock::LockKind::Local,
+            wipe: lvchain::tags::Wipe::Zero,
+        })
         .unwrap();
         let source = dir.path().join("source.raw");
         std::fs::write(&source, [0xc5u8; 4096]).unwrap();
@@ -92,18 +89,15 @@ impl Host {
 
     fn try_base(&self, size: u64) -> lvchain::error::Result<(Uuid, Uuid)> {
         let image = Uuid::new_v4();
-        let v = volume::create(
-            &self.d,
-            &CreateRequest {
-                image: Some(image),
-                size: Some(Bytes(size)),
-                format: Some(Format::Raw),
-                parent: None,
-                id: None,
-                description: String::new(),
-                wipe: None,
-            },
-        )?;
+        let v = self.d.create_volume(&CreateRequest {
+            image: Some(image),
+            size: Some(Bytes(size)),
+            format: Some(Format::Raw),
+            parent: None,
+            id: None,
+            description: String::new(),
+            wipe: None,
+        })?;
         // Known data, planted outside the step count.
         self.sim
             .poke(&self.d.vg, &v.id.to_string(), 0, &pattern(&v.id))
@@ -112,9 +106,8 @@ impl Host {
     }
 
     fn snapshot(&self, parent: Uuid) -> lvchain::error::Result<Uuid> {
-        volume::create(
-            &self.d,
-            &CreateRequest {
+        self.d
+            .create_volume(&CreateRequest {
                 image: None,
                 size: None,
                 format: None,
@@ -122,18 +115,26 @@ impl Host {
                 id: None,
                 description: String::new(),
                 wipe: None,
-            },
-        )
-        .map(|v| v.id)
+            })
+            .map(|v| v.id)
     }
 
-    fn catalog(&self) -> BTreeMap<Uuid, volume::Volume> {
-        let cat = Catalog::load(&self.d).unwrap();
+    /// Copies the source file into `id` under the protocol, started at `generation`.
+    fn copy_in(&self, id: &Uuid, generation: u64) -> lvchain::error::Result<Volume> {
+        let from = Source::File {
+            path: self.source.clone(),
+            format: Format::Raw,
+        };
+        self.d.copy(id, generation, from, false)
+    }
+
+    fn catalog(&self) -> BTreeMap<Uuid, Volume> {
+        let cat = self.d.catalog().unwrap();
         cat.volumes.into_iter().collect()
     }
 
     fn gc(&self) -> lvchain::error::Result<lvchain::gc::Report> {
-        lvchain::gc::collect(&self.d, false, &mut |_, _| {}, &mut |_, _, _| {})
+        self.d.gc(false, &mut |_, _| {}, &mut |_, _, _| {})
     }
 
     fn data(&self, id: &Uuid) -> Option<Vec<u8>> {
@@ -159,14 +160,14 @@ struct Allowed {
 
 /// The invariants after a fault and gc (see the module doc). `before`: the committed volumes
 /// before the operation, with their data where they had some planted.
-fn verify(h: &Host, before: &BTreeMap<Uuid, volume::Volume>, allowed: &Allowed, case: &str) {
+fn verify(h: &Host, before: &BTreeMap<Uuid, Volume>, allowed: &Allowed, case: &str) {
     let snap = h.d.scan().unwrap();
     let markers: Vec<String> = snap.orphans().map(|l| l.name.clone()).collect();
     assert!(
         markers.is_empty(),
         "{case}: markers left after gc: {markers:?}"
     );
-    let report = lvchain::check::check(&h.d).unwrap();
+    let report = h.d.check().unwrap();
     for p in &report.problems {
         let ok = p.kind == ProblemKind::Illegal
             && allowed.illegal.map(|i| i.to_string()) == Some(p.subject.clone());
@@ -202,8 +203,10 @@ fn verify(h: &Host, before: &BTreeMap<Uuid, volume::Volume>, allowed: &Allowed, 
     );
     // The domain is still usable: a new image can be made and removed.
     let (image, _) = h.base(4 * MIB);
-    volume::remove_image(&h.d, &image, &mut |_, _, _| {}).unwrap();
-    assert!(lvchain::check::check(&h.d)
+    h.d.remove_image(&image, &mut |_, _, _| {}).unwrap();
+    assert!(h
+        .d
+        .check()
         .unwrap()
         .problems
         .iter()
@@ -250,7 +253,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "remove leaf",
             setup: chain3,
-            op: |h, ids| volume::remove(&h.d, &ids[3], &mut |_, _, _| {}),
+            op: |h, ids| h.d.remove_volume(&ids[3], &mut |_, _, _| {}),
             allowed: |ids| Allowed {
                 vanish: vec![ids[3]],
                 ..Allowed::default()
@@ -259,7 +262,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "remove image",
             setup: chain3,
-            op: |h, ids| volume::remove_image(&h.d, &ids[0], &mut |_, _, _| {}).map(drop),
+            op: |h, ids| h.d.remove_image(&ids[0], &mut |_, _, _| {}).map(drop),
             allowed: |ids| Allowed {
                 vanish: ids[1..4].to_vec(),
                 ..Allowed::default()
@@ -268,13 +271,13 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "extend raw",
             setup: |h| vec![h.base(4 * MIB).1],
-            op: |h, ids| volume::extend(&h.d, &ids[0], Bytes(12 * MIB)).map(drop),
+            op: |h, ids| h.d.extend_volume(&ids[0], Bytes(12 * MIB), None).map(drop),
             allowed: |_| Allowed::default(),
         },
         Scenario {
             name: "extend qcow2",
             setup: chain3,
-            op: |h, ids| volume::extend(&h.d, &ids[3], Bytes(16 * MIB)).map(drop),
+            op: |h, ids| h.d.extend_volume(&ids[3], Bytes(16 * MIB), None).map(drop),
             allowed: |_| Allowed::default(),
         },
         Scenario {
@@ -283,17 +286,7 @@ fn scenarios() -> Vec<Scenario> {
                 let (_, base) = h.base(4 * MIB);
                 vec![base]
             },
-            op: |h, ids| {
-                let from = Source::File {
-                    path: h.source.clone(),
-                    format: Format::Raw,
-                };
-                let work = Work::Copy {
-                    from,
-                    progress: false,
-                };
-                operation::run(&h.d, &ids[0], 0, &work).map(drop)
-            },
+            op: |h, ids| h.copy_in(&ids[0], 0).map(drop),
             allowed: |ids| Allowed {
                 illegal: Some(ids[0]),
                 data: Some(ids[0]),
@@ -315,7 +308,7 @@ fn survive<T>(f: impl FnOnce() -> T) -> Result<T, usize> {
 }
 
 /// Sets a scenario up; returns the host, the ids, the committed volumes, the step count.
-fn prepared(s: &Scenario) -> (Host, Vec<Uuid>, BTreeMap<Uuid, volume::Volume>, usize) {
+fn prepared(s: &Scenario) -> (Host, Vec<Uuid>, BTreeMap<Uuid, Volume>, usize) {
     let h = Host::new();
     let ids = (s.setup)(&h);
     let before = h.catalog();
@@ -344,7 +337,7 @@ fn settle(h: &Host, s: &Scenario, ids: &[Uuid]) {
     }
     let v = &h.catalog()[&ids[0]];
     if v.legality == Legality::Illegal {
-        let st = operation::status(&h.d, &ids[0], v.generation).unwrap();
+        let st = h.d.status(&ids[0], v.generation).unwrap();
         assert_eq!(st.state, State::Failed, "{st:?}");
         (s.op)(h, ids).unwrap();
     }
@@ -456,12 +449,12 @@ struct Expect {
 
 /// The leaves of every image (chain order), from the committed state.
 fn leaves(h: &Host) -> Vec<(Uuid, Uuid, usize)> {
-    let cat = Catalog::load(&h.d).unwrap();
+    let cat = h.d.catalog().unwrap();
     cat.snap
         .images()
         .into_iter()
         .filter_map(|img| {
-            let chain = lvchain::chain::walk(&cat, &img).ok()?;
+            let chain = cat.chain(&img).ok()?;
             chain.last().map(|v| (img, v.id, chain.len()))
         })
         .collect()
@@ -482,10 +475,7 @@ struct Plan {
 /// caller's.
 /// The domain as a random operation starts from: image leaves and committed volumes, read
 /// before the fault is armed.
-type Now<'a> = (
-    &'a [(Uuid, Uuid, usize)],
-    &'a BTreeMap<Uuid, volume::Volume>,
-);
+type Now<'a> = (&'a [(Uuid, Uuid, usize)], &'a BTreeMap<Uuid, Volume>);
 
 fn random_op(h: &Host, rng: &mut Rng, fill: u8, plan: &mut Plan, (leaves, cat): Now<'_>) {
     let nowipe = &mut |_: &str, _: u64, _: u64| {};
@@ -503,7 +493,7 @@ fn random_op(h: &Host, rng: &mut Rng, fill: u8, plan: &mut Plan, (leaves, cat): 
         3 => {
             if let Some((_, leaf, _)) = rng.pick(leaves) {
                 plan.targets = vec![leaf];
-                let _ = volume::remove(&h.d, &leaf, nowipe);
+                let _ = h.d.remove_volume(&leaf, nowipe);
             }
         }
         4 => {
@@ -513,13 +503,13 @@ fn random_op(h: &Host, rng: &mut Rng, fill: u8, plan: &mut Plan, (leaves, cat): 
                     .filter(|v| v.image == image)
                     .map(|v| v.id)
                     .collect();
-                let _ = volume::remove_image(&h.d, &image, nowipe);
+                let _ = h.d.remove_image(&image, nowipe);
             }
         }
         5 => {
             if let Some((_, leaf, _)) = rng.pick(leaves) {
                 let cap = cat[&leaf].capacity;
-                let _ = volume::extend(&h.d, &leaf, Bytes(cap + 4 * MIB));
+                let _ = h.d.extend_volume(&leaf, Bytes(cap + 4 * MIB), None);
             }
         }
         _ => {
@@ -527,15 +517,7 @@ fn random_op(h: &Host, rng: &mut Rng, fill: u8, plan: &mut Plan, (leaves, cat): 
             if let Some((_, base, _)) = rng.pick(&raw) {
                 plan.copied = Some(base);
                 std::fs::write(&h.source, vec![fill; 512]).unwrap();
-                let g = cat[&base].generation;
-                let work = Work::Copy {
-                    from: Source::File {
-                        path: h.source.clone(),
-                        format: Format::Raw,
-                    },
-                    progress: false,
-                };
-                let _ = operation::run(&h.d, &base, g, &work);
+                let _ = h.copy_in(&base, cat[&base].generation);
             }
         }
     }
@@ -578,16 +560,9 @@ fn sequence(seed: u64, ops: usize) -> usize {
         // A copy that failed leaves its volume illegal: run it again at its generation.
         let cat = h.catalog();
         for v in cat.values().filter(|v| v.legality == Legality::Illegal) {
-            let st = operation::status(&h.d, &v.id, v.generation).unwrap();
+            let st = h.d.status(&v.id, v.generation).unwrap();
             assert_eq!(st.state, State::Failed, "{case}: {st:?}");
-            let work = Work::Copy {
-                from: Source::File {
-                    path: h.source.clone(),
-                    format: Format::Raw,
-                },
-                progress: false,
-            };
-            operation::run(&h.d, &v.id, v.generation, &work)
+            h.copy_in(&v.id, v.generation)
                 .unwrap_or_else(|e| panic!("{case}: copy again: {e}"));
         }
         let cat = h.catalog();
@@ -629,7 +604,7 @@ fn sequence(seed: u64, ops: usize) -> usize {
                 },
             );
         }
-        let report = lvchain::check::check(&h.d).unwrap();
+        let report = h.d.check().unwrap();
         assert!(report.clean, "{case}: {:?}", report.problems);
     }
     fired
@@ -691,9 +666,7 @@ fn sim_a_collector_running_beside_writers_never_takes_a_committed_volume() {
             let gc_domain = Domain::new_local_in(&vg, sim, &locks).unwrap();
             let mut runs = 0;
             while !stop.load(Ordering::SeqCst) {
-                let r = survive(|| {
-                    lvchain::gc::collect(&gc_domain, false, &mut |_, _| {}, &mut |_, _, _| {})
-                });
+                let r = survive(|| gc_domain.gc(false, &mut |_, _| {}, &mut |_, _, _| {}));
                 if let Ok(Ok(report)) = r {
                     assert!(
                         report.orphans.iter().all(|o| o.error.is_none()),
@@ -707,12 +680,12 @@ fn sim_a_collector_running_beside_writers_never_takes_a_committed_volume() {
         let mut committed = Vec::new();
         let mut rng = Rng(base_seed() | 1);
         for n in 0..120 {
-            let leaf = survive(|| Catalog::load(&h.d))
+            let leaf = survive(|| h.d.catalog())
                 .ok()
                 .and_then(Result::ok)
                 .and_then(|cat| {
                     let img = cat.snap.images().into_iter().next()?;
-                    lvchain::chain::walk(&cat, &img).ok()?.last().map(|v| v.id)
+                    cat.chain(&img).ok()?.last().map(|v| v.id)
                 });
             if rng.below(4) == 0 {
                 let fault = [Fault::Crash, Fault::Fail][rng.below(2)];
@@ -737,6 +710,6 @@ fn sim_a_collector_running_beside_writers_never_takes_a_committed_volume() {
     for id in &committed {
         assert!(cat.contains_key(id), "committed volume {id} lost");
     }
-    let report = lvchain::check::check(&h.d).unwrap();
+    let report = h.d.check().unwrap();
     assert!(report.clean, "{:?}", report.problems);
 }

@@ -5,15 +5,15 @@
 
 mod output;
 
-use crate::domain::{self, Domain, FormatRequest};
+use crate::domain::{Domain, FormatRequest};
 use crate::error::{Error, Result};
 use crate::lock::LockKind;
 use crate::lvm::{Lvm, LvmConfig};
 use crate::metadata::{Format, Legality};
-use crate::operation::{self, Source, Work};
+use crate::operation::{self, Source};
 use crate::tags::Wipe;
 use crate::units::{parse_size, Bytes};
-use crate::volume::{self, Catalog, CreateRequest};
+use crate::volume::CreateRequest;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use uuid::Uuid;
@@ -332,28 +332,21 @@ pub fn run(cli: &Cli) -> Result<()> {
                 lock_manager,
                 wipe,
             } => {
-                let d = domain(vg)?;
-                let info = domain::format(
-                    &d,
-                    &FormatRequest {
-                        pvs: pvs.clone(),
-                        max_volumes: *max_volumes,
-                        lock_manager: *lock_manager,
-                        wipe: *wipe,
-                    },
-                )?;
+                let info = domain(vg)?.format(&FormatRequest {
+                    pvs: pvs.clone(),
+                    max_volumes: *max_volumes,
+                    lock_manager: *lock_manager,
+                    wipe: *wipe,
+                })?;
                 out.domain_created(&info)
             }
             DomainCmd::Set { vg, wipe } => {
                 let before = domain(vg)?.set_wipe(*wipe)?;
                 out.message(&format!("domain {vg}: wipe {before} -> {wipe}"))
             }
-            DomainCmd::Info { vg } => {
-                let cat = Catalog::load(&domain(vg)?)?;
-                out.domain_info(&cat)
-            }
+            DomainCmd::Info { vg } => out.domain_info(&domain(vg)?.catalog()?),
             DomainCmd::Check { vg } => {
-                let report = crate::check::check(&domain(vg)?)?;
+                let report = domain(vg)?.check()?;
                 out.check(&report)?;
                 if report.clean {
                     Ok(())
@@ -380,30 +373,21 @@ pub fn run(cli: &Cli) -> Result<()> {
                 description,
                 wipe,
             } => {
-                let v = volume::create(
-                    &domain(vg)?,
-                    &CreateRequest {
-                        image: *image,
-                        size: *size,
-                        format: *format,
-                        parent: *parent,
-                        id: *id,
-                        description: description.clone(),
-                        wipe: *wipe,
-                    },
-                )?;
+                let v = domain(vg)?.create_volume(&CreateRequest {
+                    image: *image,
+                    size: *size,
+                    format: *format,
+                    parent: *parent,
+                    id: *id,
+                    description: description.clone(),
+                    wipe: *wipe,
+                })?;
                 out.created(&v)
             }
-            VolumeCmd::List { vg, image } => {
-                let cat = Catalog::load(&domain(vg)?)?;
-                out.volumes(&cat.list(image.as_ref()))
-            }
-            VolumeCmd::Info { vg, volume } => {
-                let cat = Catalog::load(&domain(vg)?)?;
-                out.volume(cat.get(vg, volume)?)
-            }
+            VolumeCmd::List { vg, image } => out.volumes(&domain(vg)?.volumes(image.as_ref())?),
+            VolumeCmd::Info { vg, volume } => out.volume(&domain(vg)?.volume(volume)?),
             VolumeCmd::Remove { vg, volume } => {
-                volume::remove(&domain(vg)?, volume, &mut wipe_progress(tty(cli)))?;
+                domain(vg)?.remove_volume(volume, &mut wipe_progress(tty(cli)))?;
                 out.message(&format!("removed volume {volume}"))
             }
             VolumeCmd::Extend {
@@ -411,14 +395,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                 volume,
                 size,
                 generation,
-            } => {
-                let d = domain(vg)?;
-                let v = match generation {
-                    Some(g) => operation::run(&d, volume, *g, &Work::Extend { size: *size })?,
-                    None => volume::extend(&d, volume, *size)?,
-                };
-                out.volume(&v)
-            }
+            } => out.volume(&domain(vg)?.extend_volume(volume, *size, *generation)?),
             VolumeCmd::Copy {
                 vg,
                 volume,
@@ -434,12 +411,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                         format: *from_format,
                     },
                 };
-                let progress = !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-                let work = Work::Copy {
-                    from: source,
-                    progress,
-                };
-                let v = operation::run(&domain(vg)?, volume, *generation, &work)?;
+                let v = domain(vg)?.copy(volume, *generation, source, tty(cli))?;
                 out.volume(&v)
             }
             VolumeCmd::Update {
@@ -449,48 +421,42 @@ pub fn run(cli: &Cli) -> Result<()> {
                 description,
                 legality,
             } => {
-                let work = Work::Update {
-                    description: description.clone(),
-                    legality: *legality,
-                };
-                let v = operation::run(&domain(vg)?, volume, *generation, &work)?;
+                let d = domain(vg)?;
+                let v = d.update(volume, *generation, description.clone(), *legality)?;
                 out.volume(&v)
             }
             VolumeCmd::Status {
                 vg,
                 volume,
                 generation,
-            } => out.status(&operation::status(&domain(vg)?, volume, *generation)?),
+            } => out.status(&domain(vg)?.status(volume, *generation)?),
             VolumeCmd::Fence {
                 vg,
                 volume,
                 generation,
-            } => out.volume(&operation::fence(&domain(vg)?, volume, *generation)?),
+            } => out.volume(&domain(vg)?.fence(volume, *generation)?),
         },
         Command::Image(c) => match c {
-            ImageCmd::Chain { vg, image } => {
-                let cat = Catalog::load(&domain(vg)?)?;
-                out.volumes(&crate::chain::walk(&cat, image)?)
-            }
+            ImageCmd::Chain { vg, image } => out.volumes(&domain(vg)?.chain(image)?),
             ImageCmd::Prepare {
                 vg,
                 image,
                 allow_illegal,
             } => {
-                let chain = crate::image::prepare(&domain(vg)?, image, *allow_illegal)?;
+                let chain = domain(vg)?.prepare(image, *allow_illegal)?;
                 out.prepared(vg, image, &chain)
             }
             ImageCmd::Teardown { vg, image } => {
-                crate::image::teardown(&domain(vg)?, image)?;
+                domain(vg)?.teardown(image)?;
                 out.message(&format!("image {image} torn down"))
             }
             ImageCmd::Remove { vg, image } => {
-                let n = volume::remove_image(&domain(vg)?, image, &mut wipe_progress(tty(cli)))?;
+                let n = domain(vg)?.remove_image(image, &mut wipe_progress(tty(cli)))?;
                 out.message(&format!("removed image {image} ({n} volumes)"))
             }
         },
         Command::Gc { vg, dry_run } => {
-            let tty = !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let tty = tty(cli);
             let mut progress = |done: usize, total: usize| {
                 if tty {
                     eprint!("\rgc: {done}/{total} orphans");
@@ -499,12 +465,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                     }
                 }
             };
-            let report = crate::gc::collect(
-                &domain(vg)?,
-                *dry_run,
-                &mut progress,
-                &mut wipe_progress(tty),
-            )?;
+            let report = domain(vg)?.gc(*dry_run, &mut progress, &mut wipe_progress(tty))?;
             out.gc(&report)?;
             match report.orphans.iter().filter(|o| o.error.is_some()).count() {
                 0 => Ok(()),

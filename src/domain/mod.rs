@@ -6,10 +6,12 @@
 //! learned from the first scan (host join and leave go through it too). Never changes a volume:
 //! that is the volume layer's job.
 
+mod facade;
 pub mod format;
 mod scan;
 
-pub use format::{format, FormatRequest};
+pub(crate) use format::format;
+pub use format::FormatRequest;
 pub use scan::{info_from_tags, DomainInfo, LvEntry, Snapshot};
 
 use crate::error::{Error, Result};

@@ -143,7 +143,7 @@ fn plan(domain: &Domain, cat: &Catalog, req: &CreateRequest) -> Result<Plan> {
 }
 
 /// Creates a volume; returns it as committed.
-pub fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
+pub(crate) fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
     let _guard = domain.lock()?;
     let cat = Catalog::load_for_change(domain)?;
     let plan = plan(domain, &cat, req)?;

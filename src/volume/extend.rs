@@ -11,7 +11,7 @@ use crate::{crash, qemu};
 use uuid::Uuid;
 
 /// Grows volume `id` to `size` bytes of capacity (takes the domain lock and the volume lease).
-pub fn extend(domain: &Domain, id: &Uuid, size: Bytes) -> Result<Volume> {
+pub(crate) fn extend(domain: &Domain, id: &Uuid, size: Bytes) -> Result<Volume> {
     let _guard = domain.lock()?;
     let cat = Catalog::load_for_change(domain)?;
     let mut vol = cat.get(&domain.vg, id)?.clone();

@@ -9,10 +9,11 @@ mod extend;
 mod remove;
 pub(crate) mod undo;
 
-pub use create::{create, CreateRequest};
-pub use extend::extend;
+pub(crate) use create::create;
+pub use create::CreateRequest;
+pub(crate) use extend::extend;
 pub(crate) use extend::grow_storage;
-pub use remove::{remove, remove_image};
+pub(crate) use remove::{remove, remove_image};
 
 use crate::domain::{Domain, LvEntry, Snapshot};
 use crate::error::{Error, Result};
@@ -131,6 +132,11 @@ impl Catalog {
             }
         }
         Ok(Catalog { snap, volumes, bad })
+    }
+
+    /// The chain of `image`, base first (an error names a loop, a fork or a missing parent).
+    pub fn chain(&self, image: &Uuid) -> Result<Vec<Volume>> {
+        crate::chain::walk(self, image)
     }
 
     /// Whether `id` is its chain's leaf in the committed view (no member child).

@@ -21,7 +21,7 @@ const POINTS: undo::Points = undo::Points {
 };
 
 /// Removes the leaf volume `id`; `progress` follows the wipe of its data.
-pub fn remove(domain: &Domain, id: &Uuid, progress: &mut WipeProgress<'_>) -> Result<()> {
+pub(crate) fn remove(domain: &Domain, id: &Uuid, progress: &mut WipeProgress<'_>) -> Result<()> {
     let _guard = domain.lock()?;
     let cat = Catalog::load_for_change(domain)?;
     let vol = cat.get(&domain.vg, id)?;
@@ -80,7 +80,7 @@ pub fn remove(domain: &Domain, id: &Uuid, progress: &mut WipeProgress<'_>) -> Re
 
 /// Removes every volume of `image` (leaf first) and its link directory; `progress` follows the
 /// wipe of their data.
-pub fn remove_image(
+pub(crate) fn remove_image(
     domain: &Domain,
     image: &Uuid,
     progress: &mut WipeProgress<'_>,

@@ -1,0 +1,116 @@
+//! The engine's facade: every operation on a domain as a method of its handle. The CLI, the
+//! tests and any other client call these (they only translate requests and answers); the
+//! modules behind them (volume, image, chain, gc, check, operation) are the engine's insides.
+
+use super::{format, Domain, DomainInfo, FormatRequest};
+use crate::error::Result;
+use crate::metadata::Legality;
+use crate::operation::{self, Source, Status, Work};
+use crate::units::Bytes;
+use crate::volume::{self, undo::WipeProgress, Catalog, CreateRequest, Volume};
+use uuid::Uuid;
+
+impl Domain {
+    /// Formats the VG as a domain (creating it on the request's PVs, or adopting it).
+    pub fn format(&self, req: &FormatRequest) -> Result<DomainInfo> {
+        format(self, req)
+    }
+
+    /// Every committed volume with its metadata (one report, one read of the slots).
+    pub fn catalog(&self) -> Result<Catalog> {
+        Catalog::load(self)
+    }
+
+    /// Committed volumes, by image and chain order; only `image`'s when given.
+    pub fn volumes(&self, image: Option<&Uuid>) -> Result<Vec<Volume>> {
+        Ok(self.catalog()?.list(image))
+    }
+
+    /// One committed volume.
+    pub fn volume(&self, id: &Uuid) -> Result<Volume> {
+        Ok(self.catalog()?.get(&self.vg, id)?.clone())
+    }
+
+    /// The chain of `image`, base first.
+    pub fn chain(&self, image: &Uuid) -> Result<Vec<Volume>> {
+        crate::chain::walk(&self.catalog()?, image)
+    }
+
+    /// The read-only consistency report.
+    pub fn check(&self) -> Result<crate::check::Report> {
+        crate::check::check(self)
+    }
+
+    /// Collects orphans (or lists what it would do, with `dry_run`).
+    pub fn gc(
+        &self,
+        dry_run: bool,
+        progress: &mut dyn FnMut(usize, usize),
+        wipe_progress: &mut WipeProgress<'_>,
+    ) -> Result<crate::gc::Report> {
+        crate::gc::collect(self, dry_run, progress, wipe_progress)
+    }
+
+    /// Creates a base volume or a snapshot of a leaf.
+    pub fn create_volume(&self, req: &CreateRequest) -> Result<Volume> {
+        volume::create(self, req)
+    }
+
+    /// Removes a leaf volume (its data wiped first where the policy says so).
+    pub fn remove_volume(&self, id: &Uuid, progress: &mut WipeProgress<'_>) -> Result<()> {
+        volume::remove(self, id, progress)
+    }
+
+    /// Removes every volume of `image`; how many there were.
+    pub fn remove_image(&self, image: &Uuid, progress: &mut WipeProgress<'_>) -> Result<usize> {
+        volume::remove_image(self, image, progress)
+    }
+
+    /// Grows a volume to `size`; with a generation, under the lease/generation protocol.
+    pub fn extend_volume(&self, id: &Uuid, size: Bytes, generation: Option<u64>) -> Result<Volume> {
+        match generation {
+            Some(g) => operation::run(self, id, g, &Work::Extend { size }),
+            None => volume::extend(self, id, size),
+        }
+    }
+
+    /// Copies `from` into the volume under the protocol, started at `generation`.
+    pub fn copy(&self, id: &Uuid, generation: u64, from: Source, progress: bool) -> Result<Volume> {
+        operation::run(self, id, generation, &Work::Copy { from, progress })
+    }
+
+    /// Changes the description or the legality under the protocol.
+    pub fn update(
+        &self,
+        id: &Uuid,
+        generation: u64,
+        description: Option<String>,
+        legality: Option<Legality>,
+    ) -> Result<Volume> {
+        let work = Work::Update {
+            description,
+            legality,
+        };
+        operation::run(self, id, generation, &work)
+    }
+
+    /// The status of the operation started at `generation`, from shared storage only.
+    pub fn status(&self, id: &Uuid, generation: u64) -> Result<Status> {
+        operation::status(self, id, generation)
+    }
+
+    /// Moves the generation on from `generation` (recorded as a fence).
+    pub fn fence(&self, id: &Uuid, generation: u64) -> Result<Volume> {
+        operation::fence(self, id, generation)
+    }
+
+    /// Activates `image`'s chain on this host and links it; the chain, base first.
+    pub fn prepare(&self, image: &Uuid, allow_illegal: bool) -> Result<Vec<Volume>> {
+        crate::image::prepare(self, image, allow_illegal)
+    }
+
+    /// Removes `image`'s links and deactivates its volumes on this host.
+    pub fn teardown(&self, image: &Uuid) -> Result<()> {
+        crate::image::teardown(self, image)
+    }
+}
