@@ -327,7 +327,7 @@ fn host_join(vg: &str, host_id: u64) -> Result<String> {
 
 /// Runs a parsed command line; prints its output.
 pub fn run(cli: &Cli) -> Result<()> {
-    let out = output::Out { json: cli.json };
+    let out = output::Out::stdout(cli.json);
     match &cli.command {
         Command::Domain(c) => match c {
             DomainCmd::Create {
