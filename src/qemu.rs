@@ -94,10 +94,12 @@ pub fn write_qcow2_header(device: &Path, header: &[u8]) -> std::io::Result<()> {
 
 /// Grows a qcow2 image's virtual size.
 pub fn resize_qcow2(target: &Path, capacity: u64) -> Result<(), QemuError> {
-    let c = Cmd::new(qemu_img(), Duration::from_secs(120))
+    let mut c = Cmd::new(qemu_img(), Duration::from_secs(120))
         .args(["resize", "-q", "-f", "qcow2"])
         .arg(target.as_os_str())
         .arg(capacity.to_string());
+    // It writes the image's tables, under the volume's lease.
+    c.die_with_parent = true;
     run(c).map(drop)
 }
 

@@ -292,7 +292,7 @@ fn parse_format(s: &str) -> std::result::Result<Format, String> {
 
 /// The domain with this host's lock and lease managers: sanlock once `host join` ran here.
 fn domain(vg: &str) -> Result<Domain> {
-    let lvm = Lvm::new(LvmConfig::from_env());
+    let lvm = Lvm::new(LvmConfig::from_env()?);
     if crate::lease::cluster::joined_host_id(vg).is_some() {
         Domain::new_sanlock(vg, lvm)
     } else {
@@ -307,7 +307,7 @@ fn host_join(vg: &str, host_id: u64) -> Result<String> {
             crate::lease::sanlock::MAX_HOSTS
         )));
     }
-    let d = Domain::new_sanlock(vg, Lvm::new(LvmConfig::from_env()))?;
+    let d = Domain::new_sanlock(vg, Lvm::new(LvmConfig::from_env()?))?;
     let snap = d.scan()?;
     if snap.info.lock_manager != "sanlock" {
         return Err(Error::InvalidInput(format!(

@@ -45,6 +45,12 @@ pub enum LvmError {
     Exec(ExecError),
     #[error("cannot parse the report of `{argv}`: {reason}")]
     Parse { argv: String, reason: String },
+    #[error("{name}={value:?}: {reason}")]
+    BadSetting {
+        name: &'static str,
+        value: String,
+        reason: &'static str,
+    },
 }
 
 impl From<ExecError> for LvmError {
@@ -57,6 +63,18 @@ impl From<ExecError> for LvmError {
 }
 
 impl LvmError {
+    /// Whether the command may have committed its change although it failed: it ran past
+    /// its deadline or was killed (lvm writes the metadata, then the process ends). Only a
+    /// re-read of the VG tells; an lvm that exited on its own with an error changed nothing.
+    pub fn maybe_committed(&self) -> bool {
+        match self {
+            LvmError::Timeout(_) | LvmError::Exec(ExecError::Io { .. }) => true,
+            other => other
+                .failure()
+                .is_some_and(|f| f.code.is_none_or(|c| c > 128)),
+        }
+    }
+
     /// The failed command's facts, when lvm ran and failed.
     pub fn failure(&self) -> Option<&Failure> {
         match self {

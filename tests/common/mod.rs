@@ -84,7 +84,7 @@ impl TestVg {
             let dev = sh("/sbin/losetup", &["-f", "--show", file.to_str().unwrap()]);
             loops.push(PathBuf::from(dev));
         }
-        let mut config = LvmConfig::from_env();
+        let mut config = LvmConfig::from_env().unwrap();
         config.devices = loops.clone();
         config.timeout = Duration::from_secs(120);
         TestVg {
