@@ -427,6 +427,7 @@ fn delayed_domain(test: &str) -> (Delayed, Domain) {
             "--table",
             &delayed.table(i, 0),
         ]);
+        dmsetup(&["mknodes", &name]); // no udev in the test VM
         delayed.names.push(name.clone());
         devs.push(std::path::PathBuf::from(format!("/dev/mapper/{name}")));
     }
