@@ -475,15 +475,37 @@ fn processes_with(word: &str) -> Vec<u32> {
     found
 }
 
-/// Whether the process exists and has not exited (a zombie has).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat.rsplit_once(") ").map(|(_, s)| s.chars().next());
-            !matches!(state, Some(Some('Z' | 'X')) | None)
-        }
-        Err(_) => false,
+/// State and kernel wait channel of each thread of `pid` (diagnostics).
+fn threads(pid: u32) -> String {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let p = t.path();
+        let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(") ")
+            .map_or("?", |(_, s)| &s[..1])
+            .to_string();
+        let wchan = std::fs::read_to_string(p.join("wchan")).unwrap_or_default();
+        out.push(format!("{state}:{wchan}"));
     }
+    out.join(" ")
+}
+
+/// Whether any thread of the process is still running: a process whose main thread has
+/// exited (a zombie) lives on while another thread waits for its I/O.
+fn alive(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").and_then(|(_, s)| s.chars().next());
+        matches!(state, Some(c) if c != 'Z' && c != 'X')
+    })
 }
 
 #[test]
@@ -556,10 +578,11 @@ fn a_killed_copy_leaves_no_qemu_img_and_its_lease_is_free_only_after_the_writer_
         let held = lease_held(&d, &vol);
         let running = alive(writer);
         if running && writer_gone.is_none() && !held {
+            let seen = threads(writer);
             std::thread::sleep(std::time::Duration::from_millis(20));
             assert!(
                 !alive(writer),
-                "the lease was free while qemu-img ({writer}) still ran"
+                "the lease was free while qemu-img ({writer}) still ran: threads {seen}"
             );
         }
         let now = killed.elapsed();
@@ -575,7 +598,10 @@ fn a_killed_copy_leaves_no_qemu_img_and_its_lease_is_free_only_after_the_writer_
         );
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    assert!(writer_gone <= lease_free, "{writer_gone:?} {lease_free:?}");
+    assert!(
+        writer_gone <= lease_free,
+        "qemu-img gone after {writer_gone:?}, the lease free after {lease_free:?}"
+    );
     eprintln!("qemu-img gone after {writer_gone:?}, lease free after {lease_free:?}");
     assert_eq!(
         processes_with(&vol),

@@ -188,6 +188,33 @@ mod tests {
 
     // Outputs recorded from lvm 2.03.16 (Debian 12).
     #[test]
+    fn only_a_command_killed_or_past_its_deadline_may_have_committed() {
+        let failed = |code: Option<i32>| LvmError::Failed {
+            failure: Failure {
+                argv: "lvm lvchange".into(),
+                code,
+                stderr: String::new(),
+            },
+        };
+        assert!(!failed(Some(5)).maybe_committed());
+        assert!(failed(None).maybe_committed(), "killed by a signal");
+        assert!(
+            failed(Some(137)).maybe_committed(),
+            "killed, through a shell"
+        );
+        let timeout = LvmError::Timeout(ExecError::Timeout {
+            argv: "lvm lvchange".into(),
+            after: std::time::Duration::from_secs(1),
+        });
+        assert!(timeout.maybe_committed());
+        let spawn = LvmError::Exec(ExecError::Spawn {
+            argv: "lvm".into(),
+            source: std::io::Error::other("no such file"),
+        });
+        assert!(!spawn.maybe_committed(), "never ran");
+    }
+
+    #[test]
     fn classifies_recorded_errors() {
         let e = classify(&fin(
             5,
