@@ -119,6 +119,9 @@ pub enum Error {
     },
     #[error("{original}; the LV keeps its marker and `lvchain gc` will finish the job")]
     LeftForGc { original: Box<Error> },
+    /// The reader of the output went away (a closed pipe): the command's work is done.
+    #[error("the output was closed by its reader")]
+    OutputClosed,
 }
 
 impl Error {

@@ -63,7 +63,9 @@ pub struct Cmd {
     pub timeout: Duration,
     /// Send the program's stdout to our stderr as it comes (progress output), not captured.
     pub stdout_to_stderr: bool,
-    /// Kill the program when lvchain dies (data writers: no write may outlive the lease).
+    /// Kill the program when lvchain dies (data writers: no write may outlive lvchain).
+    /// Together with a lease passed into the child ([`crate::lease::LeaseGuard`]), the lease
+    /// lasts until the writer is gone.
     pub die_with_parent: bool,
     /// The program closes the descriptors it inherits (lvm does, at start-up): a holder
     /// process keeps lvchain's inheritable ones (the domain lock) open until it exits.
@@ -145,11 +147,19 @@ impl Cmd {
             .stderr(Stdio::piped())
             .process_group(0);
         if self.die_with_parent {
-            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            // The death signal only covers a parent that dies after prctl: one that died
+            // since the fork has left the child to another parent, so it must not run at all.
+            // SAFETY: getpid has no preconditions.
+            let parent = unsafe { libc::getpid() };
+            // SAFETY: prctl, getppid and _exit are async-signal-safe; nothing else runs
+            // between fork and exec.
             unsafe {
-                command.pre_exec(|| {
+                command.pre_exec(move || {
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                         return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::getppid() != parent {
+                        libc::_exit(127);
                     }
                     Ok(())
                 });

@@ -16,8 +16,12 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Err(e) = lvchain::cli::run(&cli) {
-        lvchain::cli::report_error(cli.json, &e);
-        std::process::exit(1);
+    match lvchain::cli::run(&cli) {
+        // The reader of the output went away (`| head -1`): the work is done, end quietly.
+        Ok(()) | Err(lvchain::error::Error::OutputClosed) => {}
+        Err(e) => {
+            lvchain::cli::report_error(cli.json, &e);
+            std::process::exit(1);
+        }
     }
 }

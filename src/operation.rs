@@ -157,6 +157,8 @@ fn start(domain: &Domain, id: &Uuid, generation: u64) -> Result<Started> {
     let vol = cat.get(&domain.vg, id)?.clone();
     let store = domain.slots(&cat.snap)?;
     let _lease = domain.lease(id, vol.slot)?;
+    // Every program started under the lease (qemu-img above all) holds it too.
+    _lease.inherit_into_children()?;
     let meta = read_own(&store, &vol)?;
     if meta.generation != generation {
         return Err(Error::WrongGeneration {

@@ -97,10 +97,12 @@ pub fn write_qcow2_header(
 
 /// Grows a qcow2 image's virtual size.
 pub fn resize_qcow2(target: &Path, capacity: u64) -> Result<(), QemuError> {
-    let c = Cmd::new(qemu_img(), Duration::from_secs(120))
+    let mut c = Cmd::new(qemu_img(), Duration::from_secs(120))
         .args(["resize", "-q", "-f", "qcow2"])
         .arg(target.as_os_str())
         .arg(capacity.to_string());
+    // It writes the image's tables, under the volume's lease.
+    c.die_with_parent = true;
     run(c).map(drop)
 }
 
@@ -210,7 +212,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let dev = dir.join("dev");
         std::fs::write(&dev, vec![0xa5u8; 8 << 20]).expect("device");
-        let real = crate::lvm::Lvm::new(crate::lvm::LvmConfig::from_env());
+        let real = crate::lvm::Lvm::new(crate::lvm::LvmConfig::from_env().expect("lvm settings"));
         write_qcow2_header(&real, &dev, &header).expect("write");
         let info = Cmd::new(qemu_img(), Duration::from_secs(60))
             .args(["info", "--output", "json", "-f", "qcow2"])

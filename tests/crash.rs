@@ -558,3 +558,115 @@ fn gc_clears_a_stale_mapping_left_by_an_orphan() {
     d.ok(&["image", "teardown", d.name(), &img]);
     assert_eq!(d.run(&["domain", "check", d.name()]).code, Some(0));
 }
+
+/// The crash points of an operation under the lease/generation protocol (`op.`), for a copy
+/// and an update: the status each leaves, the lease free, the retry at the right generation,
+/// and the data (or description) read back.
+#[test]
+fn every_operation_crash_point_leaves_the_right_status_and_a_retry_succeeds() {
+    if !lvm_available("crashop") {
+        return;
+    }
+    let d = Domain::new("crashop");
+    let img = uuid();
+    let vol = d.create(&["--image", &img, "--size", "4M", "--format", "raw"]);
+    let all = d.json(&["debug", "crash-points"]);
+    let points: Vec<String> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .filter(|p| p.starts_with("op."))
+        .collect();
+    assert_eq!(
+        points,
+        ["op.after-illegal", "op.after-work", "op.after-legal"],
+        "every op. point is covered here"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let generation = |d: &Domain| {
+        d.json(&["volume", "info", d.name(), &vol])["generation"]
+            .as_u64()
+            .unwrap()
+    };
+    let read_back = |d: &Domain| {
+        d.ok(&["image", "prepare", d.name(), &img]);
+        let data = std::fs::read(format!("/run/lvchain/{}/{img}/{vol}", d.name())).unwrap();
+        d.ok(&["image", "teardown", d.name(), &img]);
+        data
+    };
+    for (round, point) in points.iter().enumerate() {
+        let point = point.as_str();
+        let committed = point == "op.after-legal";
+        for copy in [true, false] {
+            let what = format!("{point} {}", if copy { "copy" } else { "update" });
+            // Distinct data (or description) per round, so the retry's result is its own.
+            let byte = 0x10 + (round as u8) * 2 + u8::from(copy);
+            let file = dir.path().join(format!("data{byte}"));
+            std::fs::write(&file, vec![byte; 4 << 20]).unwrap();
+            let description = format!("round {byte}");
+            let args = |g: u64| -> Vec<String> {
+                let mut a: Vec<String> = vec!["volume".into()];
+                if copy {
+                    a.extend(["copy".into(), d.name().into(), vol.clone()]);
+                    a.extend(["--from".into(), file.display().to_string()]);
+                } else {
+                    a.extend(["update".into(), d.name().into(), vol.clone()]);
+                    a.extend(["--description".into(), description.clone()]);
+                }
+                a.extend(["--generation".into(), g.to_string()]);
+                a
+            };
+            let g = generation(&d);
+            let crash_args = args(g);
+            let a: Vec<&str> = crash_args.iter().map(String::as_str).collect();
+            let f = d.run_env(&a, &[("LVCHAIN_CRASH_AT", point)]);
+            assert_eq!(f.signal, Some(libc::SIGABRT), "{what}: must abort: {f:?}");
+
+            let s = common::status(&d, &vol, g);
+            if committed {
+                assert_eq!(s["state"], "succeeded", "{what}: {s}");
+                assert_eq!(s["current_generation"], g + 1, "{what}: {s}");
+                assert_eq!(s["legality"], "legal", "{what}: {s}");
+            } else {
+                assert_eq!(s["state"], "failed", "{what}: {s}");
+                assert_eq!(s["current_generation"], g, "{what}: {s}");
+                assert_eq!(s["legality"], "illegal", "{what}: {s}");
+            }
+            assert!(
+                s["host_id"].is_null(),
+                "{what}: nobody holds the lease: {s}"
+            );
+            // The lease is free: another holder takes it at once.
+            drop(hold_local_lease(&d, &vol));
+
+            // The operation run again at the generation the volume is at now.
+            let retry_at = if committed { g + 1 } else { g };
+            let retry_args = args(retry_at);
+            let a: Vec<&str> = retry_args.iter().map(String::as_str).collect();
+            let v: Value = serde_json::from_str(&d.ok(&[&a[..], &["--json"]].concat())).unwrap();
+            assert_eq!(v["generation"], retry_at + 1, "{what}: {v}");
+            assert_eq!(v["legality"], "legal", "{what}: {v}");
+            let s = common::status(&d, &vol, retry_at);
+            assert_eq!(s["state"], "succeeded", "{what} retry: {s}");
+            if copy {
+                let data = read_back(&d);
+                assert_eq!(data.len(), 4 << 20, "{what}");
+                assert!(
+                    data.iter().all(|&b| b == byte),
+                    "{what}: the data reads back"
+                );
+            } else {
+                let info = d.json(&["volume", "info", d.name(), &vol]);
+                assert_eq!(info["description"], description.as_str(), "{what}: {info}");
+            }
+            let f = d.run(&["domain", "check", d.name(), "--json"]);
+            assert_eq!(
+                f.code,
+                Some(0),
+                "{what}: clean after the retry: {}",
+                f.stdout
+            );
+        }
+    }
+}

@@ -279,7 +279,7 @@ fn a_hanging_command_is_killed_at_its_deadline() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut config = LvmConfig::from_env();
+    let mut config = LvmConfig::from_env().unwrap();
     config.lvm_path = script;
     config.timeout = Duration::from_millis(500);
     let lvm = Lvm::new(config);

@@ -48,6 +48,7 @@ pub enum Command {
     Image(ImageCmd),
     /// Collect orphans: roll back creations and complete removals that died.
     Gc {
+        /// The domain's volume group.
         vg: String,
         /// List what would be done, change nothing.
         #[arg(long)]
@@ -65,19 +66,26 @@ pub enum Command {
 pub enum HostCmd {
     /// Join the domain's sanlock lockspace with a host id unique among the hosts.
     Join {
+        /// The domain's volume group.
         vg: String,
+        /// This host's id in the lockspace (1 to 2000, unique among the hosts).
         #[arg(long)]
         host_id: u64,
     },
     /// Leave the domain's lockspace (refused while this host holds leases in it).
-    Leave { vg: String },
+    Leave {
+        /// The domain's volume group.
+        vg: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum DomainCmd {
     /// Format a VG as a domain (creating it on PVs, or adopting an empty VG).
     Create {
+        /// The volume group to create (or an existing empty one to adopt).
         vg: String,
+        /// Physical volumes (devices) of a new VG; none to adopt an existing VG.
         pvs: Vec<PathBuf>,
         /// Metadata slots and leases to reserve.
         #[arg(long, default_value_t = 2048)]
@@ -92,9 +100,13 @@ pub enum DomainCmd {
         wipe: Wipe,
     },
     /// Show a domain's layout, settings and counts.
-    Info { vg: String },
+    Info {
+        /// The domain's volume group.
+        vg: String,
+    },
     /// Change a domain's settings (under the domain lock).
     Set {
+        /// The domain's volume group.
         vg: String,
         /// What removing a volume does with its data from now on: zero or none (volumes
         /// created with their own --wipe keep theirs).
@@ -102,10 +114,15 @@ pub enum DomainCmd {
         wipe: Wipe,
     },
     /// Read-only consistency report (exit status 0 only when clean).
-    Check { vg: String },
+    Check {
+        /// The domain's volume group.
+        vg: String,
+    },
     /// Remove a domain (its VG); refuses while volumes exist unless --force.
     Remove {
+        /// The domain's volume group.
         vg: String,
+        /// Remove the domain's volumes too.
         #[arg(long)]
         force: bool,
     },
@@ -115,18 +132,24 @@ pub enum DomainCmd {
 pub enum VolumeCmd {
     /// Create a base volume (--image) or a snapshot of a leaf (--parent); prints the new id.
     Create {
+        /// The domain's volume group.
         vg: String,
+        /// Image (UUID) of a new base volume; a snapshot takes its parent's.
         #[arg(long, value_parser = parse_uuid)]
         image: Option<Uuid>,
         /// Capacity, e.g. 512M or 10G (a snapshot defaults to its parent's).
         #[arg(long, value_parser = parse_bytes)]
         size: Option<Bytes>,
+        /// Volume format: raw or qcow2 (a base defaults to raw, a snapshot is qcow2).
         #[arg(long, value_parser = parse_format)]
         format: Option<Format>,
+        /// Make a qcow2 snapshot of this leaf volume (UUID).
         #[arg(long, value_parser = parse_uuid)]
         parent: Option<Uuid>,
+        /// The new volume's id (UUID); a random one by default.
         #[arg(long, value_parser = parse_uuid)]
         id: Option<Uuid>,
+        /// Free text kept in the volume's metadata.
         #[arg(long, default_value = "")]
         description: String,
         /// What removing this volume does with its data, whatever the domain's setting:
@@ -137,36 +160,48 @@ pub enum VolumeCmd {
     },
     /// List committed volumes (never those with a transaction marker).
     List {
+        /// The domain's volume group.
         vg: String,
+        /// Only the volumes of this image (UUID).
         #[arg(long, value_parser = parse_uuid)]
         image: Option<Uuid>,
     },
     /// Show one volume.
     Info {
+        /// The domain's volume group.
         vg: String,
+        /// The volume (UUID).
         #[arg(value_parser = parse_uuid)]
         volume: Uuid,
     },
     /// Remove a leaf volume; its parent becomes the leaf.
     Remove {
+        /// The domain's volume group.
         vg: String,
+        /// The volume (UUID).
         #[arg(value_parser = parse_uuid)]
         volume: Uuid,
     },
     /// Grow a volume (LV, qcow2 virtual size, metadata capacity); with --generation, under
     /// the lease/generation protocol.
     Extend {
+        /// The domain's volume group.
         vg: String,
+        /// The volume (UUID).
         #[arg(value_parser = parse_uuid)]
         volume: Uuid,
+        /// The new capacity, e.g. 20G (not smaller than the current one).
         #[arg(long, value_parser = parse_bytes)]
         size: Bytes,
+        /// Run under the lease/generation protocol, expecting the volume at this generation.
         #[arg(long, value_parser = parse_generation)]
         generation: Option<u64>,
     },
     /// Copy data into a volume (qemu-img convert; a FIFO is streamed) under its lease.
     Copy {
+        /// The domain's volume group.
         vg: String,
+        /// The volume (UUID).
         #[arg(value_parser = parse_uuid)]
         volume: Uuid,
         /// A file, device or FIFO, or the id of a volume of this domain.
@@ -176,34 +211,46 @@ pub enum VolumeCmd {
         /// data file is refused). Never guessed; a volume source is read in its own format.
         #[arg(long, value_parser = parse_format, default_value = "raw")]
         from_format: Format,
+        /// The volume's current generation (the copy refuses any other).
         #[arg(long, value_parser = parse_generation)]
         generation: u64,
     },
     /// Change a volume's description or legality under its lease.
     Update {
+        /// The domain's volume group.
         vg: String,
+        /// The volume (UUID).
         #[arg(value_parser = parse_uuid)]
         volume: Uuid,
+        /// The volume's current generation (the update refuses any other).
         #[arg(long, value_parser = parse_generation)]
         generation: u64,
+        /// The new description.
         #[arg(long)]
         description: Option<String>,
+        /// The legality the volume ends with: legal or illegal (default legal).
         #[arg(long, value_parser = parse_legality)]
         legality: Option<Legality>,
     },
     /// Status of the operation started at --generation, read from shared storage only.
     Status {
+        /// The domain's volume group.
         vg: String,
+        /// The volume (UUID).
         #[arg(value_parser = parse_uuid)]
         volume: Uuid,
+        /// The generation the operation was started at.
         #[arg(long)]
         generation: u64,
     },
     /// Move the generation from N to N+3 under the lease so a late runner refuses to write.
     Fence {
+        /// The domain's volume group.
         vg: String,
+        /// The volume (UUID).
         #[arg(value_parser = parse_uuid)]
         volume: Uuid,
+        /// The generation of the operation to fence (the volume's current one).
         #[arg(long, value_parser = parse_generation)]
         generation: u64,
     },
@@ -213,14 +260,18 @@ pub enum VolumeCmd {
 pub enum ImageCmd {
     /// Show the chain of an image, base first.
     Chain {
+        /// The domain's volume group.
         vg: String,
+        /// The image (UUID).
         #[arg(value_parser = parse_uuid)]
         image: Uuid,
     },
     /// Activate the chain and create its links under /run/lvchain/VG/IMAGE (refused while a
     /// volume of the chain is illegal).
     Prepare {
+        /// The domain's volume group.
         vg: String,
+        /// The image (UUID).
         #[arg(value_parser = parse_uuid)]
         image: Uuid,
         /// Prepare even a chain with an illegal volume (partial data), for recovery work.
@@ -229,13 +280,17 @@ pub enum ImageCmd {
     },
     /// Remove the links and deactivate the chain.
     Teardown {
+        /// The domain's volume group.
         vg: String,
+        /// The image (UUID).
         #[arg(value_parser = parse_uuid)]
         image: Uuid,
     },
     /// Remove every volume of the image.
     Remove {
+        /// The domain's volume group.
         vg: String,
+        /// The image (UUID).
         #[arg(value_parser = parse_uuid)]
         image: Uuid,
     },
@@ -307,7 +362,7 @@ fn wipe_progress(enabled: bool) -> impl FnMut(&str, u64, u64) {
 
 /// The domain `vg`: its lock manager is the one its `LVC_LOCK` tag names.
 fn domain(vg: &str) -> Result<Domain> {
-    Domain::new(vg, std::sync::Arc::new(Lvm::new(LvmConfig::from_env())))
+    Domain::new(vg, std::sync::Arc::new(Lvm::new(LvmConfig::from_env()?)))
 }
 
 fn parse_lock_kind(s: &str) -> std::result::Result<LockKind, String> {
@@ -322,7 +377,7 @@ fn tty(cli: &Cli) -> bool {
 
 /// Runs a parsed command line; prints its output.
 pub fn run(cli: &Cli) -> Result<()> {
-    let out = output::Out { json: cli.json };
+    let out = output::Out::stdout(cli.json);
     match &cli.command {
         Command::Domain(c) => match c {
             DomainCmd::Create {
@@ -497,5 +552,36 @@ pub fn report_error(cli_json: bool, e: &Error) {
         eprintln!("{v}");
     } else {
         eprintln!("lvchain: error: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every (sub)command, as `path: --name`, that has no help text.
+    fn without_help(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            let builtin = matches!(a.get_id().as_str(), "help" | "version");
+            if !builtin && a.get_help().is_none() && a.get_long_help().is_none() {
+                missing.push(format!("{path}: {}", a.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() && sub.get_name() != "help" {
+                missing.push(format!("{path} {} (the command)", sub.get_name()));
+            }
+            without_help(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+
+    #[test]
+    fn every_argument_and_command_has_help_text() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        without_help(&cmd, "lvchain", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
     }
 }

@@ -1,27 +1,41 @@
 //! CLI output: human tables by default, JSON with `--json`.
+//!
+//! Everything goes through one writer (stdout in the binary). A reader that went away (a
+//! closed pipe, `lvchain volume list VG | head -1`) ends the output with
+//! [`Error::OutputClosed`], which the binary treats as a quiet success: the command's work is
+//! done by the time it prints. SIGPIPE stays ignored (a signal could end lvchain mid-change).
 
 use crate::domain::DomainInfo;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::volume::{Catalog, Volume};
 use serde::Serialize;
+use std::cell::RefCell;
+use std::fmt::Arguments;
+use std::io::Write;
 use uuid::Uuid;
 
 pub struct Out {
     pub json: bool,
+    w: RefCell<Box<dyn Write>>,
 }
 
-fn print_json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
-    let s = serde_json::to_string_pretty(v)
-        .map_err(|e| crate::error::Error::InvalidInput(format!("cannot encode output: {e}")))?;
-    println!("{s}");
-    Ok(())
+/// A failed write of the output: a closed pipe is [`Error::OutputClosed`].
+fn write_error(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Error::OutputClosed
+    } else {
+        Error::Io {
+            what: "writing the output".into(),
+            source: e,
+        }
+    }
 }
 
 fn short(id: &Uuid) -> String {
     id.to_string()
 }
 
-fn table(headers: &[&str], rows: &[Vec<String>]) {
+fn table(out: &Out, headers: &[&str], rows: &[Vec<String>]) -> Result<()> {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -34,46 +48,74 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
             .collect();
-        println!("{}", s.join("  ").trim_end());
+        out.line(format_args!("{}", s.join("  ").trim_end()))
     };
-    line(headers.iter().map(|h| h.to_string()).collect());
+    line(headers.iter().map(|h| h.to_string()).collect())?;
     for r in rows {
-        line(r.clone());
+        line(r.clone())?;
     }
+    Ok(())
 }
 
 impl Out {
+    /// Output to this process's stdout.
+    pub fn stdout(json: bool) -> Out {
+        Out::to(json, Box::new(std::io::stdout()))
+    }
+
+    /// Output to any writer.
+    pub fn to(json: bool, w: Box<dyn Write>) -> Out {
+        Out {
+            json,
+            w: RefCell::new(w),
+        }
+    }
+
+    /// Writes one line and passes it on at once (the reader sees each line as it comes).
+    fn line(&self, text: Arguments<'_>) -> Result<()> {
+        let mut w = self.w.borrow_mut();
+        writeln!(w, "{text}")
+            .and_then(|()| w.flush())
+            .map_err(write_error)
+    }
+
+    fn print_json<T: Serialize + ?Sized>(&self, v: &T) -> Result<()> {
+        let s = serde_json::to_string_pretty(v)
+            .map_err(|e| Error::InvalidInput(format!("cannot encode output: {e}")))?;
+        self.line(format_args!("{s}"))
+    }
+
     pub fn message(&self, m: &str) -> Result<()> {
         if self.json {
-            print_json(&serde_json::json!({ "result": m }))
+            self.print_json(&serde_json::json!({ "result": m }))
         } else {
-            println!("{m}");
+            self.line(format_args!("{m}"))?;
             Ok(())
         }
     }
 
     pub fn list(&self, items: &[&str]) -> Result<()> {
         if self.json {
-            return print_json(items);
+            return self.print_json(items);
         }
         for i in items {
-            println!("{i}");
+            self.line(format_args!("{i}"))?;
         }
         Ok(())
     }
 
     pub fn created(&self, v: &Volume) -> Result<()> {
         if self.json {
-            print_json(v)
+            self.print_json(v)
         } else {
-            println!("{}", v.id);
+            self.line(format_args!("{}", v.id))?;
             Ok(())
         }
     }
 
     pub fn volume(&self, v: &Volume) -> Result<()> {
         if self.json {
-            return print_json(v);
+            return self.print_json(v);
         }
         let parent = v
             .parent
@@ -100,14 +142,14 @@ impl Out {
             ("description", v.description.clone()),
         ];
         for (k, val) in rows {
-            println!("{k:<12} {val}");
+            self.line(format_args!("{k:<12} {val}"))?;
         }
         Ok(())
     }
 
     pub fn volumes(&self, vs: &[Volume]) -> Result<()> {
         if self.json {
-            return print_json(vs);
+            return self.print_json(vs);
         }
         let rows: Vec<Vec<String>> = vs
             .iter()
@@ -127,13 +169,13 @@ impl Out {
             })
             .collect();
         table(
+            self,
             &[
                 "ID", "IMAGE", "PARENT", "ROLE", "LEGALITY", "GEN", "FORMAT", "CAPACITY",
                 "LV SIZE", "SLOT",
             ],
             &rows,
-        );
-        Ok(())
+        )
     }
 
     pub fn prepared(&self, vg: &str, image: &Uuid, chain: &[Volume]) -> Result<()> {
@@ -141,7 +183,7 @@ impl Out {
             .last()
             .map(|v| crate::links::link_path(vg, image, &v.id));
         if self.json {
-            return print_json(&serde_json::json!({
+            return self.print_json(&serde_json::json!({
                 "image": image,
                 "path": crate::links::image_dir(vg, image),
                 "leaf": leaf,
@@ -149,19 +191,19 @@ impl Out {
             }));
         }
         if let Some(leaf) = leaf {
-            println!("{}", leaf.display());
+            self.line(format_args!("{}", leaf.display()))?;
         }
         Ok(())
     }
 
     pub fn domain_created(&self, info: &DomainInfo) -> Result<()> {
         if self.json {
-            return print_json(info);
+            return self.print_json(info);
         }
-        println!(
+        self.line(format_args!(
             "domain {} formatted: format {}, lock {}, {} slots of {} bytes, wipe {}",
             info.vg, info.format, info.lock_manager, info.max_volumes, info.slot_size, info.wipe
-        );
+        ))?;
         Ok(())
     }
 
@@ -190,10 +232,11 @@ impl Out {
                     .count(),
         };
         if self.json {
-            return print_json(&i);
+            return self.print_json(&i);
         }
         let b = |n: u64| crate::units::Bytes(n).to_string();
         table(
+            self,
             &[
                 "DOMAIN",
                 "FORMAT",
@@ -218,19 +261,18 @@ impl Out {
                 i.orphans.to_string(),
                 i.free_slots.to_string(),
             ]],
-        );
-        Ok(())
+        )
     }
 
     pub fn check(&self, r: &crate::check::Report) -> Result<()> {
         if self.json {
-            return print_json(r);
+            return self.print_json(r);
         }
         if r.clean {
-            println!(
+            self.line(format_args!(
                 "domain {} is clean: {} volumes in {} images",
                 r.vg, r.volumes, r.images
-            );
+            ))?;
             return Ok(());
         }
         let rows: Vec<Vec<String>> = r
@@ -238,13 +280,13 @@ impl Out {
             .iter()
             .map(|p| vec![p.kind.to_string(), p.subject.clone(), p.detail.clone()])
             .collect();
-        table(&["PROBLEM", "SUBJECT", "DETAIL"], &rows);
+        table(self, &["PROBLEM", "SUBJECT", "DETAIL"], &rows)?;
         Ok(())
     }
 
     pub fn gc(&self, r: &crate::gc::Report) -> Result<()> {
         if self.json {
-            return print_json(r);
+            return self.print_json(r);
         }
         let rows: Vec<Vec<String>> = r
             .orphans
@@ -263,16 +305,20 @@ impl Out {
         } else {
             "collected"
         };
-        println!("{verb} {} orphan(s) in {:.2}s", r.orphans.len(), r.seconds);
+        self.line(format_args!(
+            "{verb} {} orphan(s) in {:.2}s",
+            r.orphans.len(),
+            r.seconds
+        ))?;
         if !rows.is_empty() {
-            table(&["LV", "MARKER", "ACTIONS", "ERROR"], &rows);
+            table(self, &["LV", "MARKER", "ACTIONS", "ERROR"], &rows)?;
         }
         Ok(())
     }
 
     pub fn status(&self, st: &crate::operation::Status) -> Result<()> {
         if self.json {
-            return print_json(st);
+            return self.print_json(st);
         }
         let host = st
             .host_id
@@ -283,7 +329,43 @@ impl Out {
             .as_ref()
             .map(|r| format!(": {r}"))
             .unwrap_or_default();
-        println!("{}{host}{reason}", st.state);
+        self.line(format_args!("{}{host}{reason}", st.state))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+
+    /// A pipe's write end whose read end is already closed (as after `| head -1` exits).
+    fn closed_pipe() -> std::fs::File {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two new descriptors, which we own from here on.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fds[0] is ours; closing it leaves the pipe without a reader.
+        unsafe { libc::close(fds[0]) };
+        // SAFETY: fds[1] is a new descriptor that nothing else owns.
+        unsafe { std::fs::File::from_raw_fd(fds[1]) }
+    }
+
+    #[test]
+    fn a_closed_pipe_ends_the_output_quietly() {
+        // The Rust runtime ignores SIGPIPE, as lvchain does: the write fails with EPIPE.
+        for json in [false, true] {
+            let out = Out::to(json, Box::new(closed_pipe()));
+            let r = out.list(&["one", "two"]);
+            assert!(matches!(r, Err(Error::OutputClosed)), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn lines_reach_the_writer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("out");
+        let out = Out::to(false, Box::new(std::fs::File::create(&path).expect("file")));
+        out.list(&["one", "two"]).expect("written");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "one\ntwo\n");
     }
 }

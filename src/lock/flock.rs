@@ -37,7 +37,7 @@ impl DomainGuard for FileGuard {}
 /// lives until all holders close it, so when lvchain is killed the domain stays locked until
 /// its in-flight lvm command has finished too. Otherwise a collector could act on a scan taken
 /// before that command's commit.
-fn inherit_into_children(file: &File) -> std::io::Result<()> {
+pub(crate) fn inherit_into_children(file: &File) -> std::io::Result<()> {
     let fd = file.as_raw_fd();
     // SAFETY: fcntl on a descriptor we own.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };

@@ -63,8 +63,17 @@ impl Default for LocalLeases {
     }
 }
 
-struct Guard(#[allow(dead_code)] File);
-impl LeaseGuard for Guard {}
+struct Guard(File);
+impl LeaseGuard for Guard {
+    fn inherit_into_children(&self) -> Result<(), LeaseError> {
+        // An OFD lock belongs to the open file description: a child's copy of the descriptor
+        // keeps it held until the child exits too.
+        super::flock::inherit_into_children(&self.0).map_err(|e| LeaseError::Io {
+            what: "the lease descriptor".into(),
+            reason: e.to_string(),
+        })
+    }
+}
 
 fn whole_file_lock(kind: libc::c_short) -> libc::flock {
     // SAFETY: flock is plain data; all-zero is a valid value.

@@ -182,7 +182,12 @@ pub struct Both {
 impl DomainGuard for Both {}
 
 /// A held lease; dropping it releases the lease.
-pub trait LeaseGuard {}
+pub trait LeaseGuard {
+    /// Lets the lease's descriptor pass into every child started from now on while it is
+    /// held (a data writer such as qemu-img): the lease is then free only once this process
+    /// and those children are all gone, never while a writer it started still runs.
+    fn inherit_into_children(&self) -> Result<(), LeaseError>;
+}
 
 /// Where a volume's lease lives in the leases LV: after the reserved area, 1 MiB per slot.
 pub fn lease_offset(slot: u32) -> u64 {

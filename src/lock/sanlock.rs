@@ -173,7 +173,17 @@ struct SanlockGuard {
     reg: Registration,
     res: Resource,
 }
-impl LeaseGuard for SanlockGuard {}
+impl LeaseGuard for SanlockGuard {
+    fn inherit_into_children(&self) -> Result<(), LeaseError> {
+        // sanlock releases a registration's leases when its socket closes in every process.
+        self.reg
+            .inherit_into_children()
+            .map_err(|e| LeaseError::Io {
+                what: format!("sanlock registration of {}", self.res.name),
+                reason: e.to_string(),
+            })
+    }
+}
 impl DomainGuard for SanlockGuard {}
 impl Drop for SanlockGuard {
     fn drop(&mut self) {

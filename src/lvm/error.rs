@@ -45,6 +45,12 @@ pub enum LvmError {
     Exec(ExecError),
     #[error("cannot parse the report of `{argv}`: {reason}")]
     Parse { argv: String, reason: String },
+    #[error("{name}={value:?}: {reason}")]
+    BadSetting {
+        name: &'static str,
+        value: String,
+        reason: &'static str,
+    },
 }
 
 impl From<ExecError> for LvmError {
@@ -57,6 +63,18 @@ impl From<ExecError> for LvmError {
 }
 
 impl LvmError {
+    /// Whether the command may have committed its change although it failed: it ran past
+    /// its deadline or was killed (lvm writes the metadata, then the process ends). Only a
+    /// re-read of the VG tells; an lvm that exited on its own with an error changed nothing.
+    pub fn maybe_committed(&self) -> bool {
+        match self {
+            LvmError::Timeout(_) | LvmError::Exec(ExecError::Io { .. }) => true,
+            other => other
+                .failure()
+                .is_some_and(|f| f.code.is_none_or(|c| c > 128)),
+        }
+    }
+
     /// The failed command's facts, when lvm ran and failed.
     pub fn failure(&self) -> Option<&Failure> {
         match self {
@@ -169,6 +187,33 @@ mod tests {
     }
 
     // Outputs recorded from lvm 2.03.16 (Debian 12).
+    #[test]
+    fn only_a_command_killed_or_past_its_deadline_may_have_committed() {
+        let failed = |code: Option<i32>| LvmError::Failed {
+            failure: Failure {
+                argv: "lvm lvchange".into(),
+                code,
+                stderr: String::new(),
+            },
+        };
+        assert!(!failed(Some(5)).maybe_committed());
+        assert!(failed(None).maybe_committed(), "killed by a signal");
+        assert!(
+            failed(Some(137)).maybe_committed(),
+            "killed, through a shell"
+        );
+        let timeout = LvmError::Timeout(ExecError::Timeout {
+            argv: "lvm lvchange".into(),
+            after: std::time::Duration::from_secs(1),
+        });
+        assert!(timeout.maybe_committed());
+        let spawn = LvmError::Exec(ExecError::Spawn {
+            argv: "lvm".into(),
+            source: std::io::Error::other("no such file"),
+        });
+        assert!(!spawn.maybe_committed(), "never ran");
+    }
+
     #[test]
     fn classifies_recorded_errors() {
         let e = classify(&fin(

@@ -36,7 +36,7 @@ pub struct LvmConfig {
 
 impl LvmConfig {
     /// Settings detected from this host and the `LVCHAIN_*` environment.
-    pub fn from_env() -> Self {
+    pub fn from_env() -> Result<Self, LvmError> {
         let devices = std::env::var("LVCHAIN_DEVICES")
             .ok()
             .map(|s| {
@@ -51,18 +51,38 @@ impl LvmConfig {
             .and_then(|s| s.parse::<f64>().ok())
             .filter(|s| *s > 0.0)
             .map_or(Duration::from_secs(120), Duration::from_secs_f64);
-        LvmConfig {
-            lvm_path: std::env::var_os("LVCHAIN_LVM")
-                .map_or_else(|| PathBuf::from("/sbin/lvm"), PathBuf::from),
+        let lvm_path = std::env::var_os("LVCHAIN_LVM")
+            .map_or_else(|| PathBuf::from("/sbin/lvm"), PathBuf::from);
+        // Never looked up in PATH: the binary that changes shared metadata is named exactly.
+        if !lvm_path.is_absolute() {
+            return Err(LvmError::BadSetting {
+                name: "LVCHAIN_LVM",
+                value: lvm_path.display().to_string(),
+                reason: "must be an absolute path",
+            });
+        }
+        Ok(LvmConfig {
+            lvm_path,
             devices,
             udev: Path::new("/run/udev/control").exists(),
             driver_loaded: Path::new("/dev/mapper/control").exists(),
             timeout,
-        }
+        })
     }
 
-    /// The `--config` string given to every command.
+    /// The `--config` string of commands that change VG metadata.
     pub fn config_string(&self) -> String {
+        self.config_for(false)
+    }
+
+    /// The `--config` string of commands that must not change VG metadata (reports,
+    /// activation, deactivation, refresh): also `global/metadata_read_only=1`, so that lvm
+    /// repairs or updates nothing on a host that may not hold the domain lock.
+    pub fn read_only_config_string(&self) -> String {
+        self.config_for(true)
+    }
+
+    fn config_for(&self, read_only: bool) -> String {
         let mut devices = String::from(
             "hints=\"none\" obtain_device_list_from_udev=0 use_devicesfile=0 scan_lvs=0",
         );
@@ -79,12 +99,18 @@ impl LvmConfig {
         } else {
             " activation { udev_sync=0 udev_rules=0 verify_udev_operations=1 }"
         };
-        format!("devices {{ {devices} }}{udev} global {{ use_lvmlockd=0 }}")
+        let global = if read_only {
+            "use_lvmlockd=0 metadata_read_only=1"
+        } else {
+            "use_lvmlockd=0"
+        };
+        format!("devices {{ {devices} }}{udev} global {{ {global} }}")
     }
 }
 
-/// Whether a command changes VG metadata (and so takes the mutating defaults).
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// Whether a command changes VG metadata (and so takes the mutating defaults), or must not
+/// (and runs with `metadata_read_only=1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Read,
     Write,
@@ -119,11 +145,15 @@ impl Lvm {
     }
 
     fn command(&self, sub: &str, kind: Kind) -> Cmd {
+        let config = match kind {
+            Kind::Read => self.config.read_only_config_string(),
+            Kind::Write => self.config.config_string(),
+        };
         let mut c = Cmd::new(self.config.lvm_path.as_os_str(), self.config.timeout)
             .env("LVM_SUPPRESS_FD_WARNINGS", "1")
             .arg(sub)
             .arg("--config")
-            .arg(self.config.config_string());
+            .arg(config);
         if !self.config.driver_loaded {
             c = c.args(["--driverloaded", "n"]);
         }
@@ -344,5 +374,46 @@ mod tests {
         );
         assert!(s.contains("udev_sync=0"), "{s}");
         assert!(s.contains("hints=\"none\""), "{s}");
+    }
+
+    fn test_lvm() -> Lvm {
+        Lvm::new(LvmConfig {
+            lvm_path: "/sbin/lvm".into(),
+            devices: vec!["/dev/loop0".into()],
+            udev: true,
+            driver_loaded: true,
+            timeout: Duration::from_secs(1),
+        })
+    }
+
+    /// The `--config` argument of a command built by `command`.
+    fn config_of(c: &Cmd) -> String {
+        let i = c
+            .args
+            .iter()
+            .position(|a| a == "--config")
+            .expect("--config");
+        c.args[i + 1].to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn commands_that_must_not_change_metadata_run_with_metadata_read_only() {
+        let lvm = test_lvm();
+        assert_eq!(
+            lvm.config.read_only_config_string(),
+            r#"devices { hints="none" obtain_device_list_from_udev=0 use_devicesfile=0 scan_lvs=0 filter=["a|^/dev/loop0$|", "r|.*|"] } global { use_lvmlockd=0 metadata_read_only=1 }"#
+        );
+        assert_eq!(
+            lvm.config.config_string(),
+            r#"devices { hints="none" obtain_device_list_from_udev=0 use_devicesfile=0 scan_lvs=0 filter=["a|^/dev/loop0$|", "r|.*|"] } global { use_lvmlockd=0 }"#
+        );
+        for sub in ["lvs", "vgs", "pvs", "lvchange"] {
+            let s = config_of(&lvm.command(sub, Kind::Read));
+            assert!(s.contains("metadata_read_only=1"), "{sub}: {s}");
+        }
+        for sub in ["lvcreate", "lvchange", "lvremove", "vgchange", "lvextend"] {
+            let s = config_of(&lvm.command(sub, Kind::Write));
+            assert!(!s.contains("metadata_read_only"), "{sub}: {s}");
+        }
     }
 }

@@ -12,7 +12,7 @@
 //! operation can start writing into the parent while it turns internal (a busy lease refuses
 //! the creation before anything changes).
 
-use super::{undo, Catalog, Volume};
+use super::{outcome, undo, Catalog, Volume};
 use crate::crash;
 use crate::domain::Domain;
 use crate::error::{Error, Result};
@@ -238,13 +238,17 @@ pub(crate) fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
         });
     }
 
-    // The commit point: one metadata commit removes the marker.
-    domain
-        .lvm
-        .lvchange_tags(&domain.vg, &name, &tags::strings(&[Tag::Creating]), &[])
-        .map_err(|e| Error::LeftForGc {
-            original: Box::new(Error::Lvm(e)),
-        })?;
+    // The commit point: one metadata commit removes the marker. A command that may have
+    // committed all the same (timed out, killed) is judged by the VG as it is now.
+    let creating = tags::strings(&[Tag::Creating]);
+    if let Err(e) = domain.lvm.lvchange_tags(&domain.vg, &name, &creating, &[]) {
+        let names = [name.clone()];
+        if outcome::done_despite(domain, &e, &names, &Tag::Creating, false).is_empty() {
+            return Err(Error::LeftForGc {
+                original: Box::new(Error::Lvm(e)),
+            });
+        }
+    }
     crash::point("create.after-commit");
     if activate && !plan.prepared {
         // Best effort: the volume is committed; an active LV is harmless.

@@ -6,6 +6,7 @@
 
 mod create;
 mod extend;
+mod outcome;
 mod remove;
 pub(crate) mod undo;
 

@@ -6,7 +6,7 @@
 //! the domain's `LVC_WIPE` is `none`), and `lvremove` ends it.
 
 use super::undo::{self, WipeProgress};
-use super::Catalog;
+use super::{outcome, Catalog};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::tags::{self, Tag};
@@ -64,9 +64,18 @@ pub(crate) fn remove(domain: &Domain, id: &Uuid, progress: &mut WipeProgress<'_>
         }
         None => None,
     };
-    domain
+    // A mark that may have committed all the same (timed out, killed) is judged by the VG as
+    // it is now: marked, the removal has passed its point of no return and goes on.
+    let removing = tags::strings(&[Tag::Removing]);
+    if let Err(e) = domain
         .lvm
-        .lvchange_tags(&domain.vg, &lv.name, &[], &tags::strings(&[Tag::Removing]))?;
+        .lvchange_tags(&domain.vg, &lv.name, &[], &removing)
+    {
+        let names = [lv.name.clone()];
+        if outcome::done_despite(domain, &e, &names, &Tag::Removing, true).is_empty() {
+            return Err(e.into());
+        }
+    }
     crate::crash::point("remove.after-mark");
     let mut marked = lv;
     marked.removing = true;
@@ -102,20 +111,32 @@ pub(crate) fn remove_image(
         }
     }
     let held: Vec<Uuid> = members.iter().filter_map(|l| l.id).collect();
-    let paths: Vec<String> = members.iter().map(|l| domain.lv_path(&l.name)).collect();
+    let names: Vec<String> = members.iter().map(|l| l.name.clone()).collect();
+    let paths: Vec<String> = names.iter().map(|n| domain.lv_path(n)).collect();
     let removing = tags::strings(&[Tag::Removing]);
-    // lvm commits each LV of one lvchange on its own: a failure can leave some members marked.
-    // Unmark them (the collector would restore them too: it never completes the removal of a
-    // volume that a committed one still needs).
+    // lvm commits each LV of one lvchange on its own: a failure can leave some members marked
+    // (also one that timed out or was killed: the VG re-read says which). All marked: the
+    // removal has passed its point of no return and goes on. Else unmark exactly the marked
+    // ones (the collector would restore them too: it never completes the removal of a volume
+    // that a committed one still needs).
     if let Err(e) = domain.lvm.lvchange_tags_many(&paths, &[], &removing) {
-        return Err(
-            match domain.lvm.lvchange_tags_many(&paths, &removing, &[]) {
-                Ok(()) => e.into(),
-                Err(_) => Error::LeftForGc {
-                    original: Box::new(e.into()),
+        // Re-read whatever the failure: an lvm that ended with an error may have committed
+        // some LVs too. When the VG cannot be read, unmark every member.
+        let marked = outcome::carrying(domain, &names, &Tag::Removing).unwrap_or_else(|reread| {
+            tracing::warn!(error = %reread, "cannot re-read the VG after a failed mark");
+            names.clone()
+        });
+        if !(e.maybe_committed() && marked.len() == names.len()) {
+            let marked: Vec<String> = marked.iter().map(|n| domain.lv_path(n)).collect();
+            return Err(
+                match domain.lvm.lvchange_tags_many(&marked, &removing, &[]) {
+                    Ok(()) => e.into(),
+                    Err(_) => Error::LeftForGc {
+                        original: Box::new(e.into()),
+                    },
                 },
-            },
-        );
+            );
+        }
     }
     crate::crash::point("remove.after-mark");
     // Undo each volume's changes leaf first, wipe their data, then remove all LVs with ONE

@@ -100,7 +100,7 @@ impl TestVg {
             );
             loops.push(PathBuf::from(dev));
         }
-        let mut config = LvmConfig::from_env();
+        let mut config = LvmConfig::from_env().unwrap();
         config.devices = loops.clone();
         config.timeout = Duration::from_secs(120);
         TestVg {

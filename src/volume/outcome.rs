@@ -1,0 +1,56 @@
+//! The outcome of a marking or commit `lvchange` that failed in a way that may have committed
+//! (it ran past its deadline or was killed, see [`LvmError::maybe_committed`]): the VG is
+//! re-read to learn which LVs carry the tag now. Never guesses: a failed re-read is an error.
+
+use crate::domain::Domain;
+use crate::error::Result;
+use crate::lvm::LvmError;
+use crate::tags::Tag;
+
+/// Of the LVs named `names`, those that carry `tag` in the VG as it is now.
+pub(super) fn carrying(domain: &Domain, names: &[String], tag: &Tag) -> Result<Vec<String>> {
+    let tag = tag.to_string();
+    Ok(domain
+        .lvm
+        .lvs(&domain.vg)?
+        .into_iter()
+        .filter(|r| names.contains(&r.lv_name) && r.lv_tags.contains(&tag))
+        .map(|r| r.lv_name)
+        .collect())
+}
+
+/// After `failed` changed `tag` on the LVs `names` (added when `added`, else removed): the
+/// LVs whose tag is now as the command wanted it. Empty when the command surely changed
+/// nothing (lvm ended on its own with an error), or when the VG cannot be re-read (the
+/// caller then answers as for a change that did not happen, leaving the rest to gc).
+pub(super) fn done_despite(
+    domain: &Domain,
+    failed: &LvmError,
+    names: &[String],
+    tag: &Tag,
+    added: bool,
+) -> Vec<String> {
+    if !failed.maybe_committed() {
+        return Vec::new();
+    }
+    let with = match carrying(domain, names, tag) {
+        Ok(with) => with,
+        Err(reread) => {
+            tracing::warn!(error = %reread, "cannot re-read the VG after a command that may have committed");
+            return Vec::new();
+        }
+    };
+    let done: Vec<String> = names
+        .iter()
+        .filter(|n| with.contains(n) == added)
+        .cloned()
+        .collect();
+    tracing::warn!(
+        error = %failed,
+        tag = %tag,
+        done = done.len(),
+        of = names.len(),
+        "an lvm command that failed may have committed; the VG re-read says it did on these LVs"
+    );
+    done
+}
