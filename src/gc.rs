@@ -20,9 +20,9 @@ use std::time::Instant;
 use uuid::Uuid;
 
 const POINTS: Points = Points {
-    parent: Some("gc.after-parent-update"),
-    links: Some("gc.after-links"),
-    metadata: Some("gc.after-metadata"),
+    parent: Some(crate::crash::CrashPoint::GcAfterParentUpdate),
+    links: Some(crate::crash::CrashPoint::GcAfterLinks),
+    metadata: Some(crate::crash::CrashPoint::GcAfterMetadata),
     wipe: None,
     lvremove: None,
 };
@@ -133,7 +133,7 @@ pub(crate) fn collect(
     undone.retain(|(i, _)| out[*i].error.is_none());
     let names: Vec<String> = undone.iter().map(|(i, _)| out[*i].lv.clone()).collect();
     if !names.is_empty() {
-        crate::crash::point("gc.after-wipe");
+        crate::crash::point(crate::crash::CrashPoint::GcAfterWipe);
     }
     match undo::remove_lvs(domain, &names) {
         Ok(done) => {
@@ -152,7 +152,7 @@ pub(crate) fn collect(
         }
     }
     if !names.is_empty() {
-        crate::crash::point("gc.after-lvremove");
+        crate::crash::point(crate::crash::CrashPoint::GcAfterLvremove);
     }
     if let Err(e) = restored {
         // Reported per orphan; the rest of the collection stands.

@@ -8,13 +8,14 @@
 //! now runs a later change); N+3 -> fenced; at N, lease held by a live holder -> running,
 //! lease free and illegal -> failed.
 
+use crate::crash::{self, CrashPoint};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::lvm::Activation;
 use crate::metadata::{FenceRecord, Format, Legality, Role, SlotStore, VolumeMeta};
+use crate::qemu;
 use crate::units::Bytes;
 use crate::volume::{Catalog, Volume};
-use crate::{crash, qemu};
 use serde::Serialize;
 use std::path::PathBuf;
 use uuid::Uuid;
@@ -108,7 +109,7 @@ pub(crate) fn run(domain: &Domain, id: &Uuid, generation: u64, work: &Work) -> R
     };
     meta.legality = Legality::Illegal;
     store.write(vol.slot, &meta)?;
-    crash::point("op.after-illegal");
+    crash::point(CrashPoint::OpAfterIllegal);
 
     let mut legality = Legality::Legal;
     match work {
@@ -122,7 +123,7 @@ pub(crate) fn run(domain: &Domain, id: &Uuid, generation: u64, work: &Work) -> R
             crate::volume::grow_storage(domain, &cat, &vol, *size)?;
         }
     }
-    crash::point("op.after-work");
+    crash::point(CrashPoint::OpAfterWork);
 
     // The end: one sector write of LEGAL and generation + 1 (and what the work changed).
     let mut meta = read_own(&store, &vol)?;
@@ -137,7 +138,7 @@ pub(crate) fn run(domain: &Domain, id: &Uuid, generation: u64, work: &Work) -> R
         _ => {}
     }
     store.write(vol.slot, &meta)?;
-    crash::point("op.after-legal");
+    crash::point(CrashPoint::OpAfterLegal);
     let cat = Catalog::load(domain)?;
     Ok(cat.get(&domain.vg, id)?.clone())
 }

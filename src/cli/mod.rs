@@ -541,7 +541,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             let id = domain(vg)?.leave()?;
             out.message(&format!("host {id} left domain {vg}"))
         }
-        Command::Debug(DebugCmd::CrashPoints) => out.list(crate::crash::POINTS),
+        Command::Debug(DebugCmd::CrashPoints) => out.list(&crate::crash::names()),
     }
 }
 

@@ -385,7 +385,7 @@ impl Domain {
                 &tags::strings(&[Tag::Domain]),
                 &tags::strings(&[Tag::DomainUnready]),
             )?;
-            crate::crash::point("domain-remove.after-mark");
+            crate::crash::point(crate::crash::CrashPoint::DomainRemoveAfterMark);
             // The manager keeps its LVs open (sanlock: ids and leases): release, leave, then
             // remove.
             drop(guard);

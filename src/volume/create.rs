@@ -13,7 +13,7 @@
 //! the creation before anything changes).
 
 use super::{outcome, undo, Catalog, Volume};
-use crate::crash;
+use crate::crash::{self, CrashPoint};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::links;
@@ -209,7 +209,7 @@ pub(crate) fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
         },
         other => Error::Lvm(other),
     })?;
-    crash::point("create.after-lvcreate");
+    crash::point(CrashPoint::CreateAfterLvcreate);
 
     if let Err(original) = prepare_contents(domain, &store, &plan, header) {
         // Roll back from what the VG says now (the LV exists and carries its marker).
@@ -249,7 +249,7 @@ pub(crate) fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
             });
         }
     }
-    crash::point("create.after-commit");
+    crash::point(CrashPoint::CreateAfterCommit);
     if activate && !plan.prepared {
         // Best effort: the volume is committed; an active LV is harmless.
         if let Err(e) = domain
@@ -288,7 +288,7 @@ fn prepare_contents(
     let meta = &plan.meta;
     store.write(plan.slot, meta)?;
     domain.init_lease(&meta.id, plan.slot)?;
-    crash::point("create.after-metadata");
+    crash::point(CrashPoint::CreateAfterMetadata);
     if let Some(header) = qcow2_header {
         qemu::write_qcow2_header(
             domain.lvm.as_ref(),
@@ -297,7 +297,7 @@ fn prepare_contents(
         )
         .map_err(Error::io("writing the qcow2 header"))?;
     }
-    crash::point("create.after-qemu-img");
+    crash::point(CrashPoint::CreateAfterQemuImg);
     if let Some(p) = &plan.parent {
         super::update_meta(domain, store, &p.id, p.slot, true, |pm| {
             // Re-checked under the parent's lease: an operation may have run meanwhile.
@@ -308,7 +308,7 @@ fn prepare_contents(
             Ok(true)
         })?;
     }
-    crash::point("create.after-parent-update");
+    crash::point(CrashPoint::CreateAfterParentUpdate);
     if plan.prepared {
         links::add(
             &domain.vg,
@@ -318,6 +318,6 @@ fn prepare_contents(
         )
         .map_err(Error::io("creating the link"))?;
     }
-    crash::point("create.after-links");
+    crash::point(CrashPoint::CreateAfterLinks);
     Ok(())
 }

@@ -2,12 +2,13 @@
 //! its metadata. Each step is idempotent, so a retry after a failure finishes the job.
 
 use super::{Catalog, Volume};
+use crate::crash::{self, CrashPoint};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::lvm::Activation;
 use crate::metadata::Format;
+use crate::qemu;
 use crate::units::Bytes;
-use crate::{crash, qemu};
 use uuid::Uuid;
 
 /// Grows volume `id` to `size` bytes of capacity (takes the domain lock and the volume lease).
@@ -21,7 +22,7 @@ pub(crate) fn extend(domain: &Domain, id: &Uuid, size: Bytes) -> Result<Volume> 
     let mut meta = store.read(vol.slot)?;
     meta.capacity = size.0;
     store.write(vol.slot, &meta)?;
-    crash::point("extend.after-metadata");
+    crash::point(CrashPoint::ExtendAfterMetadata);
     vol.capacity = size.0;
     Ok(vol)
 }
@@ -50,7 +51,7 @@ pub(crate) fn grow_storage(
     if want_lv.0 > vol.lv_size {
         domain.lvm.lvextend(&domain.vg, &name, want_lv)?;
     }
-    crash::point("extend.after-lvextend");
+    crash::point(CrashPoint::ExtendAfterLvextend);
     if vol.format == Format::Qcow2 && size.0 > vol.capacity {
         let was_active = vol.active;
         if !was_active {
@@ -66,6 +67,6 @@ pub(crate) fn grow_storage(
         }
         r?;
     }
-    crash::point("extend.after-resize");
+    crash::point(CrashPoint::ExtendAfterResize);
     Ok(want_lv.0.max(vol.lv_size))
 }

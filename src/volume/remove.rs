@@ -13,11 +13,11 @@ use crate::tags::{self, Tag};
 use uuid::Uuid;
 
 const POINTS: undo::Points = undo::Points {
-    parent: Some("remove.after-parent-update"),
-    links: Some("remove.after-links"),
-    metadata: Some("remove.after-metadata"),
-    wipe: Some("remove.after-wipe"),
-    lvremove: Some("remove.after-lvremove"),
+    parent: Some(crate::crash::CrashPoint::RemoveAfterParentUpdate),
+    links: Some(crate::crash::CrashPoint::RemoveAfterLinks),
+    metadata: Some(crate::crash::CrashPoint::RemoveAfterMetadata),
+    wipe: Some(crate::crash::CrashPoint::RemoveAfterWipe),
+    lvremove: Some(crate::crash::CrashPoint::RemoveAfterLvremove),
 };
 
 /// Removes the leaf volume `id`; `progress` follows the wipe of its data.
@@ -76,7 +76,7 @@ pub(crate) fn remove(domain: &Domain, id: &Uuid, progress: &mut WipeProgress<'_>
             return Err(e.into());
         }
     }
-    crate::crash::point("remove.after-mark");
+    crate::crash::point(crate::crash::CrashPoint::RemoveAfterMark);
     let mut marked = lv;
     marked.removing = true;
     undo::release(domain, &cat.snap, &store, &marked, &held, POINTS, progress).map_err(|e| {
@@ -138,7 +138,7 @@ pub(crate) fn remove_image(
             );
         }
     }
-    crate::crash::point("remove.after-mark");
+    crate::crash::point(crate::crash::CrashPoint::RemoveAfterMark);
     // Undo each volume's changes leaf first, wipe their data, then remove all LVs with ONE
     // lvremove. The undo sees the domain as it will be: without any member, so no parent is
     // made a leaf again (its lease is ours already, and it goes too).

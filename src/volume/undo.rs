@@ -18,11 +18,11 @@ use uuid::Uuid;
 /// Crash points to pass on the way (the caller's operation names them).
 #[derive(Clone, Copy, Default)]
 pub struct Points {
-    pub parent: Option<&'static str>,
-    pub links: Option<&'static str>,
-    pub metadata: Option<&'static str>,
-    pub wipe: Option<&'static str>,
-    pub lvremove: Option<&'static str>,
+    pub parent: Option<crash::CrashPoint>,
+    pub links: Option<crash::CrashPoint>,
+    pub metadata: Option<crash::CrashPoint>,
+    pub wipe: Option<crash::CrashPoint>,
+    pub lvremove: Option<crash::CrashPoint>,
 }
 
 /// One thing the undo did; its text is what gc's report shows (stable).
@@ -79,7 +79,7 @@ impl std::fmt::Display for Action {
 /// Progress of a wipe: the LV, bytes zeroed so far, its size.
 pub type WipeProgress<'a> = dyn FnMut(&str, u64, u64) + 'a;
 
-fn pass(p: Option<&'static str>) {
+fn pass(p: Option<crash::CrashPoint>) {
     if let Some(p) = p {
         crash::point(p);
     }
