@@ -46,14 +46,14 @@ impl std::fmt::Display for ProblemKind {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Problem {
     pub kind: ProblemKind,
     pub subject: String,
     pub detail: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Report {
     pub vg: String,
     pub clean: bool,

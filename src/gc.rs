@@ -15,7 +15,6 @@
 use crate::domain::{Domain, LvEntry};
 use crate::error::Result;
 use crate::volume::undo::{self, Points, WipeProgress};
-use serde::Serialize;
 use std::time::Instant;
 use uuid::Uuid;
 
@@ -28,7 +27,7 @@ const POINTS: Points = Points {
 };
 
 /// What the collector did (or, with `dry_run`, would do) with one orphan.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Orphan {
     pub lv: String,
     pub marker: &'static str,
@@ -39,7 +38,7 @@ pub struct Orphan {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Report {
     pub vg: String,
     pub dry_run: bool,

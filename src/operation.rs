@@ -397,7 +397,7 @@ impl std::fmt::Display for State {
 }
 
 /// What a reader concludes about the operation that was started at `generation`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Status {
     pub volume: Uuid,
     pub generation: u64,

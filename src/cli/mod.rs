@@ -4,6 +4,7 @@
 //! Owns no storage logic: every command calls the library.
 
 mod output;
+pub mod views;
 
 use crate::domain::{Domain, FormatRequest};
 use crate::error::{Error, Result};

@@ -5,6 +5,7 @@
 //! [`Error::OutputClosed`], which the binary treats as a quiet success: the command's work is
 //! done by the time it prints. SIGPIPE stays ignored (a signal could end lvchain mid-change).
 
+use super::views;
 use crate::domain::DomainInfo;
 use crate::error::{Error, Result};
 use crate::volume::{Catalog, Volume};
@@ -106,7 +107,7 @@ impl Out {
 
     pub fn created(&self, v: &Volume) -> Result<()> {
         if self.json {
-            self.print_json(v)
+            self.print_json(&views::VolumeView::from(v))
         } else {
             self.line(format_args!("{}", v.id))?;
             Ok(())
@@ -115,7 +116,7 @@ impl Out {
 
     pub fn volume(&self, v: &Volume) -> Result<()> {
         if self.json {
-            return self.print_json(v);
+            return self.print_json(&views::VolumeView::from(v));
         }
         let parent = v
             .parent
@@ -149,7 +150,7 @@ impl Out {
 
     pub fn volumes(&self, vs: &[Volume]) -> Result<()> {
         if self.json {
-            return self.print_json(vs);
+            return self.print_json(&views::volumes(vs));
         }
         let rows: Vec<Vec<String>> = vs
             .iter()
@@ -183,12 +184,12 @@ impl Out {
             .last()
             .map(|v| crate::links::link_path(vg, image, &v.id));
         if self.json {
-            return self.print_json(&serde_json::json!({
-                "image": image,
-                "path": crate::links::image_dir(vg, image),
-                "leaf": leaf,
-                "volumes": chain,
-            }));
+            return self.print_json(&views::PreparedView {
+                image: *image,
+                path: crate::links::image_dir(vg, image),
+                leaf,
+                volumes: views::volumes(chain),
+            });
         }
         if let Some(leaf) = leaf {
             self.line(format_args!("{}", leaf.display()))?;
@@ -198,7 +199,7 @@ impl Out {
 
     pub fn domain_created(&self, info: &DomainInfo) -> Result<()> {
         if self.json {
-            return self.print_json(info);
+            return self.print_json(&views::DomainInfoView::from(info));
         }
         self.line(format_args!(
             "domain {} formatted: format {}, lock {}, {} slots of {} bytes, wipe {}",
@@ -208,29 +209,7 @@ impl Out {
     }
 
     pub fn domain_info(&self, cat: &Catalog) -> Result<()> {
-        #[derive(Serialize)]
-        struct Info<'a> {
-            #[serde(flatten)]
-            info: &'a DomainInfo,
-            volumes: usize,
-            images: usize,
-            orphans: usize,
-            free_slots: usize,
-        }
-        let snap = &cat.snap;
-        let i = Info {
-            info: &snap.info,
-            volumes: cat.volumes.len(),
-            images: snap.images().len(),
-            orphans: snap.orphans().count(),
-            // Damaged tags may name slots beyond the area: they take none of its slots.
-            free_slots: snap.info.max_volumes as usize
-                - snap
-                    .used_slots()
-                    .iter()
-                    .filter(|&&n| n < snap.info.max_volumes)
-                    .count(),
-        };
+        let i = views::DomainSummaryView::from(cat);
         if self.json {
             return self.print_json(&i);
         }
@@ -252,8 +231,8 @@ impl Out {
             &[vec![
                 i.info.vg.clone(),
                 i.info.format.to_string(),
-                i.info.lock_manager.to_string(),
-                i.info.wipe.to_string(),
+                i.info.lock_manager.clone(),
+                i.info.wipe.clone(),
                 b(i.info.vg_size),
                 b(i.info.vg_free),
                 i.volumes.to_string(),
@@ -266,7 +245,7 @@ impl Out {
 
     pub fn check(&self, r: &crate::check::Report) -> Result<()> {
         if self.json {
-            return self.print_json(r);
+            return self.print_json(&views::CheckView::from(r));
         }
         if r.clean {
             self.line(format_args!(
@@ -286,7 +265,7 @@ impl Out {
 
     pub fn gc(&self, r: &crate::gc::Report) -> Result<()> {
         if self.json {
-            return self.print_json(r);
+            return self.print_json(&views::GcView::from(r));
         }
         let rows: Vec<Vec<String>> = r
             .orphans
@@ -318,7 +297,7 @@ impl Out {
 
     pub fn status(&self, st: &crate::operation::Status) -> Result<()> {
         if self.json {
-            return self.print_json(st);
+            return self.print_json(&views::StatusView::from(st));
         }
         let host = st
             .host_id

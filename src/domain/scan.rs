@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashSet};
 use uuid::Uuid;
 
 /// Domain facts kept in VG tags.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct DomainInfo {
     pub vg: String,
     pub format: u32,
@@ -363,8 +363,9 @@ mod tests {
         ] {
             let info = info_from_tags("vg", &domain_tags(tag), 4 << 20, 1 << 30, 1 << 29)?;
             assert_eq!(info.lock_manager, kind);
+            let view = crate::cli::views::DomainInfoView::from(&info);
             let text =
-                serde_json::to_string(&info).map_err(|e| Error::InvalidInput(e.to_string()))?;
+                serde_json::to_string(&view).map_err(|e| Error::InvalidInput(e.to_string()))?;
             assert!(text.contains(json), "{text}");
         }
         Ok(())

@@ -19,12 +19,11 @@ pub(crate) use remove::{remove, remove_image};
 use crate::domain::{Domain, LvEntry, Snapshot};
 use crate::error::{Error, Result};
 use crate::metadata::{Format, Legality, MetaError, Role, VolumeMeta};
-use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
-/// A committed volume as the CLI and the JSON output show it (stable field names).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// A committed volume: its LV and its metadata (the CLI's JSON view is `cli::views`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Volume {
     pub id: Uuid,
     pub image: Uuid,
