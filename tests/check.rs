@@ -41,7 +41,7 @@ fn write_slot(d: &Domain, slot: u64, bytes: &[u8]) {
 }
 
 #[test]
-fn check_reports_every_kind_of_damage_and_changes_nothing() {
+fn lvm_check_reports_every_kind_of_damage_and_changes_nothing() {
     if !lvm_available("checkdamage") {
         return;
     }

@@ -163,7 +163,7 @@ impl Fixture {
 }
 
 #[test]
-fn every_create_crash_point_is_reported_and_repaired() {
+fn lvm_every_create_crash_point_is_reported_and_repaired() {
     if !lvm_available("crashcreate") {
         return;
     }
@@ -195,7 +195,7 @@ fn every_create_crash_point_is_reported_and_repaired() {
 }
 
 #[test]
-fn every_remove_crash_point_is_reported_and_repaired() {
+fn lvm_every_remove_crash_point_is_reported_and_repaired() {
     if !lvm_available("crashremove") {
         return;
     }
@@ -223,7 +223,7 @@ fn every_remove_crash_point_is_reported_and_repaired() {
 }
 
 #[test]
-fn every_extend_crash_point_leaves_a_consistent_volume_and_retry_finishes() {
+fn lvm_every_extend_crash_point_leaves_a_consistent_volume_and_retry_finishes() {
     if !lvm_available("crashextend") {
         return;
     }
@@ -248,7 +248,7 @@ fn every_extend_crash_point_leaves_a_consistent_volume_and_retry_finishes() {
 }
 
 #[test]
-fn a_collector_that_crashes_at_every_point_is_finished_by_the_next_run() {
+fn lvm_a_collector_that_crashes_at_every_point_is_finished_by_the_next_run() {
     if !lvm_available("crashgc") {
         return;
     }
@@ -267,7 +267,7 @@ fn a_collector_that_crashes_at_every_point_is_finished_by_the_next_run() {
 }
 
 #[test]
-fn a_collector_that_crashes_while_completing_a_removal_is_finished_by_the_next_run() {
+fn lvm_a_collector_that_crashes_while_completing_a_removal_is_finished_by_the_next_run() {
     if !lvm_available("crashgcremove") {
         return;
     }
@@ -289,7 +289,7 @@ fn a_collector_that_crashes_while_completing_a_removal_is_finished_by_the_next_r
 }
 
 #[test]
-fn kill_9_at_random_moments_fifty_times() {
+fn lvm_kill_9_at_random_moments_fifty_times() {
     if !lvm_available("kill9") {
         return;
     }
@@ -345,7 +345,7 @@ fn kill_9_at_random_moments_fifty_times() {
 }
 
 #[test]
-fn concurrent_writers_and_a_collector_never_corrupt_the_domain() {
+fn lvm_concurrent_writers_and_a_collector_never_corrupt_the_domain() {
     if !lvm_available("concurrent") {
         return;
     }
@@ -436,7 +436,7 @@ impl Fixture {
 }
 
 #[test]
-fn gc_restores_marked_volumes_that_a_committed_volume_still_needs() {
+fn lvm_gc_restores_marked_volumes_that_a_committed_volume_still_needs() {
     if !lvm_available("restore") {
         return;
     }
@@ -461,7 +461,7 @@ fn gc_restores_marked_volumes_that_a_committed_volume_still_needs() {
 }
 
 #[test]
-fn busy_leases_refuse_cleanly_and_gc_waits_for_a_removed_volumes_lease() {
+fn lvm_busy_leases_refuse_cleanly_and_gc_waits_for_a_removed_volumes_lease() {
     if !lvm_available("busylease") {
         return;
     }
@@ -511,7 +511,7 @@ fn busy_leases_refuse_cleanly_and_gc_waits_for_a_removed_volumes_lease() {
 }
 
 #[test]
-fn gc_clears_a_stale_mapping_left_by_an_orphan() {
+fn lvm_gc_clears_a_stale_mapping_left_by_an_orphan() {
     if !lvm_available("stalemap") {
         return;
     }
@@ -563,7 +563,7 @@ fn gc_clears_a_stale_mapping_left_by_an_orphan() {
 /// and an update: the status each leaves, the lease free, the retry at the right generation,
 /// and the data (or description) read back.
 #[test]
-fn every_operation_crash_point_leaves_the_right_status_and_a_retry_succeeds() {
+fn lvm_every_operation_crash_point_leaves_the_right_status_and_a_retry_succeeds() {
     if !lvm_available("crashop") {
         return;
     }

@@ -54,7 +54,7 @@ fn check(d: &Domain) -> (bool, Value) {
 }
 
 #[test]
-fn a_copy_into_a_parent_whose_snapshot_creation_died_is_refused_until_gc() {
+fn lvm_a_copy_into_a_parent_whose_snapshot_creation_died_is_refused_until_gc() {
     if !lvm_available("copydeadsnap") {
         return;
     }
@@ -79,7 +79,7 @@ fn a_copy_into_a_parent_whose_snapshot_creation_died_is_refused_until_gc() {
 }
 
 #[test]
-fn a_live_snapshot_creation_holds_its_parents_lease_until_its_commit() {
+fn lvm_a_live_snapshot_creation_holds_its_parents_lease_until_its_commit() {
     if !lvm_available("copylivesnap") {
         return;
     }
@@ -104,7 +104,7 @@ fn a_live_snapshot_creation_holds_its_parents_lease_until_its_commit() {
 }
 
 #[test]
-fn a_removal_mark_left_on_a_middle_volume_keeps_the_whole_chain() {
+fn lvm_a_removal_mark_left_on_a_middle_volume_keeps_the_whole_chain() {
     if !lvm_available("middlemark") {
         return;
     }
@@ -153,7 +153,7 @@ fn a_removal_mark_left_on_a_middle_volume_keeps_the_whole_chain() {
 }
 
 #[test]
-fn illegal_volumes_are_not_prepared_and_check_reports_them() {
+fn lvm_illegal_volumes_are_not_prepared_and_check_reports_them() {
     if !lvm_available("illegalserve") {
         return;
     }
@@ -213,7 +213,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 #[test]
-fn a_qcow2_source_naming_a_backing_file_is_refused_and_its_backing_never_read() {
+fn lvm_a_qcow2_source_naming_a_backing_file_is_refused_and_its_backing_never_read() {
     if !lvm_available("copybacking") {
         return;
     }
@@ -253,7 +253,7 @@ fn a_qcow2_source_naming_a_backing_file_is_refused_and_its_backing_never_read() 
 }
 
 #[test]
-fn a_volume_source_must_be_legal_and_is_held_while_it_is_read() {
+fn lvm_a_volume_source_must_be_legal_and_is_held_while_it_is_read() {
     if !lvm_available("copyvolsrc") {
         return;
     }

@@ -170,7 +170,7 @@ fn v_image(d: &Domain, vol: &str) -> String {
 }
 
 #[test]
-fn a_killed_lvchain_keeps_the_local_domain_lock_until_its_lvm_command_ends() {
+fn lvm_a_killed_lvchain_keeps_the_local_domain_lock_until_its_lvm_command_ends() {
     if !lvm_available("locallockheld") {
         return;
     }
@@ -180,7 +180,7 @@ fn a_killed_lvchain_keeps_the_local_domain_lock_until_its_lvm_command_ends() {
 }
 
 #[test]
-fn a_killed_lvchain_keeps_the_sanlock_domain_lease_until_its_lvm_command_ends() {
+fn sanlock_a_killed_lvchain_keeps_the_sanlock_domain_lease_until_its_lvm_command_ends() {
     if !lvm_available("sanlocklockheld") || !sanlock_available("sanlocklockheld") {
         return;
     }

@@ -27,7 +27,7 @@ fn sorted(mut t: Vec<Tag>) -> Vec<Tag> {
 }
 
 #[test]
-fn vg_on_two_loop_devices_reports_both_pvs() {
+fn lvm_vg_on_two_loop_devices_reports_both_pvs() {
     if !lvm_available("vg_on_two_loop_devices_reports_both_pvs") {
         return;
     }
@@ -41,7 +41,7 @@ fn vg_on_two_loop_devices_reports_both_pvs() {
 }
 
 #[test]
-fn lv_created_with_four_tags_reads_them_back_typed() {
+fn lvm_lv_created_with_four_tags_reads_them_back_typed() {
     if !lvm_available("lv_created_with_four_tags_reads_them_back_typed") {
         return;
     }
@@ -64,7 +64,7 @@ fn lv_created_with_four_tags_reads_them_back_typed() {
 }
 
 #[test]
-fn one_lvchange_removes_one_tag_and_adds_two() {
+fn lvm_one_lvchange_removes_one_tag_and_adds_two() {
     if !lvm_available("one_lvchange_removes_one_tag_and_adds_two") {
         return;
     }
@@ -92,7 +92,7 @@ fn one_lvchange_removes_one_tag_and_adds_two() {
 }
 
 #[test]
-fn activation_makes_a_device_for_direct_io_and_deactivation_removes_it() {
+fn lvm_activation_makes_a_device_for_direct_io_and_deactivation_removes_it() {
     if !lvm_available("activation_makes_a_device_for_direct_io_and_deactivation_removes_it") {
         return;
     }
@@ -132,7 +132,7 @@ fn activation_makes_a_device_for_direct_io_and_deactivation_removes_it() {
 }
 
 #[test]
-fn extend_grows_the_lv_and_refresh_keeps_it_usable() {
+fn lvm_extend_grows_the_lv_and_refresh_keeps_it_usable() {
     if !lvm_available("extend_grows_the_lv_and_refresh_keeps_it_usable") {
         return;
     }
@@ -157,7 +157,7 @@ fn extend_grows_the_lv_and_refresh_keeps_it_usable() {
 }
 
 #[test]
-fn remove_deletes_the_lv() {
+fn lvm_remove_deletes_the_lv() {
     if !lvm_available("remove_deletes_the_lv") {
         return;
     }
@@ -178,7 +178,7 @@ fn remove_deletes_the_lv() {
 }
 
 #[test]
-fn missing_vg_is_classified() {
+fn lvm_missing_vg_is_classified() {
     if !lvm_available("missing_vg_is_classified") {
         return;
     }
@@ -194,7 +194,7 @@ fn missing_vg_is_classified() {
 }
 
 #[test]
-fn missing_lv_is_classified() {
+fn lvm_missing_lv_is_classified() {
     if !lvm_available("missing_lv_is_classified") {
         return;
     }
@@ -207,7 +207,7 @@ fn missing_lv_is_classified() {
 }
 
 #[test]
-fn duplicate_lv_name_is_classified() {
+fn lvm_duplicate_lv_name_is_classified() {
     if !lvm_available("duplicate_lv_name_is_classified") {
         return;
     }
@@ -227,7 +227,7 @@ fn duplicate_lv_name_is_classified() {
 }
 
 #[test]
-fn no_space_is_classified() {
+fn lvm_no_space_is_classified() {
     if !lvm_available("no_space_is_classified") {
         return;
     }
@@ -243,7 +243,7 @@ fn no_space_is_classified() {
 }
 
 #[test]
-fn removing_an_open_lv_is_in_use() {
+fn lvm_removing_an_open_lv_is_in_use() {
     if !lvm_available("removing_an_open_lv_is_in_use") {
         return;
     }
@@ -268,7 +268,7 @@ fn removing_an_open_lv_is_in_use() {
 
 /// Runs on any host: the layer pointed at a script that never finishes.
 #[test]
-fn a_hanging_command_is_killed_at_its_deadline() {
+fn lvm_a_hanging_command_is_killed_at_its_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("lvm");
     let marker = format!("9{}", std::process::id());

@@ -19,7 +19,7 @@ fn read_volume(d: &Domain, img: &str, vol: &str, len: usize) -> Vec<u8> {
 }
 
 #[test]
-fn a_running_copy_is_seen_running_then_succeeded_and_its_data_reads_back() {
+fn lvm_a_running_copy_is_seen_running_then_succeeded_and_its_data_reads_back() {
     if !lvm_available("copyrunning") {
         return;
     }
@@ -51,7 +51,7 @@ fn a_running_copy_is_seen_running_then_succeeded_and_its_data_reads_back() {
 }
 
 #[test]
-fn a_copy_killed_with_kill_9_is_failed_and_can_be_run_again() {
+fn lvm_a_copy_killed_with_kill_9_is_failed_and_can_be_run_again() {
     if !lvm_available("copykilled") {
         return;
     }
@@ -90,7 +90,7 @@ fn a_copy_killed_with_kill_9_is_failed_and_can_be_run_again() {
 }
 
 #[test]
-fn a_wrong_generation_is_refused_and_changes_nothing_and_fencing_stops_late_runners() {
+fn lvm_a_wrong_generation_is_refused_and_changes_nothing_and_fencing_stops_late_runners() {
     if !lvm_available("generation") {
         return;
     }
@@ -220,7 +220,7 @@ fn update(d: &Domain, vol: &str, generation: u64, description: &str) {
 }
 
 #[test]
-fn three_operations_are_succeeded_not_fenced_and_only_a_recorded_fence_is_fenced() {
+fn lvm_three_operations_are_succeeded_not_fenced_and_only_a_recorded_fence_is_fenced() {
     if !lvm_available("threeops") {
         return;
     }
@@ -247,7 +247,7 @@ fn three_operations_are_succeeded_not_fenced_and_only_a_recorded_fence_is_fenced
 }
 
 #[test]
-fn impossible_generations_are_bad_input_and_change_nothing() {
+fn lvm_impossible_generations_are_bad_input_and_change_nothing() {
     if !lvm_available("biggen") {
         return;
     }
@@ -270,7 +270,7 @@ fn impossible_generations_are_bad_input_and_change_nothing() {
 }
 
 #[test]
-fn format_1_domains_are_served_and_keep_version_1_slots() {
+fn lvm_format_1_domains_are_served_and_keep_version_1_slots() {
     if !lvm_available("format1") {
         return;
     }

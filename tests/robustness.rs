@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 /// `lvchain volume list VG | head -1`: the reader goes away before lvchain writes.
 #[test]
-fn volume_list_into_a_closed_pipe_exits_quietly() {
+fn lvm_volume_list_into_a_closed_pipe_exits_quietly() {
     if !lvm_available("closedpipe") {
         return;
     }
@@ -89,7 +89,7 @@ fn check_clean(d: &Domain) {
 }
 
 #[test]
-fn a_create_commit_that_timed_out_after_committing_reports_success() {
+fn lvm_a_create_commit_that_timed_out_after_committing_reports_success() {
     if !lvm_available("commithang") {
         return;
     }
@@ -121,7 +121,7 @@ fn a_create_commit_that_timed_out_after_committing_reports_success() {
 }
 
 #[test]
-fn a_create_commit_that_timed_out_before_committing_is_left_for_gc() {
+fn lvm_a_create_commit_that_timed_out_before_committing_is_left_for_gc() {
     if !lvm_available("commitnot") {
         return;
     }
@@ -157,7 +157,7 @@ fn a_create_commit_that_timed_out_before_committing_is_left_for_gc() {
 }
 
 #[test]
-fn a_removal_mark_that_timed_out_after_committing_completes_the_removal() {
+fn lvm_a_removal_mark_that_timed_out_after_committing_completes_the_removal() {
     if !lvm_available("markhang") {
         return;
     }
@@ -183,7 +183,7 @@ fn a_removal_mark_that_timed_out_after_committing_completes_the_removal() {
 }
 
 #[test]
-fn a_removal_mark_that_timed_out_before_committing_refuses_cleanly() {
+fn lvm_a_removal_mark_that_timed_out_before_committing_refuses_cleanly() {
     if !lvm_available("marknot") {
         return;
     }
@@ -216,7 +216,7 @@ fn a_removal_mark_that_timed_out_before_committing_refuses_cleanly() {
 }
 
 #[test]
-fn a_relative_lvchain_lvm_is_refused() {
+fn lvm_a_relative_lvchain_lvm_is_refused() {
     let f = lvchain::exec::Cmd::new(BIN.as_str(), std::time::Duration::from_secs(60))
         .env("LVCHAIN_LVM", "lvm")
         .args(["volume", "list", "novg"])
@@ -282,7 +282,7 @@ fn logging_lvm(dir: &std::path::Path, log: &std::path::Path) -> String {
 }
 
 #[test]
-fn reports_and_activation_run_with_metadata_read_only_and_writes_do_not() {
+fn lvm_reports_and_activation_run_with_metadata_read_only_and_writes_do_not() {
     if !lvm_available("readonlyflag") {
         return;
     }
@@ -339,7 +339,7 @@ fn reports_and_activation_run_with_metadata_read_only_and_writes_do_not() {
 /// with dd): lvm 2.03.16 warns and uses the newer one; activation, deactivation and reports
 /// through lvchain leave both metadata areas as they are.
 #[test]
-fn activation_on_a_vg_with_a_stale_metadata_copy_writes_no_metadata() {
+fn lvm_activation_on_a_vg_with_a_stale_metadata_copy_writes_no_metadata() {
     if !lvm_available("stalemda") {
         return;
     }
@@ -509,7 +509,7 @@ fn alive(pid: u32) -> bool {
 }
 
 #[test]
-fn a_killed_copy_leaves_no_qemu_img_and_its_lease_is_free_only_after_the_writer_is_gone() {
+fn lvm_a_killed_copy_leaves_no_qemu_img_and_its_lease_is_free_only_after_the_writer_is_gone() {
     if !lvm_available("killcopy") {
         return;
     }

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::time::Duration;
 
 #[test]
-fn a_sanlock_domain_serves_leases_and_status_from_shared_storage() {
+fn sanlock_a_sanlock_domain_serves_leases_and_status_from_shared_storage() {
     if !lvm_available("sanlockdomain") || !sanlock_available("sanlockdomain") {
         return;
     }
@@ -148,7 +148,7 @@ fn a_sanlock_domain_serves_leases_and_status_from_shared_storage() {
 }
 
 #[test]
-fn a_volume_source_is_read_under_a_shared_sanlock_lease() {
+fn sanlock_a_volume_source_is_read_under_a_shared_sanlock_lease() {
     if !lvm_available("sanlockshared") || !sanlock_available("sanlockshared") {
         return;
     }

@@ -33,7 +33,7 @@ fn qemu_io(path: &str, cmd: &str) -> String {
 }
 
 #[test]
-fn raw_base_and_three_qcow2_snapshots_form_a_chain_that_reads_back() {
+fn lvm_raw_base_and_three_qcow2_snapshots_form_a_chain_that_reads_back() {
     if !lvm_available("chain") {
         return;
     }
@@ -117,7 +117,7 @@ fn raw_base_and_three_qcow2_snapshots_form_a_chain_that_reads_back() {
 }
 
 #[test]
-fn removing_the_leaf_makes_the_parent_the_leaf_and_frees_the_slot_for_reuse() {
+fn lvm_removing_the_leaf_makes_the_parent_the_leaf_and_frees_the_slot_for_reuse() {
     if !lvm_available("removeleaf") {
         return;
     }
@@ -155,7 +155,7 @@ fn removing_the_leaf_makes_the_parent_the_leaf_and_frees_the_slot_for_reuse() {
 }
 
 #[test]
-fn a_create_that_fails_for_lack_of_space_changes_nothing() {
+fn lvm_a_create_that_fails_for_lack_of_space_changes_nothing() {
     if !lvm_available("nospace") {
         return;
     }
@@ -177,7 +177,7 @@ fn a_create_that_fails_for_lack_of_space_changes_nothing() {
 }
 
 #[test]
-fn a_create_whose_qemu_img_fails_is_rolled_back() {
+fn lvm_a_create_whose_qemu_img_fails_is_rolled_back() {
     if !lvm_available("qemufail") {
         return;
     }
@@ -209,7 +209,7 @@ fn a_create_whose_qemu_img_fails_is_rolled_back() {
 }
 
 #[test]
-fn a_crash_at_every_create_step_leaves_nothing_or_a_marked_lv_no_reader_shows() {
+fn lvm_a_crash_at_every_create_step_leaves_nothing_or_a_marked_lv_no_reader_shows() {
     if !lvm_available("crashsteps") {
         return;
     }
@@ -265,7 +265,7 @@ fn remove_orphan(d: &Domain, _id: &str) {
 }
 
 #[test]
-fn bad_input_gets_a_clear_error_and_changes_nothing() {
+fn lvm_bad_input_gets_a_clear_error_and_changes_nothing() {
     if !lvm_available("badinput") {
         return;
     }
@@ -374,7 +374,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
 }
 
 #[test]
-fn a_vg_with_lvs_or_half_formatted_is_not_taken_for_a_domain() {
+fn lvm_a_vg_with_lvs_or_half_formatted_is_not_taken_for_a_domain() {
     if !lvm_available("refuse") {
         return;
     }
@@ -426,7 +426,7 @@ fn a_vg_with_lvs_or_half_formatted_is_not_taken_for_a_domain() {
 }
 
 #[test]
-fn extend_grows_lv_qcow2_and_capacity() {
+fn lvm_extend_grows_lv_qcow2_and_capacity() {
     if !lvm_available("extend") {
         return;
     }

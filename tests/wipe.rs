@@ -99,7 +99,7 @@ fn lvm(d: &Domain, args: &[&str]) {
 }
 
 #[test]
-fn wipe_volume_remove_leaves_nothing_for_the_next_volume() {
+fn lvm_wipe_volume_remove_leaves_nothing_for_the_next_volume() {
     if !lvm_available("wiperemove") {
         return;
     }
@@ -116,7 +116,7 @@ fn wipe_volume_remove_leaves_nothing_for_the_next_volume() {
 }
 
 #[test]
-fn wipe_image_remove_zeroes_every_member() {
+fn lvm_wipe_image_remove_zeroes_every_member() {
     if !lvm_available("wipeimage") {
         return;
     }
@@ -139,7 +139,7 @@ fn wipe_image_remove_zeroes_every_member() {
 }
 
 #[test]
-fn wipe_gc_completes_a_removal_that_crashed_after_its_mark() {
+fn lvm_wipe_gc_completes_a_removal_that_crashed_after_its_mark() {
     if !lvm_available("wipegc") {
         return;
     }
@@ -160,7 +160,7 @@ fn wipe_gc_completes_a_removal_that_crashed_after_its_mark() {
 }
 
 #[test]
-fn wipe_none_on_a_volume_leaves_its_data_and_the_setting_is_honoured() {
+fn lvm_wipe_none_on_a_volume_leaves_its_data_and_the_setting_is_honoured() {
     if !lvm_available("wipenonevol") {
         return;
     }
@@ -178,7 +178,7 @@ fn wipe_none_on_a_volume_leaves_its_data_and_the_setting_is_honoured() {
 }
 
 #[test]
-fn wipe_none_on_a_domain_leaves_data_and_a_volume_override_wins() {
+fn lvm_wipe_none_on_a_domain_leaves_data_and_a_volume_override_wins() {
     if !lvm_available("wipenonedom") {
         return;
     }
@@ -222,7 +222,7 @@ fn wipe_none_on_a_domain_leaves_data_and_a_volume_override_wins() {
 }
 
 #[test]
-fn wipe_bad_settings_are_refused_and_change_nothing() {
+fn lvm_wipe_bad_settings_are_refused_and_change_nothing() {
     if !lvm_available("wipebad") {
         return;
     }
@@ -251,7 +251,7 @@ fn wipe_bad_settings_are_refused_and_change_nothing() {
 }
 
 #[test]
-fn wipe_failure_keeps_the_marker_and_gc_retries() {
+fn lvm_wipe_failure_keeps_the_marker_and_gc_retries() {
     if !lvm_available("wipefail") {
         return;
     }
