@@ -194,7 +194,8 @@ fn read_own(store: &SlotStore, vol: &Volume) -> Result<VolumeMeta> {
 /// a volume source, held until the copy ends.
 struct CopySource {
     read: Read,
-    volume: Option<Volume>,
+    /// A volume source's chain up to it, base first (their devices are read).
+    chain: Vec<Volume>,
     _lease: Option<Box<dyn crate::lock::LeaseGuard>>,
 }
 
@@ -222,7 +223,7 @@ impl CopySource {
                     }
                     return Ok(CopySource {
                         read: Read::Stream(path.clone()),
-                        volume: None,
+                        chain: Vec::new(),
                         _lease: None,
                     });
                 }
@@ -240,7 +241,7 @@ impl CopySource {
                 }
                 Ok(CopySource {
                     read: Read::Image(spec),
-                    volume: None,
+                    chain: Vec::new(),
                     _lease: None,
                 })
             }
@@ -275,10 +276,15 @@ impl CopySource {
                         generation,
                     });
                 }
-                let spec = qemu::source_spec(&domain.volume_device(s), sv.format, true);
+                // Read through its whole chain, as lvchain's metadata has it.
+                let chain = chain[..upto].to_vec();
+                let members: Vec<_> = chain
+                    .iter()
+                    .map(|v| (domain.volume_device(&v.id), v.format))
+                    .collect();
                 Ok(CopySource {
-                    read: Read::Image(spec),
-                    volume: Some(sv),
+                    read: Read::Image(qemu::chain_spec(&members)),
+                    chain,
                     _lease: Some(lease),
                 })
             }
@@ -301,13 +307,8 @@ fn copy(
         Some(i) => chain[..=i].to_vec(),
         None => vec![vol.clone()],
     };
-    if let Some(sv) = &source.volume {
-        if sv.format == Format::Qcow2 && sv.parent.is_some() {
-            // The source chain must be readable: all of it active and linked.
-            crate::image::prepare(domain, &sv.image, false)?;
-        }
-        need.push(sv.clone());
-    }
+    // A volume source is read through its chain: all of it active.
+    need.extend(source.chain.iter().cloned());
     for v in &need {
         if !v.active || !domain.volume_device(&v.id).exists() {
             domain

@@ -164,6 +164,24 @@ pub fn source_spec(path: &Path, format: crate::metadata::Format, block_device: b
     format!("json:{spec}")
 }
 
+/// The `json:` source of a volume chain, base first: each qcow2 member reads through the one
+/// before it (named here from lvchain's metadata, never from the image's header), the base
+/// reads nothing else. Every member's device must be active.
+pub fn chain_spec(members: &[(PathBuf, crate::metadata::Format)]) -> String {
+    let mut spec = serde_json::Value::Null;
+    for (device, format) in members {
+        let file =
+            serde_json::json!({ "driver": "host_device", "filename": device.to_string_lossy() });
+        spec = match format {
+            crate::metadata::Format::Raw => serde_json::json!({ "driver": "raw", "file": file }),
+            crate::metadata::Format::Qcow2 => {
+                serde_json::json!({ "driver": "qcow2", "file": file, "backing": spec })
+            }
+        };
+    }
+    format!("json:{spec}")
+}
+
 /// The other files a qcow2 image's header names (a backing file, an external data file).
 pub fn external_files(spec: &str) -> Result<Vec<String>, QemuError> {
     let c = Cmd::new(qemu_img(), Duration::from_secs(120))
@@ -198,6 +216,27 @@ pub fn qcow2_lv_size(capacity: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chain_spec_reads_each_member_through_the_one_before() {
+        use crate::metadata::Format;
+        let spec = chain_spec(&[
+            (PathBuf::from("/dev/vg/base"), Format::Raw),
+            (PathBuf::from("/dev/vg/mid"), Format::Qcow2),
+            (PathBuf::from("/dev/vg/top"), Format::Qcow2),
+        ]);
+        let v: serde_json::Value =
+            serde_json::from_str(spec.trim_start_matches("json:")).expect("json");
+        assert_eq!(v["driver"], "qcow2");
+        assert_eq!(v["file"]["filename"], "/dev/vg/top");
+        assert_eq!(v["backing"]["file"]["filename"], "/dev/vg/mid");
+        assert_eq!(v["backing"]["backing"]["driver"], "raw");
+        assert_eq!(v["backing"]["backing"]["file"]["filename"], "/dev/vg/base");
+        assert!(v["backing"]["backing"].get("backing").is_none());
+        // A lone qcow2 (no parent) reads nothing else.
+        let lone = chain_spec(&[(PathBuf::from("/dev/vg/q"), Format::Qcow2)]);
+        assert!(lone.contains("\"backing\":null"), "{lone}");
+    }
 
     #[test]
     fn a_header_made_in_memory_is_the_image_qemu_img_would_write() {

@@ -326,3 +326,25 @@ fn lvm_a_volume_source_must_be_legal_and_is_held_while_it_is_read() {
         "x",
     ]);
 }
+
+#[test]
+fn lvm_a_copy_from_a_snapshot_reads_through_its_whole_chain() {
+    if !lvm_available("copyfromsnap") {
+        return;
+    }
+    let d = Domain::new("copyfromsnap");
+    let (img, dst_img) = (uuid(), uuid());
+    let base = d.create(&["--image", &img, "--size", "4M", "--format", "raw"]);
+    let (_dir, file) = dir_file(&[0x47; 1 << 20]);
+    d.ok(&copy_args(&d, &base, file.to_str().unwrap(), "0"));
+    let snap = d.create(&["--parent", &base]);
+    let dst = d.create(&["--image", &dst_img, "--size", "4M", "--format", "raw"]);
+    // The snapshot holds no data of its own: all of it comes from the base.
+    d.ok(&copy_args(&d, &dst, &snap, "0"));
+    let data = read_volume(&d, &dst_img, &dst, 1 << 20);
+    assert!(
+        data.iter().all(|&b| b == 0x47),
+        "the base's data reached the copy"
+    );
+    assert!(check(&d).0, "{}", check(&d).1);
+}
