@@ -108,26 +108,39 @@ pub(crate) fn run(domain: &Domain, id: &Uuid, generation: u64, work: &Work) -> R
         _ => None,
     };
     meta.legality = Legality::Illegal;
+    // A copy's data is partial from its first write until it completes.
+    meta.partial |= matches!(work, Work::Copy { .. });
     store.write(vol.slot, &meta)?;
     crash::point(CrashPoint::OpAfterIllegal);
 
-    let mut legality = Legality::Legal;
+    let mut legality = None;
     match work {
         Work::Copy { progress, .. } => {
             if let Some(source) = &source {
                 copy(domain, &cat, &vol, source, *progress)?;
             }
         }
-        Work::Update { legality: l, .. } => legality = l.unwrap_or(Legality::Legal),
+        Work::Update { legality: l, .. } => legality = *l,
         Work::Extend { size } => {
             crate::volume::grow_storage(domain, &cat, &vol, *size)?;
         }
     }
     crash::point(CrashPoint::OpAfterWork);
 
-    // The end: one sector write of LEGAL and generation + 1 (and what the work changed).
+    // The end: one sector write of the legality and generation + 1 (and what the work
+    // changed). A completed copy leaves whole data; an explicit legality is the operator's
+    // word; any other operation leaves the volume legal only when no partial data is recorded
+    // (an update or an extend never makes a failed copy's data whole).
     let mut meta = read_own(&store, &vol)?;
-    meta.legality = legality;
+    match (work, legality) {
+        (Work::Copy { .. }, _) | (_, Some(Legality::Legal)) => {
+            meta.partial = false;
+            meta.legality = Legality::Legal;
+        }
+        (_, Some(l)) => meta.legality = l,
+        (_, None) if meta.partial => meta.legality = Legality::Illegal,
+        (_, None) => meta.legality = Legality::Legal,
+    }
     meta.generation = next;
     match work {
         Work::Update {
@@ -571,6 +584,7 @@ mod tests {
             ctime: 0,
             description: String::new(),
             fence: FenceRecord::NONE,
+            partial: false,
         }
     }
 

@@ -185,8 +185,36 @@ fn lvm_illegal_volumes_are_not_prepared_and_check_reports_them() {
     // Recovery work may look at it.
     d.ok(&["image", "prepare", d.name(), &img, "--allow-illegal"]);
     d.ok(&["image", "teardown", d.name(), &img]);
-    // The operation run again at its generation makes it legal: served and clean again.
-    d.ok(&copy_args(&d, &leaf, from, "0"));
+    // Operations that write no data do not make the failed copy's data whole.
+    let update = [
+        "volume",
+        "update",
+        d.name(),
+        &leaf,
+        "--generation",
+        "0",
+        "--description",
+        "x",
+    ];
+    let v = d.json(&update);
+    assert_eq!(
+        (v["legality"].as_str(), v["generation"].as_u64()),
+        (Some("illegal"), Some(1))
+    );
+    let extend = [
+        "volume",
+        "extend",
+        d.name(),
+        &leaf,
+        "--size",
+        "16M",
+        "--generation",
+        "1",
+    ];
+    assert_eq!(d.json(&extend)["legality"], "illegal");
+    refused(&d, &["image", "prepare", d.name(), &img], "illegal");
+    // The copy run again makes it legal: served and clean again.
+    d.ok(&copy_args(&d, &leaf, from, "2"));
     d.ok(&["image", "prepare", d.name(), &img]);
     d.ok(&["image", "teardown", d.name(), &img]);
     assert!(check(&d).0, "{}", check(&d).1);

@@ -713,3 +713,38 @@ fn sim_a_collector_running_beside_writers_never_takes_a_committed_volume() {
     let report = h.d.check().unwrap();
     assert!(report.clean, "{:?}", report.problems);
 }
+
+#[test]
+fn sim_only_a_completed_copy_or_the_operator_makes_a_failed_copy_legal() {
+    let h = Host::new();
+    let (_, v) = h.base(4 * MIB);
+    // The copy fails at its data write (its 4th step: report, ILLEGAL, activation, data).
+    let at = h.sim.steps();
+    h.sim.inject(at + 4, Fault::Fail);
+    assert!(h.copy_in(&v, 0).is_err());
+    assert!(
+        h.sim.log()[at + 3].starts_with("write"),
+        "{:?}",
+        &h.sim.log()[at..]
+    );
+    let legality = |h: &Host| h.catalog()[&v].legality;
+    assert_eq!(legality(&h), Legality::Illegal);
+    // Operations that write no data leave it illegal.
+    let u = h.d.update(&v, 0, Some("x".into()), None).unwrap();
+    assert_eq!((u.legality, u.generation), (Legality::Illegal, 1));
+    let e = h.d.extend_volume(&v, Bytes(8 * MIB), Some(1)).unwrap();
+    assert_eq!(e.legality, Legality::Illegal);
+    // The copy run again makes it legal; so does the operator's explicit word.
+    assert_eq!(h.copy_in(&v, 2).unwrap().legality, Legality::Legal);
+    h.sim.inject(h.sim.steps() + 4, Fault::Fail);
+    assert!(h.copy_in(&v, 3).is_err());
+    let l = h.d.update(&v, 3, None, Some(Legality::Legal)).unwrap();
+    assert_eq!(l.legality, Legality::Legal);
+    // A failed update run again ends legal: it left no partial data.
+    h.sim.inject(h.sim.steps() + 2, Fault::Fail);
+    let failed = h.d.update(&v, 4, Some("y".into()), None);
+    assert!(failed.is_err() || failed.is_ok_and(|u| u.legality == Legality::Legal));
+    let g = h.catalog()[&v].generation;
+    let again = h.d.update(&v, g, Some("y".into()), None).unwrap();
+    assert_eq!(again.legality, Legality::Legal);
+}

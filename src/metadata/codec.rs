@@ -3,8 +3,9 @@
 //! Version 1: `LVC_META=1`, `ID`, `IMAGE`, `PARENT`, `FORMAT`, `CAPACITY`, `ROLE`, `LEGALITY`,
 //! `GENERATION`, `CTIME`, `DESCRIPTION`, then `CHECKSUM`. Version 2 adds the fence record
 //! before `CHECKSUM`: `FENCED=<last generation a fence moved on, or empty>` and
-//! `FENCES=<fences since the volume was created, or empty when unknown>`. Both versions are
-//! read; the version written is the domain's (a format-1 domain keeps version-1 slots, which
+//! `FENCES=<fences since the volume was created, or empty when unknown>`, and `PARTIAL=1` while
+//! an operation that writes the volume's data (a copy) has begun and not completed. Both
+//! versions are read; the version written is the domain's (a format-1 domain keeps version-1 slots, which
 //! older lvchain reads).
 
 use serde::Serialize;
@@ -12,8 +13,9 @@ use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
 
-/// Longest description accepted (bytes), so that a volume fits a 512-byte slot.
-pub const MAX_DESCRIPTION: usize = 160;
+/// Longest description accepted (bytes, as stored), so that a volume fits a 512-byte slot
+/// whatever its numbers.
+pub const MAX_DESCRIPTION: usize = 140;
 /// The slot version this lvchain writes into domains of the current format.
 pub const SLOT_VERSION: u32 = 2;
 
@@ -69,6 +71,9 @@ pub struct VolumeMeta {
     pub ctime: u64,
     pub description: String,
     pub fence: FenceRecord,
+    /// Its data may be partial: a data-writing operation began and has not completed (only
+    /// version-2 slots record it).
+    pub partial: bool,
 }
 
 /// Which generations fences skipped: a fence moves the generation from N to N+3, which three
@@ -163,6 +168,9 @@ pub fn encode(meta: &VolumeMeta, size: usize, version: u32) -> Result<Vec<u8>, M
             opt(meta.fence.last),
             opt(meta.fence.count)
         ));
+        if meta.partial {
+            body.push_str("PARTIAL=1\n");
+        }
     }
     let text = format!("{body}CHECKSUM={:08x}\n", crc32fast::hash(body.as_bytes()));
     if text.len() > size {
@@ -251,6 +259,7 @@ pub fn decode(slot: u32, bytes: &[u8]) -> Result<VolumeMeta, MetaError> {
         ctime: num("CTIME")?,
         description: unescape(get("DESCRIPTION")?),
         fence,
+        partial: version >= 2 && kv.get("PARTIAL") == Some(&"1"),
     })
 }
 
@@ -274,6 +283,7 @@ mod tests {
                 last: Some(3),
                 count: Some(1),
             },
+            partial: true,
         }
     }
 
@@ -308,7 +318,8 @@ mod tests {
     #[test]
     fn the_largest_volume_fits_a_512_byte_slot() -> Result<(), MetaError> {
         let mut m = sample();
-        m.description = "\u{1}".repeat(MAX_DESCRIPTION / 6);
+        // The longest description as stored, and every number at its widest.
+        m.description = "x".repeat(MAX_DESCRIPTION);
         m.generation = u64::MAX;
         m.capacity = u64::MAX;
         m.ctime = u64::MAX;
@@ -335,9 +346,11 @@ mod tests {
                 count: None
             }
         );
+        assert!(!back.partial, "version 1 records no partial data");
         assert_eq!(
             VolumeMeta {
                 fence: m.fence,
+                partial: m.partial,
                 ..back
             },
             m

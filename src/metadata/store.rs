@@ -133,6 +133,7 @@ mod tests {
             ctime: 1,
             description: String::new(),
             fence: super::super::codec::FenceRecord::NONE,
+            partial: false,
         };
         store.write(5, &m)?;
         assert_eq!(store.read(5)?, m);

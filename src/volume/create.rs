@@ -134,6 +134,7 @@ fn plan(domain: &Domain, cat: &Catalog, req: &CreateRequest) -> Result<Plan> {
             ctime: super::now(),
             description: req.description.clone(),
             fence: FenceRecord::NONE,
+            partial: false,
         },
         slot,
         lv_size,
