@@ -112,6 +112,8 @@ pub enum Error {
         #[source]
         source: crate::wipe::WipeError,
     },
+    #[error("the wipe of LV {lv} covered {wiped} of its {size} bytes (its device on this host is smaller than the LV); it is not removed")]
+    WipeShort { lv: String, wiped: u64, size: u64 },
     #[error("cannot activate the LVs whose data is to be wiped: {source}")]
     WipeActivation {
         #[source]

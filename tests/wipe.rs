@@ -282,3 +282,42 @@ fn lvm_wipe_failure_keeps_the_marker_and_gc_retries() {
     assert!(d.lv_tags(&vol).is_none());
     assert_eq!(next_tenant_reads(&d, "16M"), (0, true));
 }
+
+#[test]
+fn lvm_wipe_covers_an_lv_grown_behind_this_hosts_mapping() {
+    if !lvm_available("wipestale") {
+        return;
+    }
+    let d = Domain::new("wipestale");
+    // V first, then a tenant right after it whose data stays behind (no wipe).
+    let v_img = uuid();
+    let v = d.create(&["--image", &v_img, "--size", "8M", "--format", "raw"]);
+    let (_, old) = tenant(&d, "8M", &["--wipe", "none"]);
+    d.ok(&["volume", "remove", d.name(), &old]);
+    // V is active here (prepared) when it grows onto those extents the way another host would
+    // grow it: the metadata changes, this host's mapping keeps the old size.
+    d.ok(&["image", "prepare", d.name(), &v_img]);
+    let cfg = d.vg.lvm.config.config_string();
+    let f = Cmd::new("/sbin/lvm", Duration::from_secs(60))
+        .args([
+            "lvextend",
+            "--config",
+            &cfg,
+            "--driverloaded",
+            "n",
+            "-L",
+            "16m",
+        ])
+        .arg(format!("{}/{v}", d.name()))
+        .run()
+        .unwrap();
+    assert!(f.success(), "{}", f.stderr);
+    assert_eq!(
+        device_size(&link(&d, &v_img, &v)),
+        8 << 20,
+        "the mapping is stale"
+    );
+    d.ok(&["volume", "remove", d.name(), &v]);
+    // Whatever V's extents held, all of them were wiped.
+    assert_eq!(next_tenant_reads(&d, "16M"), (0, true));
+}

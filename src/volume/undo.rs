@@ -209,14 +209,21 @@ pub fn wipe(
         .filter(|l| l.wipe_on_removal(info))
         .collect();
     let device = |l: &LvEntry| domain.device(&l.name);
-    let inactive: Vec<String> = due
+    let (inactive, active): (Vec<&LvEntry>, Vec<&LvEntry>) = due
         .iter()
-        .filter(|l| !l.active || !device(l).exists())
-        .map(|l| domain.lv_path(&l.name))
-        .collect();
+        .copied()
+        .partition(|l| !l.active || !device(l).exists());
+    let paths =
+        |lvs: &[&LvEntry]| -> Vec<String> { lvs.iter().map(|l| domain.lv_path(&l.name)).collect() };
     domain
         .lvm
-        .lvchange_activation(&inactive, crate::lvm::Activation::Activate)
+        .lvchange_activation(&paths(&inactive), crate::lvm::Activation::Activate)
+        .map_err(|source| Error::WipeActivation { source })?;
+    // A mapping made before another host grew the LV is smaller than the LV: refresh it, so
+    // the wipe covers every extent lvremove frees.
+    domain
+        .lvm
+        .lvchange_activation(&paths(&active), crate::lvm::Activation::Refresh)
         .map_err(|source| Error::WipeActivation { source })?;
     let (mut done, mut failed) = (Vec::new(), Vec::new());
     for l in due {
@@ -224,6 +231,14 @@ pub fn wipe(
             .lvm
             .zero_device(&device(l), &mut |d, t| progress(&l.name, d, t))
         {
+            Ok(w) if w.bytes < l.size => failed.push((
+                l.name.clone(),
+                Error::WipeShort {
+                    lv: l.name.clone(),
+                    wiped: w.bytes,
+                    size: l.size,
+                },
+            )),
             Ok(w) => done.push(Action::Wiped {
                 lv: l.name.clone(),
                 bytes: w.bytes,
