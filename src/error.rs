@@ -119,6 +119,11 @@ pub enum Error {
         #[source]
         source: LvmError,
     },
+    #[error("{original}; whether it took effect is unknown (the VG could not be re-read: {reread}); `lvchain domain check` and `lvchain gc` settle it")]
+    OutcomeUnknown {
+        original: Box<Error>,
+        reread: Box<Error>,
+    },
     #[error("{original}; the LV keeps its marker and `lvchain gc` will finish the job")]
     LeftForGc { original: Box<Error> },
     /// The reader of the output went away (a closed pipe): the command's work is done.

@@ -66,7 +66,7 @@ struct State {
 #[derive(Debug, Default)]
 struct Faults {
     steps: usize,
-    plan: Option<(usize, Fault)>,
+    plan: Vec<(usize, Fault)>,
     log: Vec<String>,
 }
 
@@ -157,18 +157,19 @@ impl SimLvm {
         lock(&self.faults).log.clone()
     }
 
-    /// Injects `fault` at step number `step` (counted from 1, as [`SimLvm::steps`] counts).
+    /// Injects `fault` at step number `step` (counted from 1, as [`SimLvm::steps`] counts);
+    /// several faults may be armed at once, at different steps.
     pub fn inject(&self, step: usize, fault: Fault) {
-        lock(&self.faults).plan = Some((step, fault));
+        lock(&self.faults).plan.push((step, fault));
     }
 
     /// Whether a fault is armed and has not fired yet.
     pub fn fault_pending(&self) -> bool {
-        lock(&self.faults).plan.is_some()
+        !lock(&self.faults).plan.is_empty()
     }
 
     pub fn clear_faults(&self) {
-        lock(&self.faults).plan = None;
+        lock(&self.faults).plan.clear();
     }
 
     /// Counts one step; the fault planned for it, if any.
@@ -177,12 +178,9 @@ impl SimLvm {
         f.steps += 1;
         f.log.push(what.to_string());
         let n = f.steps;
-        match f.plan {
-            Some((at, fault)) if at == n => {
-                f.plan = None;
-                (n, Some(fault))
-            }
-            _ => (n, None),
+        match f.plan.iter().position(|(at, _)| *at == n) {
+            Some(i) => (n, Some(f.plan.remove(i).1)),
+            None => (n, None),
         }
     }
 

@@ -244,10 +244,14 @@ pub(crate) fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
     let creating = tags::strings(&[Tag::Creating]);
     if let Err(e) = domain.lvm.lvchange_tags(&domain.vg, &name, &creating, &[]) {
         let names = [name.clone()];
-        if outcome::done_despite(domain, &e, &names, &Tag::Creating, false).is_empty() {
-            return Err(Error::LeftForGc {
-                original: Box::new(Error::Lvm(e)),
-            });
+        match outcome::done_despite(domain, &e, &names, &Tag::Creating, false) {
+            Ok(done) if done.is_empty() => {
+                return Err(Error::LeftForGc {
+                    original: Box::new(Error::Lvm(e)),
+                })
+            }
+            Ok(_) => {}
+            Err(reread) => return Err(outcome::unknown(e, reread)),
         }
     }
     crash::point(CrashPoint::CreateAfterCommit);

@@ -3,7 +3,15 @@
 //! re-read to learn which LVs carry the tag now. Never guesses: a failed re-read is an error.
 
 use crate::domain::Domain;
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// The error for a command whose outcome cannot be learned: `failed`, and the re-read's error.
+pub(super) fn unknown(failed: LvmError, reread: Error) -> Error {
+    Error::OutcomeUnknown {
+        original: Box::new(Error::Lvm(failed)),
+        reread: Box::new(reread),
+    }
+}
 use crate::lvm::LvmError;
 use crate::tags::Tag;
 
@@ -21,25 +29,20 @@ pub(super) fn carrying(domain: &Domain, names: &[String], tag: &Tag) -> Result<V
 
 /// After `failed` changed `tag` on the LVs `names` (added when `added`, else removed): the
 /// LVs whose tag is now as the command wanted it. Empty when the command surely changed
-/// nothing (lvm ended on its own with an error), or when the VG cannot be re-read (the
-/// caller then answers as for a change that did not happen, leaving the rest to gc).
+/// nothing (lvm ended on its own with an error). When the VG cannot be re-read the outcome is
+/// unknown: the re-read's error is returned (the caller reports both with [`unknown`], never
+/// as a change that did not happen).
 pub(super) fn done_despite(
     domain: &Domain,
     failed: &LvmError,
     names: &[String],
     tag: &Tag,
     added: bool,
-) -> Vec<String> {
+) -> Result<Vec<String>> {
     if !failed.maybe_committed() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
-    let with = match carrying(domain, names, tag) {
-        Ok(with) => with,
-        Err(reread) => {
-            tracing::warn!(error = %reread, "cannot re-read the VG after a command that may have committed");
-            return Vec::new();
-        }
-    };
+    let with = carrying(domain, names, tag)?;
     let done: Vec<String> = names
         .iter()
         .filter(|n| with.contains(n) == added)
@@ -52,5 +55,5 @@ pub(super) fn done_despite(
         of = names.len(),
         "an lvm command that failed may have committed; the VG re-read says it did on these LVs"
     );
-    done
+    Ok(done)
 }

@@ -72,8 +72,10 @@ pub(crate) fn remove(domain: &Domain, id: &Uuid, progress: &mut WipeProgress<'_>
         .lvchange_tags(&domain.vg, &lv.name, &[], &removing)
     {
         let names = [lv.name.clone()];
-        if outcome::done_despite(domain, &e, &names, &Tag::Removing, true).is_empty() {
-            return Err(e.into());
+        match outcome::done_despite(domain, &e, &names, &Tag::Removing, true) {
+            Ok(done) if done.is_empty() => return Err(e.into()),
+            Ok(_) => {}
+            Err(reread) => return Err(outcome::unknown(e, reread)),
         }
     }
     crate::crash::point(crate::crash::CrashPoint::RemoveAfterMark);
