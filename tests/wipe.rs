@@ -321,3 +321,19 @@ fn lvm_wipe_covers_an_lv_grown_behind_this_hosts_mapping() {
     // Whatever V's extents held, all of them were wiped.
     assert_eq!(next_tenant_reads(&d, "16M"), (0, true));
 }
+
+#[test]
+fn lvm_wipe_a_forced_domain_removal_wipes_every_volume() {
+    if !lvm_available("wipedomain") {
+        return;
+    }
+    let d = Domain::new("wipedomain");
+    tenant(&d, "8M", &[]);
+    d.ok(&["domain", "remove", d.name(), "--force"]);
+    // A new domain on the same devices: its first volume lands where the old one was.
+    let loops: Vec<String> = d.vg.loops.iter().map(|l| l.display().to_string()).collect();
+    let mut args = vec!["domain", "create", d.name()];
+    args.extend(loops.iter().map(String::as_str));
+    d.ok(&args);
+    assert_eq!(next_tenant_reads(&d, "8M"), (0, true));
+}

@@ -357,6 +357,29 @@ impl Domain {
         if let Some(n) = self.remove_unready()? {
             return Ok(n);
         }
+        let mut removed = 0;
+        if force {
+            // Volumes go the way every removal goes (their leases, their marks, their data
+            // wiped where the policy says): the collector first, then each image. Refused
+            // before anything changes while other hosts are joined.
+            let hosts = self.locks()?.other_hosts(&self.vg)?;
+            if !hosts.is_empty() {
+                return Err(Error::HostsJoined {
+                    vg: self.vg.clone(),
+                    hosts,
+                });
+            }
+            let report = self.gc(false, &mut |_, _| {}, &mut |_, _, _| {})?;
+            if let Some(e) = report.orphans.iter().find_map(|o| o.error.clone()) {
+                return Err(Error::InvalidInput(format!(
+                    "cannot collect the orphans of {} before removing it: {e}",
+                    self.vg
+                )));
+            }
+            for image in self.catalog()?.snap.images() {
+                removed += self.remove_image(&image, &mut |_, _, _| {})?;
+            }
+        }
         let guard = self.lock()?;
         let snap = self.scan()?;
         self.check_kind(&snap)?;
@@ -391,7 +414,7 @@ impl Domain {
             drop(guard);
         }
         self.finish_remove(manager)?;
-        Ok(count)
+        Ok(removed + count)
     }
 
     /// Leaves the lockspace (if joined), removes the links and the VG.
