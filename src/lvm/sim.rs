@@ -184,44 +184,18 @@ impl SimLvm {
         }
     }
 
-    /// Runs one LVM step under the fault plan.
-    fn lvm_step<T>(
+    /// Runs one step under the fault plan: `injected` is the error of a failure, `timed_out`
+    /// the error of a failure after the step took effect.
+    fn step<T, E>(
         &self,
         what: &str,
-        apply: impl FnOnce(&mut State) -> Result<T, LvmError>,
-    ) -> Result<T, LvmError> {
+        injected: impl FnOnce() -> E,
+        timed_out: impl FnOnce() -> E,
+        apply: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
         let (n, fault) = self.count(what);
         if fault == Some(Fault::Fail) {
-            return Err(LvmError::Failed {
-                failure: failure(what, "injected failure".into()),
-            });
-        }
-        let r = apply(&mut lock(&self.state));
-        match fault {
-            Some(Fault::Crash) => std::panic::panic_any(SimCrash {
-                step: n,
-                what: what.to_string(),
-            }),
-            Some(Fault::FailAfterCommit) => {
-                r?;
-                Err(LvmError::Timeout(ExecError::Timeout {
-                    argv: what.to_string(),
-                    after: Duration::ZERO,
-                }))
-            }
-            _ => r,
-        }
-    }
-
-    /// Runs one device-write step under the fault plan.
-    fn io_step(
-        &self,
-        what: &str,
-        apply: impl FnOnce() -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        let (n, fault) = self.count(what);
-        if fault == Some(Fault::Fail) {
-            return Err(std::io::Error::other("injected failure"));
+            return Err(injected());
         }
         let r = apply();
         match fault {
@@ -231,13 +205,50 @@ impl SimLvm {
             }),
             Some(Fault::FailAfterCommit) => {
                 r?;
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "injected timeout after the write",
-                ))
+                Err(timed_out())
             }
             _ => r,
         }
+    }
+
+    /// One LVM command (or one LV's commit of a multi-LV command).
+    fn lvm_step<T>(
+        &self,
+        what: &str,
+        apply: impl FnOnce(&mut State) -> Result<T, LvmError>,
+    ) -> Result<T, LvmError> {
+        self.step(
+            what,
+            || LvmError::Failed {
+                failure: failure(what, "injected failure".into()),
+            },
+            || {
+                LvmError::Timeout(ExecError::Timeout {
+                    argv: what.to_string(),
+                    after: Duration::ZERO,
+                })
+            },
+            || apply(&mut lock(&self.state)),
+        )
+    }
+
+    /// One device write.
+    fn io_step(
+        &self,
+        what: &str,
+        apply: impl FnOnce() -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        self.step(
+            what,
+            || std::io::Error::other("injected failure"),
+            || {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "injected timeout after the write",
+                )
+            },
+            apply,
+        )
     }
 
     fn data_path(&self, vg: &str, lv: &str) -> PathBuf {
