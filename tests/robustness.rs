@@ -88,6 +88,23 @@ fn check_clean(d: &Domain) {
     assert_eq!(f.code, Some(0), "clean: {}", f.stdout);
 }
 
+/// `volume create` of a raw 8M base `id` in image `img`.
+fn create_args<'a>(d: &'a Domain, img: &'a str, id: &'a str) -> [&'a str; 11] {
+    [
+        "volume",
+        "create",
+        d.name(),
+        "--image",
+        img,
+        "--size",
+        "8M",
+        "--format",
+        "raw",
+        "--id",
+        id,
+    ]
+}
+
 #[test]
 fn lvm_a_create_commit_that_timed_out_after_committing_reports_success() {
     if !lvm_available("commithang") {
@@ -97,19 +114,7 @@ fn lvm_a_create_commit_that_timed_out_after_committing_reports_success() {
     let dir = tempfile::tempdir().unwrap();
     let lvm = hanging_lvm(dir.path(), "--deltag LVC_CREATING", "after");
     let (img, id) = (uuid(), uuid());
-    let create = [
-        "volume",
-        "create",
-        d.name(),
-        "--image",
-        &img,
-        "--size",
-        "8M",
-        "--format",
-        "raw",
-        "--id",
-        &id,
-    ];
+    let create = create_args(&d, &img, &id);
     let f = d.run_env(&create, &with_lvm(&lvm));
     assert!(f.success(), "the commit happened: success: {f:?}");
     assert_eq!(f.stdout.trim(), id);
@@ -130,19 +135,7 @@ fn lvm_a_create_commit_that_timed_out_before_committing_is_left_for_gc() {
     let dir = tempfile::tempdir().unwrap();
     let lvm = hanging_lvm(dir.path(), "--deltag LVC_CREATING", "before");
     let (img, id) = (uuid(), uuid());
-    let create = [
-        "volume",
-        "create",
-        d.name(),
-        "--image",
-        &img,
-        "--size",
-        "8M",
-        "--format",
-        "raw",
-        "--id",
-        &id,
-    ];
+    let create = create_args(&d, &img, &id);
     let f = d.run_env(&create, &with_lvm(&lvm));
     assert_eq!(f.code, Some(1), "{f:?}");
     assert!(f.stderr.contains("gc"), "{}", f.stderr);
