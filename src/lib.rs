@@ -1,24 +1,15 @@
 //! lvchain: transactional VM disk-image volumes and qcow2 chains on a shared LVM volume group.
 //!
-//! Layers, bottom up: [`exec`] runs external programs; [`lvm`] is the typed LVM command layer.
+//! Layers, bottom up: [`system`] (programs, the storage seam and LVM, device I/O, qemu-img),
+//! [`format`] (tags and metadata slots: the on-disk contract), [`engine`] (domains, volumes,
+//! chains, gc, check, operations, lock managers; its facade is [`engine::domain::Domain`]), and
+//! the client [`cli`]. The modules are also reachable at the crate root (`lvchain::lvm`, ...).
 
-pub mod chain;
-pub mod check;
 pub mod cli;
-pub mod crash;
-pub mod directio;
-pub mod domain;
-pub mod error;
-pub mod exec;
-pub mod gc;
-pub mod image;
-pub mod links;
-pub mod lock;
-pub mod lvm;
-pub mod metadata;
-pub mod operation;
-pub mod qemu;
-pub mod tags;
-pub mod units;
-pub mod volume;
-pub mod wipe;
+pub mod engine;
+pub mod format;
+pub mod system;
+
+pub use engine::{chain, check, crash, domain, error, gc, image, lock, operation, volume};
+pub use format::{metadata, tags};
+pub use system::{directio, exec, links, lvm, qemu, units, wipe};
