@@ -100,7 +100,7 @@ impl Host {
         })?;
         // Known data, planted outside the step count.
         self.sim
-            .poke(&self.d.vg, &v.id.to_string(), 0, &pattern(&v.id))
+            .poke(self.d.vg(), &v.id.to_string(), 0, &pattern(&v.id))
             .unwrap();
         Ok((image, v.id))
     }
@@ -138,7 +138,7 @@ impl Host {
     }
 
     fn data(&self, id: &Uuid) -> Option<Vec<u8>> {
-        self.sim.peek(&self.d.vg, &id.to_string(), 512)
+        self.sim.peek(self.d.vg(), &id.to_string(), 512)
     }
 }
 
@@ -591,7 +591,7 @@ fn sequence(seed: u64, ops: usize) -> usize {
             assert!(may_add, "{case}: volume {id} appeared");
             let data = (v.format == Format::Raw).then(|| {
                 h.sim
-                    .poke(&h.d.vg, &id.to_string(), 0, &pattern(id))
+                    .poke(h.d.vg(), &id.to_string(), 0, &pattern(id))
                     .unwrap();
                 pattern(id)
             });
@@ -661,7 +661,11 @@ fn sim_a_collector_running_beside_writers_never_takes_a_committed_volume() {
     let committed = std::thread::scope(|s| {
         let stopper = Stop(&stop);
         let stop = &stop;
-        let (vg, sim, locks) = (h.d.vg.clone(), h.sim.clone(), h._dir.path().join("lock"));
+        let (vg, sim, locks) = (
+            h.d.vg().to_string(),
+            h.sim.clone(),
+            h._dir.path().join("lock"),
+        );
         let collector = s.spawn(move || {
             let gc_domain = Domain::new_local_in(&vg, sim, &locks).unwrap();
             let mut runs = 0;

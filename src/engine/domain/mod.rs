@@ -33,9 +33,9 @@ pub const SPECIAL_LVS: [&str; 3] = [METADATA_LV, LEASES_LV, IDS_LV];
 
 /// A domain (VG) and the means to act on it.
 pub struct Domain {
-    pub vg: String,
+    pub(crate) vg: String,
     /// LVM and LV device I/O: the real host or the simulation.
-    pub lvm: Arc<dyn Backend>,
+    pub(crate) lvm: Arc<dyn Backend>,
     /// This host's local lock settings: the local manager's, and the first part of every
     /// manager's domain lock.
     local: Local,
@@ -85,6 +85,11 @@ impl Domain {
         })
     }
 
+    /// The domain's VG name.
+    pub fn vg(&self) -> &str {
+        &self.vg
+    }
+
     /// A domain whose local lock and lease files live in `dir` (instead of
     /// `/run/lock/lvchain`): tests that run without root.
     pub fn new_local_in(vg: &str, lvm: Arc<dyn Backend>, dir: &std::path::Path) -> Result<Domain> {
@@ -131,7 +136,7 @@ impl Domain {
     /// manager, which then takes the rest ([`LockManager::lock_across_hosts`]). When there is
     /// no rest (a local domain) that report was made under the whole lock and serves this
     /// thread's next [`Domain::scan`], so locking costs no extra LVM command.
-    pub fn lock(&self) -> Result<Box<dyn DomainGuard>> {
+    pub(crate) fn lock(&self) -> Result<Box<dyn DomainGuard>> {
         if let Some(m) = self.manager.get() {
             return Ok(m.lock_domain(&self.vg)?);
         }
@@ -191,7 +196,7 @@ impl Domain {
 
     /// Refuses to change a domain through a lock manager other than its own (one learned
     /// before the domain was formatted anew with another).
-    pub fn check_kind(&self, snap: &Snapshot) -> Result<()> {
+    pub(crate) fn check_kind(&self, snap: &Snapshot) -> Result<()> {
         let domain = snap.info.lock_manager;
         let ours = self.learn(domain).kind();
         if ours != domain {
@@ -273,22 +278,22 @@ impl Domain {
         }
     }
 
-    pub fn metadata_path(&self) -> PathBuf {
+    pub(crate) fn metadata_path(&self) -> PathBuf {
         self.device(METADATA_LV)
     }
 
     /// The device of LV `lv` while it is active on this host.
-    pub fn device(&self, lv: &str) -> PathBuf {
+    pub(crate) fn device(&self, lv: &str) -> PathBuf {
         self.lvm.dev_dir().join(&self.vg).join(lv)
     }
 
     /// The device of volume `id` while it is active on this host.
-    pub fn volume_device(&self, id: &uuid::Uuid) -> PathBuf {
+    pub(crate) fn volume_device(&self, id: &uuid::Uuid) -> PathBuf {
         self.device(&id.to_string())
     }
 
     /// The slot store, activating the metadata LV on this host first if needed.
-    pub fn slots(&self, snap: &Snapshot) -> Result<SlotStore> {
+    pub(crate) fn slots(&self, snap: &Snapshot) -> Result<SlotStore> {
         if snap.lv_named(METADATA_LV).is_none() {
             return Err(Error::NotADomain {
                 vg: self.vg.clone(),
@@ -308,7 +313,7 @@ impl Domain {
     /// Activates those of the special LVs `names` that are not active here, in one lvchange
     /// (a host reads leases and slots without having joined: after a reboot, nothing is
     /// active, since domains never auto-activate).
-    pub fn activate_special(&self, snap: &Snapshot, names: &[&str]) -> Result<()> {
+    pub(crate) fn activate_special(&self, snap: &Snapshot, names: &[&str]) -> Result<()> {
         let inactive: Vec<String> = names
             .iter()
             .filter(|n| !snap.lv_named(n).is_some_and(|l| l.active) || !self.device(n).exists())
@@ -344,7 +349,7 @@ impl Domain {
     }
 
     /// `vg/lv` as lvm takes it.
-    pub fn lv_path(&self, lv: &str) -> String {
+    pub(crate) fn lv_path(&self, lv: &str) -> String {
         format!("{}/{lv}", self.vg)
     }
 
