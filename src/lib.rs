@@ -11,5 +11,5 @@ pub mod format;
 pub mod system;
 
 pub use engine::{chain, check, crash, domain, error, gc, image, lock, operation, volume};
-pub use format::{metadata, tags};
+pub use format::{ids, metadata, tags};
 pub use system::{directio, exec, links, lvm, qemu, units, wipe};

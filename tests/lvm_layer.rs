@@ -6,12 +6,12 @@ mod common;
 
 use common::{lvm_available, TestVg};
 use lvchain::directio::{AlignedBuf, DirectFile};
+use lvchain::ids::{ImageId, VolumeId};
 use lvchain::lvm::{Activation, Lvm, LvmConfig, LvmError, NewLv};
 use lvchain::tags::{self, Tag};
 use lvchain::units::{Bytes, GIB, MIB};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use uuid::Uuid;
 
 fn lv_tags(vg: &TestVg, lv: &str) -> Vec<Tag> {
     let rows = vg.lvm.lvs(&vg.name).unwrap();
@@ -46,7 +46,7 @@ fn lvm_lv_created_with_four_tags_reads_them_back_typed() {
         return;
     }
     let vg = TestVg::new("fourtags", 2, Bytes(GIB));
-    let (img, parent) = (Uuid::new_v4(), Uuid::new_v4());
+    let (img, parent) = (ImageId::random(), VolumeId::random());
     let want = vec![
         Tag::Creating,
         Tag::Image(img),
@@ -76,7 +76,7 @@ fn lvm_one_lvchange_removes_one_tag_and_adds_two() {
         activate: false,
     };
     vg.lvm.lvcreate(&vg.name, &lv).unwrap();
-    let img = Uuid::new_v4();
+    let img = ImageId::random();
     vg.lvm
         .lvchange_tags(
             &vg.name,

@@ -14,6 +14,7 @@
 
 use lvchain::check::ProblemKind;
 use lvchain::domain::{Domain, FormatRequest};
+use lvchain::ids::{ImageId, VolumeId};
 use lvchain::lvm::sim::{Fault, SimCrash, SimLvm};
 use lvchain::metadata::{Format, Legality};
 use lvchain::operation::{Source, State};
@@ -24,7 +25,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Once};
-use uuid::Uuid;
 
 const MIB: u64 = 1 << 20;
 
@@ -83,12 +83,12 @@ impl Host {
         }
     }
 
-    fn base(&self, size: u64) -> (Uuid, Uuid) {
+    fn base(&self, size: u64) -> (ImageId, VolumeId) {
         self.try_base(size).unwrap()
     }
 
-    fn try_base(&self, size: u64) -> lvchain::error::Result<(Uuid, Uuid)> {
-        let image = Uuid::new_v4();
+    fn try_base(&self, size: u64) -> lvchain::error::Result<(ImageId, VolumeId)> {
+        let image = ImageId::random();
         let v = self.d.create_volume(&CreateRequest {
             image: Some(image),
             size: Some(Bytes(size)),
@@ -105,7 +105,7 @@ impl Host {
         Ok((image, v.id))
     }
 
-    fn snapshot(&self, parent: Uuid) -> lvchain::error::Result<Uuid> {
+    fn snapshot(&self, parent: VolumeId) -> lvchain::error::Result<VolumeId> {
         self.d
             .create_volume(&CreateRequest {
                 image: None,
@@ -120,7 +120,7 @@ impl Host {
     }
 
     /// Copies the source file into `id` under the protocol, started at `generation`.
-    fn copy_in(&self, id: &Uuid, generation: u64) -> lvchain::error::Result<Volume> {
+    fn copy_in(&self, id: &VolumeId, generation: u64) -> lvchain::error::Result<Volume> {
         let from = Source::File {
             path: self.source.clone(),
             format: Format::Raw,
@@ -128,7 +128,7 @@ impl Host {
         self.d.copy(id, generation, from, false)
     }
 
-    fn catalog(&self) -> BTreeMap<Uuid, Volume> {
+    fn catalog(&self) -> BTreeMap<VolumeId, Volume> {
         let cat = self.d.catalog().unwrap();
         cat.volumes.into_iter().collect()
     }
@@ -137,13 +137,13 @@ impl Host {
         self.d.gc(false, &mut |_, _| {}, &mut |_, _, _| {})
     }
 
-    fn data(&self, id: &Uuid) -> Option<Vec<u8>> {
+    fn data(&self, id: &VolumeId) -> Option<Vec<u8>> {
         self.sim.peek(self.d.vg(), &id.to_string(), 512)
     }
 }
 
-fn pattern(id: &Uuid) -> Vec<u8> {
-    let mut p = id.as_bytes().repeat(32);
+fn pattern(id: &VolumeId) -> Vec<u8> {
+    let mut p = id.uuid().as_bytes().repeat(32);
     p.truncate(512);
     p
 }
@@ -152,15 +152,15 @@ fn pattern(id: &Uuid) -> Vec<u8> {
 /// volume it may leave illegal (with new data) when it fails.
 #[derive(Default, Clone)]
 struct Allowed {
-    vanish: Vec<Uuid>,
+    vanish: Vec<VolumeId>,
     appear: bool,
-    illegal: Option<Uuid>,
-    data: Option<Uuid>,
+    illegal: Option<VolumeId>,
+    data: Option<VolumeId>,
 }
 
 /// The invariants after a fault and gc (see the module doc). `before`: the committed volumes
 /// before the operation, with their data where they had some planted.
-fn verify(h: &Host, before: &BTreeMap<Uuid, Volume>, allowed: &Allowed, case: &str) {
+fn verify(h: &Host, before: &BTreeMap<VolumeId, Volume>, allowed: &Allowed, case: &str) {
     let snap = h.d.scan().unwrap();
     let markers: Vec<String> = snap.orphans().map(|l| l.name.clone()).collect();
     assert!(
@@ -196,7 +196,7 @@ fn verify(h: &Host, before: &BTreeMap<Uuid, Volume>, allowed: &Allowed, case: &s
             }
         }
     }
-    let new: Vec<&Uuid> = after.keys().filter(|k| !before.contains_key(k)).collect();
+    let new: Vec<&VolumeId> = after.keys().filter(|k| !before.contains_key(k)).collect();
     assert!(
         new.len() <= usize::from(allowed.appear),
         "{case}: unexpected volumes {new:?}"
@@ -216,25 +216,44 @@ fn verify(h: &Host, before: &BTreeMap<Uuid, Volume>, allowed: &Allowed, case: &s
 /// One operation of the matrix: how to set the domain up, the operation, what it may change.
 struct Scenario {
     name: &'static str,
-    setup: fn(&Host) -> Vec<Uuid>,
-    op: fn(&Host, &[Uuid]) -> lvchain::error::Result<()>,
-    allowed: fn(&[Uuid]) -> Allowed,
+    setup: fn(&Host) -> Ids,
+    op: fn(&Host, &Ids) -> lvchain::error::Result<()>,
+    allowed: fn(&Ids) -> Allowed,
 }
 
-fn chain3(h: &Host) -> Vec<Uuid> {
+/// What a scenario's setup made: an image, and volumes.
+struct Ids {
+    image: ImageId,
+    v: Vec<VolumeId>,
+}
+
+/// base <- mid <- leaf in one image (`v[0..3]`), and a second image the operations never
+/// touch (`v[3]`).
+fn chain3(h: &Host) -> Ids {
     let (image, base) = h.base(8 * MIB);
     let mid = h.snapshot(base).unwrap();
     let leaf = h.snapshot(mid).unwrap();
-    // A second image the operations never touch.
     let (_, other) = h.base(4 * MIB);
-    vec![image, base, mid, leaf, other]
+    Ids {
+        image,
+        v: vec![base, mid, leaf, other],
+    }
+}
+
+/// One raw base.
+fn one_base(h: &Host) -> Ids {
+    let (image, base) = h.base(4 * MIB);
+    Ids {
+        image,
+        v: vec![base],
+    }
 }
 
 fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "create base",
-            setup: |h| vec![h.base(4 * MIB).1],
+            setup: one_base,
             op: |h, _| h.try_base(4 * MIB).map(drop),
             allowed: |_| Allowed {
                 appear: true,
@@ -244,7 +263,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "create snapshot",
             setup: chain3,
-            op: |h, ids| h.snapshot(ids[3]).map(drop),
+            op: |h, ids| h.snapshot(ids.v[2]).map(drop),
             allowed: |_| Allowed {
                 appear: true,
                 ..Allowed::default()
@@ -253,43 +272,46 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "remove leaf",
             setup: chain3,
-            op: |h, ids| h.d.remove_volume(&ids[3], &mut |_, _, _| {}),
+            op: |h, ids| h.d.remove_volume(&ids.v[2], &mut |_, _, _| {}),
             allowed: |ids| Allowed {
-                vanish: vec![ids[3]],
+                vanish: vec![ids.v[2]],
                 ..Allowed::default()
             },
         },
         Scenario {
             name: "remove image",
             setup: chain3,
-            op: |h, ids| h.d.remove_image(&ids[0], &mut |_, _, _| {}).map(drop),
+            op: |h, ids| h.d.remove_image(&ids.image, &mut |_, _, _| {}).map(drop),
             allowed: |ids| Allowed {
-                vanish: ids[1..4].to_vec(),
+                vanish: ids.v[0..3].to_vec(),
                 ..Allowed::default()
             },
         },
         Scenario {
             name: "extend raw",
-            setup: |h| vec![h.base(4 * MIB).1],
-            op: |h, ids| h.d.extend_volume(&ids[0], Bytes(12 * MIB), None).map(drop),
+            setup: one_base,
+            op: |h, ids| {
+                h.d.extend_volume(&ids.v[0], Bytes(12 * MIB), None)
+                    .map(drop)
+            },
             allowed: |_| Allowed::default(),
         },
         Scenario {
             name: "extend qcow2",
             setup: chain3,
-            op: |h, ids| h.d.extend_volume(&ids[3], Bytes(16 * MIB), None).map(drop),
+            op: |h, ids| {
+                h.d.extend_volume(&ids.v[2], Bytes(16 * MIB), None)
+                    .map(drop)
+            },
             allowed: |_| Allowed::default(),
         },
         Scenario {
             name: "copy",
-            setup: |h| {
-                let (_, base) = h.base(4 * MIB);
-                vec![base]
-            },
-            op: |h, ids| h.copy_in(&ids[0], 0).map(drop),
+            setup: one_base,
+            op: |h, ids| h.copy_in(&ids.v[0], 0).map(drop),
             allowed: |ids| Allowed {
-                illegal: Some(ids[0]),
-                data: Some(ids[0]),
+                illegal: Some(ids.v[0]),
+                data: Some(ids.v[0]),
                 ..Allowed::default()
             },
         },
@@ -308,7 +330,7 @@ fn survive<T>(f: impl FnOnce() -> T) -> Result<T, usize> {
 }
 
 /// Sets a scenario up; returns the host, the ids, the committed volumes, the step count.
-fn prepared(s: &Scenario) -> (Host, Vec<Uuid>, BTreeMap<Uuid, Volume>, usize) {
+fn prepared(s: &Scenario) -> (Host, Ids, BTreeMap<VolumeId, Volume>, usize) {
     let h = Host::new();
     let ids = (s.setup)(&h);
     let before = h.catalog();
@@ -331,13 +353,13 @@ fn steps_of(s: &Scenario) -> usize {
 
 /// After a fault: a failed copy is run again at its generation (its volume stays illegal
 /// until then), so that the rest of the invariants see a settled domain.
-fn settle(h: &Host, s: &Scenario, ids: &[Uuid]) {
+fn settle(h: &Host, s: &Scenario, ids: &Ids) {
     if s.name != "copy" {
         return;
     }
-    let v = &h.catalog()[&ids[0]];
+    let v = &h.catalog()[&ids.v[0]];
     if v.legality == Legality::Illegal {
-        let st = h.d.status(&ids[0], v.generation).unwrap();
+        let st = h.d.status(&ids.v[0], v.generation).unwrap();
         assert_eq!(st.state, State::Failed, "{st:?}");
         (s.op)(h, ids).unwrap();
     }
@@ -441,14 +463,14 @@ impl Rng {
 /// What a sequence expects of one committed volume.
 #[derive(Clone, Debug)]
 struct Expect {
-    image: Uuid,
-    parent: Option<Uuid>,
+    image: ImageId,
+    parent: Option<VolumeId>,
     /// The first block of a raw volume's data.
     data: Option<Vec<u8>>,
 }
 
 /// The leaves of every image (chain order), from the committed state.
-fn leaves(h: &Host) -> Vec<(Uuid, Uuid, usize)> {
+fn leaves(h: &Host) -> Vec<(ImageId, VolumeId, usize)> {
     let cat = h.d.catalog().unwrap();
     cat.snap
         .images()
@@ -464,18 +486,21 @@ fn leaves(h: &Host) -> Vec<(Uuid, Uuid, usize)> {
 #[derive(Default, Debug)]
 struct Plan {
     /// Volumes it may remove.
-    targets: Vec<Uuid>,
+    targets: Vec<VolumeId>,
     /// Whether it may add a volume.
     may_add: bool,
     /// The volume whose data it may replace.
-    copied: Option<Uuid>,
+    copied: Option<VolumeId>,
 }
 
 /// One random operation; `plan` says what it may change before it starts. Faults are the
 /// caller's.
 /// The domain as a random operation starts from: image leaves and committed volumes, read
 /// before the fault is armed.
-type Now<'a> = (&'a [(Uuid, Uuid, usize)], &'a BTreeMap<Uuid, Volume>);
+type Now<'a> = (
+    &'a [(ImageId, VolumeId, usize)],
+    &'a BTreeMap<VolumeId, Volume>,
+);
 
 fn random_op(h: &Host, rng: &mut Rng, fill: u8, plan: &mut Plan, (leaves, cat): Now<'_>) {
     let nowipe = &mut |_: &str, _: u64, _: u64| {};
@@ -529,7 +554,7 @@ fn sequence(seed: u64, ops: usize) -> usize {
     let mut fired = 0;
     let mut rng = Rng(seed | 1);
     let h = Host::new();
-    let mut model: BTreeMap<Uuid, Expect> = BTreeMap::new();
+    let mut model: BTreeMap<VolumeId, Expect> = BTreeMap::new();
     for n in 0..ops {
         let case = format!("seed {seed}, operation {n}");
         let (now_leaves, now_cat) = (leaves(&h), h.catalog());

@@ -8,6 +8,7 @@ pub mod views;
 
 use crate::domain::{Domain, FormatRequest};
 use crate::error::{Error, Result};
+use crate::format::ids::{ImageId, VolumeId};
 use crate::lock::LockKind;
 use crate::lvm::{Lvm, LvmConfig};
 use crate::metadata::{Format, Legality};
@@ -17,7 +18,6 @@ use crate::units::{parse_size, Bytes};
 use crate::volume::CreateRequest;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use uuid::Uuid;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -136,8 +136,8 @@ pub enum VolumeCmd {
         /// The domain's volume group.
         vg: String,
         /// Image (UUID) of a new base volume; a snapshot takes its parent's.
-        #[arg(long, value_parser = parse_uuid)]
-        image: Option<Uuid>,
+        #[arg(long)]
+        image: Option<ImageId>,
         /// Capacity, e.g. 512M or 10G (a snapshot defaults to its parent's).
         #[arg(long, value_parser = parse_bytes)]
         size: Option<Bytes>,
@@ -145,11 +145,11 @@ pub enum VolumeCmd {
         #[arg(long, value_parser = parse_format)]
         format: Option<Format>,
         /// Make a qcow2 snapshot of this leaf volume (UUID).
-        #[arg(long, value_parser = parse_uuid)]
-        parent: Option<Uuid>,
+        #[arg(long)]
+        parent: Option<VolumeId>,
         /// The new volume's id (UUID); a random one by default.
-        #[arg(long, value_parser = parse_uuid)]
-        id: Option<Uuid>,
+        #[arg(long)]
+        id: Option<VolumeId>,
         /// Free text kept in the volume's metadata.
         #[arg(long, default_value = "")]
         description: String,
@@ -164,24 +164,22 @@ pub enum VolumeCmd {
         /// The domain's volume group.
         vg: String,
         /// Only the volumes of this image (UUID).
-        #[arg(long, value_parser = parse_uuid)]
-        image: Option<Uuid>,
+        #[arg(long)]
+        image: Option<ImageId>,
     },
     /// Show one volume.
     Info {
         /// The domain's volume group.
         vg: String,
         /// The volume (UUID).
-        #[arg(value_parser = parse_uuid)]
-        volume: Uuid,
+        volume: VolumeId,
     },
     /// Remove a leaf volume; its parent becomes the leaf.
     Remove {
         /// The domain's volume group.
         vg: String,
         /// The volume (UUID).
-        #[arg(value_parser = parse_uuid)]
-        volume: Uuid,
+        volume: VolumeId,
     },
     /// Grow a volume (LV, qcow2 virtual size, metadata capacity); with --generation, under
     /// the lease/generation protocol.
@@ -189,8 +187,7 @@ pub enum VolumeCmd {
         /// The domain's volume group.
         vg: String,
         /// The volume (UUID).
-        #[arg(value_parser = parse_uuid)]
-        volume: Uuid,
+        volume: VolumeId,
         /// The new capacity, e.g. 20G (not smaller than the current one).
         #[arg(long, value_parser = parse_bytes)]
         size: Bytes,
@@ -203,8 +200,7 @@ pub enum VolumeCmd {
         /// The domain's volume group.
         vg: String,
         /// The volume (UUID).
-        #[arg(value_parser = parse_uuid)]
-        volume: Uuid,
+        volume: VolumeId,
         /// A file, device or FIFO, or the id of a volume of this domain.
         #[arg(long)]
         from: String,
@@ -221,8 +217,7 @@ pub enum VolumeCmd {
         /// The domain's volume group.
         vg: String,
         /// The volume (UUID).
-        #[arg(value_parser = parse_uuid)]
-        volume: Uuid,
+        volume: VolumeId,
         /// The volume's current generation (the update refuses any other).
         #[arg(long, value_parser = parse_generation)]
         generation: u64,
@@ -238,8 +233,7 @@ pub enum VolumeCmd {
         /// The domain's volume group.
         vg: String,
         /// The volume (UUID).
-        #[arg(value_parser = parse_uuid)]
-        volume: Uuid,
+        volume: VolumeId,
         /// The generation the operation was started at.
         #[arg(long)]
         generation: u64,
@@ -249,8 +243,7 @@ pub enum VolumeCmd {
         /// The domain's volume group.
         vg: String,
         /// The volume (UUID).
-        #[arg(value_parser = parse_uuid)]
-        volume: Uuid,
+        volume: VolumeId,
         /// The generation of the operation to fence (the volume's current one).
         #[arg(long, value_parser = parse_generation)]
         generation: u64,
@@ -264,8 +257,7 @@ pub enum ImageCmd {
         /// The domain's volume group.
         vg: String,
         /// The image (UUID).
-        #[arg(value_parser = parse_uuid)]
-        image: Uuid,
+        image: ImageId,
     },
     /// Activate the chain and create its links under /run/lvchain/VG/IMAGE (refused while a
     /// volume of the chain is illegal).
@@ -273,8 +265,7 @@ pub enum ImageCmd {
         /// The domain's volume group.
         vg: String,
         /// The image (UUID).
-        #[arg(value_parser = parse_uuid)]
-        image: Uuid,
+        image: ImageId,
         /// Prepare even a chain with an illegal volume (partial data), for recovery work.
         #[arg(long)]
         allow_illegal: bool,
@@ -284,16 +275,14 @@ pub enum ImageCmd {
         /// The domain's volume group.
         vg: String,
         /// The image (UUID).
-        #[arg(value_parser = parse_uuid)]
-        image: Uuid,
+        image: ImageId,
     },
     /// Remove every volume of the image.
     Remove {
         /// The domain's volume group.
         vg: String,
         /// The image (UUID).
-        #[arg(value_parser = parse_uuid)]
-        image: Uuid,
+        image: ImageId,
     },
 }
 
@@ -301,10 +290,6 @@ pub enum ImageCmd {
 pub enum DebugCmd {
     /// List the crash points that LVCHAIN_CRASH_AT accepts (a testing aid).
     CrashPoints,
-}
-
-fn parse_uuid(s: &str) -> std::result::Result<Uuid, String> {
-    Uuid::parse_str(s).map_err(|_| format!("{s:?} is not a UUID"))
 }
 
 fn parse_bytes(s: &str) -> std::result::Result<Bytes, String> {
@@ -460,7 +445,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                 generation,
             } => {
                 let path = PathBuf::from(from);
-                let source = match Uuid::parse_str(from) {
+                let source = match from.parse::<VolumeId>() {
                     Ok(id) if !path.exists() => Source::Volume(id),
                     _ => Source::File {
                         path,

@@ -8,12 +8,12 @@
 use super::views;
 use crate::domain::DomainInfo;
 use crate::error::{Error, Result};
+use crate::format::ids::ImageId;
 use crate::volume::{Catalog, Volume};
 use serde::Serialize;
 use std::cell::RefCell;
 use std::fmt::Arguments;
 use std::io::Write;
-use uuid::Uuid;
 
 pub struct Out {
     pub json: bool,
@@ -32,7 +32,7 @@ fn write_error(e: std::io::Error) -> Error {
     }
 }
 
-fn short(id: &Uuid) -> String {
+fn short(id: &dyn std::fmt::Display) -> String {
     id.to_string()
 }
 
@@ -179,7 +179,7 @@ impl Out {
         )
     }
 
-    pub fn prepared(&self, vg: &str, image: &Uuid, chain: &[Volume]) -> Result<()> {
+    pub fn prepared(&self, vg: &str, image: &ImageId, chain: &[Volume]) -> Result<()> {
         let leaf = chain
             .last()
             .map(|v| crate::links::link_path(vg, image, &v.id));

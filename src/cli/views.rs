@@ -4,18 +4,18 @@
 
 use crate::check::{Problem, Report as CheckReport};
 use crate::domain::DomainInfo;
+use crate::format::ids::{ImageId, VolumeId};
 use crate::gc::{Orphan, Report as GcReport};
 use crate::operation::Status;
 use crate::volume::{Catalog, Volume};
 use serde::Serialize;
 use std::path::PathBuf;
-use uuid::Uuid;
 
 #[derive(Serialize)]
 pub struct VolumeView {
-    pub id: Uuid,
-    pub image: Uuid,
-    pub parent: Option<Uuid>,
+    pub id: VolumeId,
+    pub image: ImageId,
+    pub parent: Option<VolumeId>,
     pub role: String,
     pub legality: String,
     pub generation: u64,
@@ -109,7 +109,7 @@ impl From<&Catalog> for DomainSummaryView {
 
 #[derive(Serialize)]
 pub struct StatusView {
-    pub volume: Uuid,
+    pub volume: VolumeId,
     pub generation: u64,
     pub state: String,
     pub host_id: Option<u64>,
@@ -136,8 +136,8 @@ impl From<&Status> for StatusView {
 pub struct OrphanView {
     pub lv: String,
     pub marker: String,
-    pub image: Option<Uuid>,
-    pub parent: Option<Uuid>,
+    pub image: Option<ImageId>,
+    pub parent: Option<VolumeId>,
     pub slot: Option<u32>,
     pub actions: Vec<String>,
     pub error: Option<String>,
@@ -219,7 +219,7 @@ impl From<&CheckReport> for CheckView {
 /// `image prepare`: where the chain is linked, and the chain.
 #[derive(Serialize)]
 pub struct PreparedView {
-    pub image: Uuid,
+    pub image: ImageId,
     pub path: PathBuf,
     pub leaf: Option<PathBuf>,
     pub volumes: Vec<VolumeView>,
@@ -249,8 +249,8 @@ mod tests {
     #[test]
     fn json_field_names_are_the_contract() {
         let vol = Volume {
-            id: Uuid::nil(),
-            image: Uuid::nil(),
+            id: VolumeId::default(),
+            image: ImageId::default(),
             parent: None,
             role: Role::Leaf,
             legality: Legality::Legal,
@@ -288,7 +288,7 @@ mod tests {
             (Some("leaf"), Some("raw"))
         );
         let st = StatusView {
-            volume: Uuid::nil(),
+            volume: VolumeId::default(),
             generation: 0,
             state: crate::operation::State::Fenced.to_string(),
             host_id: None,

@@ -4,14 +4,14 @@
 //! fork, missing parent, several bases) is reported, never walked forever.
 
 use crate::error::{Error, Result};
+use crate::format::ids::{ImageId, VolumeId};
 use crate::metadata::Role;
 use crate::volume::{Catalog, Volume};
 use std::collections::{HashMap, HashSet};
-use uuid::Uuid;
 
 /// The chain of `image`, base first; an error names what is wrong with it.
-pub(crate) fn walk(catalog: &Catalog, image: &Uuid) -> Result<Vec<Volume>> {
-    let members: HashMap<Uuid, &Volume> = catalog
+pub(crate) fn walk(catalog: &Catalog, image: &ImageId) -> Result<Vec<Volume>> {
+    let members: HashMap<VolumeId, &Volume> = catalog
         .volumes
         .values()
         .filter(|v| &v.image == image)
@@ -27,7 +27,7 @@ pub(crate) fn walk(catalog: &Catalog, image: &Uuid) -> Result<Vec<Volume>> {
             image: *image,
         });
     }
-    let mut children: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    let mut children: HashMap<VolumeId, Vec<VolumeId>> = HashMap::new();
     let mut bases = Vec::new();
     for v in members.values() {
         match v.parent {

@@ -1,10 +1,10 @@
 //! Errors of the domain, volume, chain and collector layers, in the operator's words.
 
+use crate::format::ids::{ImageId, VolumeId};
 use crate::lock::{LeaseError, LockError, LockKind};
 use crate::lvm::LvmError;
 use crate::metadata::MetaError;
 use crate::qemu::QemuError;
-use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -36,27 +36,27 @@ pub enum Error {
     #[error("domain {vg} still holds {count} volume(s); remove them or use --force")]
     DomainNotEmpty { vg: String, count: usize },
     #[error("volume {id} not found in domain {vg}")]
-    VolumeNotFound { vg: String, id: Uuid },
+    VolumeNotFound { vg: String, id: VolumeId },
     #[error("image {image} not found in domain {vg}")]
-    ImageNotFound { vg: String, image: Uuid },
+    ImageNotFound { vg: String, image: ImageId },
     #[error("a volume or LV named {id} already exists in domain {vg}")]
-    VolumeExists { vg: String, id: Uuid },
+    VolumeExists { vg: String, id: VolumeId },
     #[error("image {image} already has volumes; create a snapshot with --parent instead")]
-    ImageExists { image: Uuid },
+    ImageExists { image: ImageId },
     #[error("volume {id} is not a leaf (it has a snapshot); {what}")]
-    NotALeaf { id: Uuid, what: String },
+    NotALeaf { id: VolumeId, what: String },
     #[error("volume {id} descends from {lv}, which carries a transaction marker left by an operation that died; run `lvchain gc` first")]
-    PendingMark { id: Uuid, lv: String },
+    PendingMark { id: VolumeId, lv: String },
     #[error("volume {id} is illegal (an operation on it failed or is running)")]
-    Illegal { id: Uuid },
+    Illegal { id: VolumeId },
     #[error("image {image} has an illegal volume {id} (generation {generation}): an operation on it failed or is running, its data may be partial; see `volume status`, re-run the operation, or prepare with --allow-illegal for recovery")]
     IllegalMember {
-        image: Uuid,
-        id: Uuid,
+        image: ImageId,
+        id: VolumeId,
         generation: u64,
     },
     #[error("volume {id} is in use (its device is open)")]
-    InUse { id: Uuid },
+    InUse { id: VolumeId },
     #[error("no free metadata slot: the domain holds its maximum of {max} volumes")]
     NoFreeSlot { max: u32 },
     #[error("not enough free space in {vg} for {need} bytes ({free} bytes free); {source}")]
@@ -69,14 +69,14 @@ pub enum Error {
     },
     #[error("volume {id}: {source}")]
     Metadata {
-        id: Uuid,
+        id: VolumeId,
         #[source]
         source: MetaError,
     },
     #[error("metadata: {0}")]
     Slot(#[from] MetaError),
     #[error("chain of image {image} is broken: {reason}")]
-    BrokenChain { image: Uuid, reason: String },
+    BrokenChain { image: ImageId, reason: String },
     #[error(transparent)]
     Lvm(#[from] LvmError),
     #[error(transparent)]
@@ -101,7 +101,11 @@ pub enum Error {
         ours: LockKind,
     },
     #[error("volume {id} has generation {found}, not {expected}; nothing was changed")]
-    WrongGeneration { id: Uuid, expected: u64, found: u64 },
+    WrongGeneration {
+        id: VolumeId,
+        expected: u64,
+        found: u64,
+    },
     #[error(transparent)]
     Lease(#[from] LeaseError),
     #[error("domain {vg} is not clean: {problems} problem(s)")]

@@ -14,9 +14,9 @@
 
 use crate::domain::{Domain, LvEntry};
 use crate::error::Result;
+use crate::format::ids::{ImageId, VolumeId};
 use crate::volume::undo::{self, Points, WipeProgress};
 use std::time::Instant;
-use uuid::Uuid;
 
 const POINTS: Points = Points {
     parent: Some(crate::crash::CrashPoint::GcAfterParentUpdate),
@@ -31,8 +31,8 @@ const POINTS: Points = Points {
 pub struct Orphan {
     pub lv: String,
     pub marker: &'static str,
-    pub image: Option<Uuid>,
-    pub parent: Option<Uuid>,
+    pub image: Option<ImageId>,
+    pub parent: Option<VolumeId>,
     pub slot: Option<u32>,
     pub actions: Vec<String>,
     pub error: Option<String>,

@@ -4,16 +4,20 @@
 
 use crate::domain::Domain;
 use crate::error::{Error, Result};
+use crate::format::ids::ImageId;
 use crate::links;
 use crate::lvm::Activation;
 use crate::metadata::Legality;
 use crate::volume::{Catalog, Volume};
-use uuid::Uuid;
 
 /// Activates the chain of `image` and links every member; returns the chain, base first.
 /// A chain with an illegal member (partial data from an operation that failed, or one still
 /// running) is refused unless `allow_illegal` (recovery work).
-pub(crate) fn prepare(domain: &Domain, image: &Uuid, allow_illegal: bool) -> Result<Vec<Volume>> {
+pub(crate) fn prepare(
+    domain: &Domain,
+    image: &ImageId,
+    allow_illegal: bool,
+) -> Result<Vec<Volume>> {
     let cat = Catalog::load(domain)?;
     let chain = crate::chain::walk(&cat, image)?;
     if let Some(v) = chain.iter().find(|v| v.legality != Legality::Legal) {
@@ -44,7 +48,7 @@ pub(crate) fn prepare(domain: &Domain, image: &Uuid, allow_illegal: bool) -> Res
 }
 
 /// Removes the links of `image` and deactivates its volumes.
-pub(crate) fn teardown(domain: &Domain, image: &Uuid) -> Result<()> {
+pub(crate) fn teardown(domain: &Domain, image: &ImageId) -> Result<()> {
     let cat = Catalog::load(domain)?;
     let members = crate::volume::idle_members(&cat.snap, &domain.vg, image)?;
     links::remove_image(&domain.vg, image).map_err(Error::io("removing the links"))?;

@@ -11,6 +11,7 @@
 use crate::crash::{self, CrashPoint};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
+use crate::format::ids::VolumeId;
 use crate::lvm::Activation;
 use crate::metadata::{FenceRecord, Format, Legality, Role, SlotStore, VolumeMeta};
 use crate::qemu;
@@ -18,7 +19,6 @@ use crate::units::Bytes;
 use crate::volume::{Catalog, Volume};
 use serde::Serialize;
 use std::path::PathBuf;
-use uuid::Uuid;
 
 /// How far fencing moves the generation: a late runner finds a generation it did not expect.
 pub const FENCE_STEP: u64 = 3;
@@ -52,7 +52,7 @@ pub enum Source {
     /// backing is never opened.
     File { path: PathBuf, format: Format },
     /// A legal volume of the same domain, read under a shared lease.
-    Volume(Uuid),
+    Volume(VolumeId),
 }
 
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ pub enum Work {
 }
 
 /// Runs `work` on volume `id` under the protocol; returns the volume as it ends.
-pub(crate) fn run(domain: &Domain, id: &Uuid, generation: u64, work: &Work) -> Result<Volume> {
+pub(crate) fn run(domain: &Domain, id: &VolumeId, generation: u64, work: &Work) -> Result<Volume> {
     check_generation(generation)?;
     let next = advance(generation, 1)?;
     if let Work::Update {
@@ -166,7 +166,7 @@ struct Started {
 }
 
 /// Takes the volume's lease and checks its generation (refusing, changing nothing, if not N).
-fn start(domain: &Domain, id: &Uuid, generation: u64) -> Result<Started> {
+fn start(domain: &Domain, id: &VolumeId, generation: u64) -> Result<Started> {
     let cat = Catalog::load_for_change(domain)?;
     let vol = cat.get(&domain.vg, id)?.clone();
     let store = domain.slots(&cat.snap)?;
@@ -413,7 +413,7 @@ impl std::fmt::Display for State {
 /// What a reader concludes about the operation that was started at `generation`.
 #[derive(Debug, Clone)]
 pub struct Status {
-    pub volume: Uuid,
+    pub volume: VolumeId,
     pub generation: u64,
     pub state: State,
     pub host_id: Option<u64>,
@@ -423,7 +423,7 @@ pub struct Status {
 }
 
 /// Reads the status from shared storage only: the volume's lease and its metadata slot.
-pub(crate) fn status(domain: &Domain, id: &Uuid, generation: u64) -> Result<Status> {
+pub(crate) fn status(domain: &Domain, id: &VolumeId, generation: u64) -> Result<Status> {
     let cat = Catalog::load(domain)?;
     let vol = cat.get(&domain.vg, id)?.clone();
     let store = domain.slots(&cat.snap)?;
@@ -545,7 +545,7 @@ fn past(generation: u64, current: u64, fence: FenceRecord) -> Past {
 /// Moves the generation from N to N+3 under the lease, so a late runner refuses to write.
 /// The fence is recorded in the metadata (the generation it fenced), so that status tells it
 /// from three successful operations.
-pub(crate) fn fence(domain: &Domain, id: &Uuid, generation: u64) -> Result<Volume> {
+pub(crate) fn fence(domain: &Domain, id: &VolumeId, generation: u64) -> Result<Volume> {
     check_generation(generation)?;
     let fenced = advance(generation, FENCE_STEP)?;
     let Started {
@@ -573,8 +573,8 @@ mod tests {
 
     fn meta(generation: u64, legality: Legality) -> VolumeMeta {
         VolumeMeta {
-            id: Uuid::nil(),
-            image: Uuid::nil(),
+            id: VolumeId::default(),
+            image: crate::format::ids::ImageId::default(),
             parent: None,
             format: Format::Raw,
             capacity: 1 << 20,

@@ -2,5 +2,6 @@
 //! the metadata slot codec and store ([`metadata`]). Names and encodes; never decides when
 //! anything changes.
 
+pub mod ids;
 pub mod metadata;
 pub mod tags;

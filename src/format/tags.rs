@@ -6,6 +6,7 @@
 //! `LVC_FORMAT=<n>`, `LVC_LOCK=local|sanlock` (the [`LockKind`]), `LVC_SLOT_SIZE=<bytes>`, `LVC_MAX_VOLUMES=<n>`.
 //! This module only names and parses tags; it never decides when they change.
 
+use crate::format::ids::{ImageId, VolumeId};
 use crate::lock::{LockKind, UnknownLockKind};
 use std::fmt;
 use std::str::FromStr;
@@ -20,8 +21,8 @@ pub const OLDEST_FORMAT: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Tag {
-    Image(Uuid),
-    Parent(Uuid),
+    Image(ImageId),
+    Parent(VolumeId),
     Slot(u32),
     Creating,
     Removing,
@@ -66,8 +67,8 @@ impl Tag {
         let uuid = |v: &str| Uuid::parse_str(v).map_err(|_| bad());
         let num = |v: &str| v.parse::<u32>().map_err(|_| bad());
         Ok(match s.split_once('=') {
-            Some(("LVC_IMAGE", v)) => Tag::Image(uuid(v)?),
-            Some(("LVC_PARENT", v)) => Tag::Parent(uuid(v)?),
+            Some(("LVC_IMAGE", v)) => Tag::Image(ImageId::from_uuid(uuid(v)?)),
+            Some(("LVC_PARENT", v)) => Tag::Parent(VolumeId::from_uuid(uuid(v)?)),
             Some(("LVC_SLOT", v)) => Tag::Slot(num(v)?),
             Some(("LVC_FORMAT", v)) => Tag::Format(num(v)?),
             Some(("LVC_LOCK", v)) => Tag::Lock(
@@ -147,8 +148,8 @@ mod tests {
     fn round_trips() -> Result<(), String> {
         let u = Uuid::new_v4();
         for t in [
-            Tag::Image(u),
-            Tag::Parent(u),
+            Tag::Image(ImageId::from_uuid(u)),
+            Tag::Parent(VolumeId::from_uuid(u)),
             Tag::Slot(7),
             Tag::Creating,
             Tag::Removing,

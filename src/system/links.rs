@@ -4,9 +4,9 @@
 //! A link directory exists exactly while its image is prepared on this host. qcow2 backing
 //! files are recorded as the parent's bare volume id, resolved relative to this directory.
 
+use crate::format::ids::{ImageId, VolumeId};
 use std::io;
 use std::path::{Path, PathBuf};
-use uuid::Uuid;
 
 static RUN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
@@ -25,22 +25,22 @@ pub fn set_run_dir(dir: &Path) -> bool {
     RUN_DIR.get_or_init(|| dir.to_path_buf()) == dir
 }
 
-pub fn image_dir(vg: &str, image: &Uuid) -> PathBuf {
+pub fn image_dir(vg: &str, image: &ImageId) -> PathBuf {
     run_dir().join(vg).join(image.to_string())
 }
 
-pub fn link_path(vg: &str, image: &Uuid, volume: &Uuid) -> PathBuf {
+pub fn link_path(vg: &str, image: &ImageId, volume: &VolumeId) -> PathBuf {
     image_dir(vg, image).join(volume.to_string())
 }
 
 /// Whether the image is prepared on this host.
-pub fn prepared(vg: &str, image: &Uuid) -> bool {
+pub fn prepared(vg: &str, image: &ImageId) -> bool {
     image_dir(vg, image).is_dir()
 }
 
 /// Creates (or replaces) the link of one volume to its `device`; the image directory must
 /// exist.
-pub fn add(vg: &str, image: &Uuid, volume: &Uuid, device: &Path) -> io::Result<()> {
+pub fn add(vg: &str, image: &ImageId, volume: &VolumeId, device: &Path) -> io::Result<()> {
     let link = link_path(vg, image, volume);
     match std::fs::remove_file(&link) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -50,7 +50,7 @@ pub fn add(vg: &str, image: &Uuid, volume: &Uuid, device: &Path) -> io::Result<(
 }
 
 /// Removes one volume's link; a missing link is fine.
-pub fn remove(vg: &str, image: &Uuid, volume: &Uuid) -> io::Result<()> {
+pub fn remove(vg: &str, image: &ImageId, volume: &VolumeId) -> io::Result<()> {
     match std::fs::remove_file(link_path(vg, image, volume)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
@@ -58,7 +58,7 @@ pub fn remove(vg: &str, image: &Uuid, volume: &Uuid) -> io::Result<()> {
 }
 
 /// Removes an image's link directory and everything in it.
-pub fn remove_image(vg: &str, image: &Uuid) -> io::Result<()> {
+pub fn remove_image(vg: &str, image: &ImageId) -> io::Result<()> {
     match std::fs::remove_dir_all(image_dir(vg, image)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

@@ -4,11 +4,11 @@
 
 use super::{format, Domain, DomainInfo, FormatRequest};
 use crate::error::Result;
+use crate::format::ids::{ImageId, VolumeId};
 use crate::metadata::Legality;
 use crate::operation::{self, Source, Status, Work};
 use crate::units::Bytes;
 use crate::volume::{self, undo::WipeProgress, Catalog, CreateRequest, Volume};
-use uuid::Uuid;
 
 impl Domain {
     /// Formats the VG as a domain (creating it on the request's PVs, or adopting it).
@@ -22,17 +22,17 @@ impl Domain {
     }
 
     /// Committed volumes, by image and chain order; only `image`'s when given.
-    pub fn volumes(&self, image: Option<&Uuid>) -> Result<Vec<Volume>> {
+    pub fn volumes(&self, image: Option<&ImageId>) -> Result<Vec<Volume>> {
         Ok(self.catalog()?.list(image))
     }
 
     /// One committed volume.
-    pub fn volume(&self, id: &Uuid) -> Result<Volume> {
+    pub fn volume(&self, id: &VolumeId) -> Result<Volume> {
         Ok(self.catalog()?.get(&self.vg, id)?.clone())
     }
 
     /// The chain of `image`, base first.
-    pub fn chain(&self, image: &Uuid) -> Result<Vec<Volume>> {
+    pub fn chain(&self, image: &ImageId) -> Result<Vec<Volume>> {
         crate::chain::walk(&self.catalog()?, image)
     }
 
@@ -57,17 +57,22 @@ impl Domain {
     }
 
     /// Removes a leaf volume (its data wiped first where the policy says so).
-    pub fn remove_volume(&self, id: &Uuid, progress: &mut WipeProgress<'_>) -> Result<()> {
+    pub fn remove_volume(&self, id: &VolumeId, progress: &mut WipeProgress<'_>) -> Result<()> {
         volume::remove(self, id, progress)
     }
 
     /// Removes every volume of `image`; how many there were.
-    pub fn remove_image(&self, image: &Uuid, progress: &mut WipeProgress<'_>) -> Result<usize> {
+    pub fn remove_image(&self, image: &ImageId, progress: &mut WipeProgress<'_>) -> Result<usize> {
         volume::remove_image(self, image, progress)
     }
 
     /// Grows a volume to `size`; with a generation, under the lease/generation protocol.
-    pub fn extend_volume(&self, id: &Uuid, size: Bytes, generation: Option<u64>) -> Result<Volume> {
+    pub fn extend_volume(
+        &self,
+        id: &VolumeId,
+        size: Bytes,
+        generation: Option<u64>,
+    ) -> Result<Volume> {
         match generation {
             Some(g) => operation::run(self, id, g, &Work::Extend { size }),
             None => volume::extend(self, id, size),
@@ -75,14 +80,20 @@ impl Domain {
     }
 
     /// Copies `from` into the volume under the protocol, started at `generation`.
-    pub fn copy(&self, id: &Uuid, generation: u64, from: Source, progress: bool) -> Result<Volume> {
+    pub fn copy(
+        &self,
+        id: &VolumeId,
+        generation: u64,
+        from: Source,
+        progress: bool,
+    ) -> Result<Volume> {
         operation::run(self, id, generation, &Work::Copy { from, progress })
     }
 
     /// Changes the description or the legality under the protocol.
     pub fn update(
         &self,
-        id: &Uuid,
+        id: &VolumeId,
         generation: u64,
         description: Option<String>,
         legality: Option<Legality>,
@@ -95,22 +106,22 @@ impl Domain {
     }
 
     /// The status of the operation started at `generation`, from shared storage only.
-    pub fn status(&self, id: &Uuid, generation: u64) -> Result<Status> {
+    pub fn status(&self, id: &VolumeId, generation: u64) -> Result<Status> {
         operation::status(self, id, generation)
     }
 
     /// Moves the generation on from `generation` (recorded as a fence).
-    pub fn fence(&self, id: &Uuid, generation: u64) -> Result<Volume> {
+    pub fn fence(&self, id: &VolumeId, generation: u64) -> Result<Volume> {
         operation::fence(self, id, generation)
     }
 
     /// Activates `image`'s chain on this host and links it; the chain, base first.
-    pub fn prepare(&self, image: &Uuid, allow_illegal: bool) -> Result<Vec<Volume>> {
+    pub fn prepare(&self, image: &ImageId, allow_illegal: bool) -> Result<Vec<Volume>> {
         crate::image::prepare(self, image, allow_illegal)
     }
 
     /// Removes `image`'s links and deactivates its volumes on this host.
-    pub fn teardown(&self, image: &Uuid) -> Result<()> {
+    pub fn teardown(&self, image: &ImageId) -> Result<()> {
         crate::image::teardown(self, image)
     }
 }

@@ -15,6 +15,7 @@ pub use format::FormatRequest;
 pub use scan::{info_from_tags, DomainInfo, LvEntry, Snapshot};
 
 use crate::error::{Error, Result};
+use crate::format::ids::VolumeId;
 use crate::lock::local::Local;
 use crate::lock::{self, DomainGuard, Holder, Joined, LeaseGuard, LockError, LockManager};
 use crate::lvm::{Activation, Backend, LvmError};
@@ -23,7 +24,6 @@ use crate::tags::{self, Tag, Wipe};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
-use uuid::Uuid;
 
 /// Names of the special LVs.
 pub const METADATA_LV: &str = "metadata";
@@ -210,23 +210,23 @@ impl Domain {
     }
 
     /// Takes the lease of volume `id` (in `slot`) for this process.
-    pub fn lease(&self, id: &Uuid, slot: u32) -> Result<Box<dyn LeaseGuard>> {
+    pub fn lease(&self, id: &VolumeId, slot: u32) -> Result<Box<dyn LeaseGuard>> {
         Ok(self.locks()?.acquire(&self.vg, id, slot)?)
     }
 
     /// Takes the lease of volume `id` in shared mode (a reader of its data).
-    pub fn lease_shared(&self, id: &Uuid, slot: u32) -> Result<Box<dyn LeaseGuard>> {
+    pub fn lease_shared(&self, id: &VolumeId, slot: u32) -> Result<Box<dyn LeaseGuard>> {
         Ok(self.locks()?.acquire_shared(&self.vg, id, slot)?)
     }
 
     /// Reads who holds the lease of volume `id`, without taking it: works on a host that never
     /// joined (the manager's LVs must be active, [`Domain::activate_lease_lvs`]).
-    pub fn lease_holder(&self, id: &Uuid, slot: u32) -> Result<Option<Holder>> {
+    pub fn lease_holder(&self, id: &VolumeId, slot: u32) -> Result<Option<Holder>> {
         Ok(self.locks()?.holder(&self.vg, id, slot)?)
     }
 
     /// Writes the lease area of a new volume.
-    pub fn init_lease(&self, id: &Uuid, slot: u32) -> Result<()> {
+    pub fn init_lease(&self, id: &VolumeId, slot: u32) -> Result<()> {
         Ok(self.locks()?.init(&self.vg, id, slot)?)
     }
 
@@ -288,7 +288,7 @@ impl Domain {
     }
 
     /// The device of volume `id` while it is active on this host.
-    pub(crate) fn volume_device(&self, id: &uuid::Uuid) -> PathBuf {
+    pub(crate) fn volume_device(&self, id: &VolumeId) -> PathBuf {
         self.device(&id.to_string())
     }
 

@@ -8,11 +8,11 @@
 //! under a marked middle volume is never taken for a leaf.
 
 use crate::error::{Error, Result};
+use crate::format::ids::{ImageId, VolumeId};
 use crate::lock::LockKind;
 use crate::lvm::LvRow;
 use crate::tags::{Tag, Wipe, FORMAT_VERSION, OLDEST_FORMAT};
 use std::collections::{BTreeSet, HashSet};
-use uuid::Uuid;
 
 /// Domain facts kept in VG tags.
 #[derive(Debug, Clone)]
@@ -34,12 +34,12 @@ pub struct DomainInfo {
 #[derive(Debug, Clone)]
 pub struct LvEntry {
     pub name: String,
-    pub id: Option<Uuid>,
+    pub id: Option<VolumeId>,
     pub size: u64,
     pub active: bool,
     pub open: bool,
-    pub image: Option<Uuid>,
-    pub parent: Option<Uuid>,
+    pub image: Option<ImageId>,
+    pub parent: Option<VolumeId>,
     pub slot: Option<u32>,
     pub creating: bool,
     pub removing: bool,
@@ -57,7 +57,7 @@ impl LvEntry {
     fn from_row(row: &LvRow) -> LvEntry {
         let mut e = LvEntry {
             name: row.lv_name.clone(),
-            id: Uuid::parse_str(&row.lv_name).ok(),
+            id: row.lv_name.parse().ok(),
             size: row.lv_size,
             active: row.active(),
             open: row.open(),
@@ -160,13 +160,13 @@ impl Snapshot {
     /// Marked LVs naming `id` as parent that are not chain members: a creation in progress (or
     /// dead), or a removal past its point of no return. They do not make `id` internal for a
     /// reader, but nothing may change `id`'s data while one exists.
-    pub fn pending_children(&self, id: &Uuid) -> Vec<&LvEntry> {
+    pub fn pending_children(&self, id: &VolumeId) -> Vec<&LvEntry> {
         self.orphans()
             .filter(|l| !l.member && l.parent.as_ref() == Some(id))
             .collect()
     }
 
-    pub fn volume(&self, id: &Uuid) -> Option<&LvEntry> {
+    pub fn volume(&self, id: &VolumeId) -> Option<&LvEntry> {
         self.volumes().find(|l| l.id.as_ref() == Some(id))
     }
 
@@ -175,19 +175,19 @@ impl Snapshot {
     }
 
     /// Chain members whose parent tag names `id`.
-    pub fn children(&self, id: &Uuid) -> Vec<&LvEntry> {
+    pub fn children(&self, id: &VolumeId) -> Vec<&LvEntry> {
         self.volumes()
             .filter(|l| l.parent.as_ref() == Some(id))
             .collect()
     }
 
-    pub fn image_volumes(&self, image: &Uuid) -> Vec<&LvEntry> {
+    pub fn image_volumes(&self, image: &ImageId) -> Vec<&LvEntry> {
         self.volumes()
             .filter(|l| l.image.as_ref() == Some(image))
             .collect()
     }
 
-    pub fn images(&self) -> BTreeSet<Uuid> {
+    pub fn images(&self) -> BTreeSet<ImageId> {
         self.volumes().filter_map(|l| l.image).collect()
     }
 
@@ -196,7 +196,7 @@ impl Snapshot {
     /// marks a volume only once nothing committed needs it, so such a marker is left by a
     /// multi-LV mark that did not finish, and the collector restores the LV instead.
     pub fn needed_by_committed(&self) -> HashSet<String> {
-        let by_id: std::collections::HashMap<Uuid, &LvEntry> = self
+        let by_id: std::collections::HashMap<VolumeId, &LvEntry> = self
             .lvs
             .iter()
             .filter(|l| !l.special)
@@ -318,7 +318,7 @@ pub fn info_from_tags(
 mod tests {
     use super::*;
 
-    fn row(name: &Uuid, tags: &[String]) -> LvRow {
+    fn row(name: &VolumeId, tags: &[String]) -> LvRow {
         LvRow {
             lv_name: name.to_string(),
             lv_size: 1 << 20,
@@ -392,9 +392,9 @@ mod tests {
     }
 
     /// A chain base <- mid <- leaf, with the given markers on each.
-    fn chain(markers: [&[Tag]; 3]) -> Result<(Snapshot, [Uuid; 3])> {
-        let ids = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
-        let image = Uuid::new_v4();
+    fn chain(markers: [&[Tag]; 3]) -> Result<(Snapshot, [VolumeId; 3])> {
+        let ids = [VolumeId::random(), VolumeId::random(), VolumeId::random()];
+        let image = ImageId::random();
         let rows: Vec<LvRow> = (0..3)
             .map(|i| {
                 let mut tags = vec![Tag::Image(image), Tag::Slot(i as u32)];

@@ -6,10 +6,10 @@
 
 pub use super::flock::LocalLock;
 use super::{DomainGuard, Holder, LeaseError, LeaseGuard, LockError, LockKind, LockManager};
+use crate::format::ids::VolumeId;
 use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
-use uuid::Uuid;
 
 /// The local lock manager: this host's domain lock and volume leases.
 #[derive(Debug, Clone, Default)]
@@ -30,7 +30,7 @@ impl LockManager for Local {
     fn acquire(
         &self,
         vg: &str,
-        volume: &Uuid,
+        volume: &VolumeId,
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
         self.leases.acquire(vg, volume, slot)
@@ -39,13 +39,13 @@ impl LockManager for Local {
     fn acquire_shared(
         &self,
         vg: &str,
-        volume: &Uuid,
+        volume: &VolumeId,
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
         self.leases.acquire_shared(vg, volume, slot)
     }
 
-    fn holder(&self, vg: &str, volume: &Uuid, slot: u32) -> Result<Option<Holder>, LeaseError> {
+    fn holder(&self, vg: &str, volume: &VolumeId, slot: u32) -> Result<Option<Holder>, LeaseError> {
         self.leases.holder(vg, volume, slot)
     }
 }
@@ -84,7 +84,7 @@ fn whole_file_lock(kind: libc::c_short) -> libc::flock {
 }
 
 impl LocalLeases {
-    fn open(&self, vg: &str, volume: &Uuid) -> Result<File, LeaseError> {
+    fn open(&self, vg: &str, volume: &VolumeId) -> Result<File, LeaseError> {
         let dir = self.dir.join(vg);
         let path = dir.join(format!("{volume}.lease"));
         let io = |e: std::io::Error| LeaseError::Io {
@@ -106,7 +106,7 @@ impl LocalLeases {
     pub fn acquire(
         &self,
         vg: &str,
-        volume: &Uuid,
+        volume: &VolumeId,
         _slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
         self.lock(vg, volume, libc::F_WRLCK as libc::c_short)
@@ -115,7 +115,7 @@ impl LocalLeases {
     pub fn acquire_shared(
         &self,
         vg: &str,
-        volume: &Uuid,
+        volume: &VolumeId,
         _slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
         self.lock(vg, volume, libc::F_RDLCK as libc::c_short)
@@ -125,7 +125,7 @@ impl LocalLeases {
     pub fn holder(
         &self,
         vg: &str,
-        volume: &Uuid,
+        volume: &VolumeId,
         _slot: u32,
     ) -> Result<Option<Holder>, LeaseError> {
         let f = self.open(vg, volume)?;
@@ -152,7 +152,7 @@ impl LocalLeases {
     fn lock(
         &self,
         vg: &str,
-        volume: &Uuid,
+        volume: &VolumeId,
         kind: libc::c_short,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
         let f = self.open(vg, volume)?;
@@ -204,7 +204,7 @@ mod tests {
         let leases = LocalLeases {
             dir: dir.path().to_path_buf(),
         };
-        let v = Uuid::new_v4();
+        let v = VolumeId::random();
         assert_eq!(leases.holder("vg", &v, 0)?, None);
         let g = leases.acquire("vg", &v, 0)?;
         assert!(leases.holder("vg", &v, 0)?.is_some());
@@ -227,7 +227,7 @@ mod tests {
         let leases = LocalLeases {
             dir: dir.path().to_path_buf(),
         };
-        let v = Uuid::new_v4();
+        let v = VolumeId::random();
         let a = leases.acquire_shared("vg", &v, 0)?;
         let b = leases.acquire_shared("vg", &v, 0)?;
         assert_eq!(

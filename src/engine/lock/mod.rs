@@ -23,11 +23,11 @@ pub mod local;
 pub mod sanlock;
 
 use crate::domain::format::{LEASES_RESERVED, LEASE_SIZE};
+use crate::format::ids::VolumeId;
 use ::sanlock::{SanlockError, SectorSize};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
-use uuid::Uuid;
 
 /// The lock manager of a domain, as its `LVC_LOCK` tag names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -143,7 +143,7 @@ pub enum LockError {
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error("the lease of volume {volume} is held by {holder}")]
-    Held { volume: Uuid, holder: String },
+    Held { volume: VolumeId, holder: String },
     #[error("this host has not joined the lockspace of domain {vg}; run `lvchain host join {vg} --host-id N`")]
     NoLockspace { vg: String },
     #[error("the sanlock daemon does not answer on this host ({source}); start it, then `lvchain host join`")]
@@ -155,7 +155,7 @@ pub enum LeaseError {
     Io { what: String, reason: String },
     #[error("lease I/O on sanlock lease of {volume}: {source}")]
     Sanlock {
-        volume: Uuid,
+        volume: VolumeId,
         #[source]
         source: SanlockError,
     },
@@ -233,7 +233,7 @@ pub trait LockManager: Send + Sync {
     fn acquire(
         &self,
         vg: &str,
-        volume: &Uuid,
+        volume: &VolumeId,
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError>;
     /// Takes the volume's lease in shared mode (readers of its data: any number of them, and
@@ -241,13 +241,13 @@ pub trait LockManager: Send + Sync {
     fn acquire_shared(
         &self,
         vg: &str,
-        volume: &Uuid,
+        volume: &VolumeId,
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError>;
     /// Reads who holds the lease, without taking it and without having joined.
-    fn holder(&self, vg: &str, volume: &Uuid, slot: u32) -> Result<Option<Holder>, LeaseError>;
+    fn holder(&self, vg: &str, volume: &VolumeId, slot: u32) -> Result<Option<Holder>, LeaseError>;
     /// Prepares the lease area of a new volume (sanlock writes its paxos lease).
-    fn init(&self, _vg: &str, _volume: &Uuid, _slot: u32) -> Result<(), LeaseError> {
+    fn init(&self, _vg: &str, _volume: &VolumeId, _slot: u32) -> Result<(), LeaseError> {
         Ok(())
     }
 

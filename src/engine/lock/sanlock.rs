@@ -16,13 +16,13 @@ use super::{
     LockManager, SanlockAction,
 };
 use crate::domain::{IDS_LV, LEASES_LV};
+use crate::format::ids::VolumeId;
 use crate::units::MIB;
 use sanlock::{
     AcquireOptions, LeaveMode, Lockspace, Registration, Resource, SanlockError, SectorSize,
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use uuid::Uuid;
 
 /// sanlock I/O timeout of lvchain lockspaces (seconds).
 pub const IO_TIMEOUT: u32 = 10;
@@ -62,7 +62,7 @@ pub fn domain_resource(vg: &str) -> Result<Resource, SanlockError> {
 }
 
 /// The lease of the volume in `slot`, in the sectors of the `leases` LV (which must be active).
-pub fn volume_resource(vg: &str, volume: &Uuid, slot: u32) -> Result<Resource, SanlockError> {
+pub fn volume_resource(vg: &str, volume: &VolumeId, slot: u32) -> Result<Resource, SanlockError> {
     leases_resource(vg, volume.to_string(), lease_offset(slot))
 }
 
@@ -79,7 +79,7 @@ pub fn joined_host_id(vg: &str) -> Option<u64> {
         .ok()
 }
 
-fn lease_error(vg: &str, volume: &Uuid, e: SanlockError) -> LeaseError {
+fn lease_error(vg: &str, volume: &VolumeId, e: SanlockError) -> LeaseError {
     if e.is_held() {
         return LeaseError::Held {
             volume: *volume,
@@ -271,7 +271,7 @@ impl LockManager for Sanlock {
     fn acquire(
         &self,
         vg: &str,
-        volume: &Uuid,
+        volume: &VolumeId,
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
         acquire_mode(vg, volume, slot, false)
@@ -280,13 +280,13 @@ impl LockManager for Sanlock {
     fn acquire_shared(
         &self,
         vg: &str,
-        volume: &Uuid,
+        volume: &VolumeId,
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
         acquire_mode(vg, volume, slot, true)
     }
 
-    fn holder(&self, vg: &str, volume: &Uuid, slot: u32) -> Result<Option<Holder>, LeaseError> {
+    fn holder(&self, vg: &str, volume: &VolumeId, slot: u32) -> Result<Option<Holder>, LeaseError> {
         let res = volume_resource(vg, volume, slot).map_err(|e| lease_error(vg, volume, e))?;
         // This host's daemon judges other hosts' liveness; without it, read the disk.
         let running = match sanlock::owner_status(&res) {
@@ -312,7 +312,7 @@ impl LockManager for Sanlock {
         })
     }
 
-    fn init(&self, vg: &str, volume: &Uuid, slot: u32) -> Result<(), LeaseError> {
+    fn init(&self, vg: &str, volume: &VolumeId, slot: u32) -> Result<(), LeaseError> {
         volume_resource(vg, volume, slot)
             .and_then(|res| sanlock::format_resource(&res))
             .map_err(|e| lease_error(vg, volume, e))
@@ -343,7 +343,7 @@ impl LockManager for Sanlock {
 /// Takes a volume's lease for this process (the host must have joined the lockspace).
 fn acquire_mode(
     vg: &str,
-    volume: &Uuid,
+    volume: &VolumeId,
     slot: u32,
     shared: bool,
 ) -> Result<Box<dyn LeaseGuard>, LeaseError> {

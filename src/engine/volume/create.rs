@@ -16,21 +16,21 @@ use super::{outcome, undo, Catalog, Volume};
 use crate::crash::{self, CrashPoint};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
+use crate::format::ids::{ImageId, VolumeId};
 use crate::links;
 use crate::lvm::{Activation, LvmError, NewLv};
 use crate::metadata::{check_description, FenceRecord, Format, Legality, Role, VolumeMeta};
 use crate::qemu;
 use crate::tags::{self, Tag, Wipe};
 use crate::units::Bytes;
-use uuid::Uuid;
 
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
-    pub image: Option<Uuid>,
+    pub image: Option<ImageId>,
     pub size: Option<Bytes>,
     pub format: Option<Format>,
-    pub parent: Option<Uuid>,
-    pub id: Option<Uuid>,
+    pub parent: Option<VolumeId>,
+    pub id: Option<VolumeId>,
     pub description: String,
     /// The volume's own wipe-on-removal policy (an `LVC_WIPE` LV tag); None: the domain's.
     pub wipe: Option<Wipe>,
@@ -108,7 +108,7 @@ fn plan(domain: &Domain, cat: &Catalog, req: &CreateRequest) -> Result<Plan> {
             return Err(Error::Illegal { id: p.id });
         }
     }
-    let id = req.id.unwrap_or_else(Uuid::new_v4);
+    let id = req.id.unwrap_or_else(VolumeId::random);
     if cat.snap.lv_named(&id.to_string()).is_some() {
         return Err(Error::VolumeExists { vg: vg.clone(), id });
     }
@@ -153,7 +153,7 @@ pub(crate) fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
         Some(p) => Some(domain.lease(&p.id, p.slot)?),
         None => None,
     };
-    let held: Vec<Uuid> = plan.parent.iter().map(|p| p.id).collect();
+    let held: Vec<VolumeId> = plan.parent.iter().map(|p| p.id).collect();
     let id = plan.meta.id;
     let name = id.to_string();
     let mut tags = vec![

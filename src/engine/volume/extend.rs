@@ -5,14 +5,14 @@ use super::{Catalog, Volume};
 use crate::crash::{self, CrashPoint};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
+use crate::format::ids::VolumeId;
 use crate::lvm::Activation;
 use crate::metadata::Format;
 use crate::qemu;
 use crate::units::Bytes;
-use uuid::Uuid;
 
 /// Grows volume `id` to `size` bytes of capacity (takes the domain lock and the volume lease).
-pub(crate) fn extend(domain: &Domain, id: &Uuid, size: Bytes) -> Result<Volume> {
+pub(crate) fn extend(domain: &Domain, id: &VolumeId, size: Bytes) -> Result<Volume> {
     let _guard = domain.lock()?;
     let cat = Catalog::load_for_change(domain)?;
     let mut vol = cat.get(&domain.vg, id)?.clone();

@@ -18,16 +18,16 @@ pub(crate) use remove::{remove, remove_image};
 
 use crate::domain::{Domain, LvEntry, Snapshot};
 use crate::error::{Error, Result};
+use crate::format::ids::{ImageId, VolumeId};
 use crate::metadata::{Format, Legality, MetaError, Role, VolumeMeta};
 use std::collections::{HashMap, HashSet};
-use uuid::Uuid;
 
 /// A committed volume: its LV and its metadata (the CLI's JSON view is `cli::views`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Volume {
-    pub id: Uuid,
-    pub image: Uuid,
-    pub parent: Option<Uuid>,
+    pub id: VolumeId,
+    pub image: ImageId,
+    pub parent: Option<VolumeId>,
     pub role: Role,
     pub legality: Legality,
     pub generation: u64,
@@ -63,9 +63,9 @@ impl Volume {
 /// Committed volumes with their metadata, read with one report and one read of all slots.
 pub struct Catalog {
     pub snap: Snapshot,
-    pub volumes: HashMap<Uuid, Volume>,
+    pub volumes: HashMap<VolumeId, Volume>,
     /// Committed LVs whose slot does not hold their metadata.
-    pub bad: Vec<(Uuid, Error)>,
+    pub bad: Vec<(VolumeId, Error)>,
 }
 
 impl Catalog {
@@ -87,7 +87,7 @@ impl Catalog {
         let slots = store.read_all()?;
         let mut volumes = HashMap::new();
         let mut bad = Vec::new();
-        let pending_parents: HashSet<Uuid> = snap
+        let pending_parents: HashSet<VolumeId> = snap
             .orphans()
             .filter(|l| !l.member)
             .filter_map(|l| l.parent)
@@ -135,23 +135,23 @@ impl Catalog {
     }
 
     /// The chain of `image`, base first (an error names a loop, a fork or a missing parent).
-    pub fn chain(&self, image: &Uuid) -> Result<Vec<Volume>> {
+    pub fn chain(&self, image: &ImageId) -> Result<Vec<Volume>> {
         crate::chain::walk(self, image)
     }
 
     /// Whether `id` is its chain's leaf in the committed view (no member child).
-    pub fn is_leaf(&self, id: &Uuid) -> bool {
+    pub fn is_leaf(&self, id: &VolumeId) -> bool {
         self.volumes.get(id).is_some_and(|v| v.role == Role::Leaf)
             && self.snap.children(id).is_empty()
     }
 
     /// Whether any LV names `id` as its parent, chain member or pending (a creation in progress
     /// or dead, a removal not finished): its data is then read by another volume, or will be.
-    pub fn has_any_child(&self, id: &Uuid) -> bool {
+    pub fn has_any_child(&self, id: &VolumeId) -> bool {
         !self.snap.children(id).is_empty() || !self.snap.pending_children(id).is_empty()
     }
 
-    pub fn get(&self, vg: &str, id: &Uuid) -> Result<&Volume> {
+    pub fn get(&self, vg: &str, id: &VolumeId) -> Result<&Volume> {
         if let Some(v) = self.volumes.get(id) {
             return Ok(v);
         }
@@ -165,8 +165,8 @@ impl Catalog {
     }
 
     /// Volumes sorted by image, then chain order (base first) where the chain is sound.
-    pub fn list(&self, image: Option<&Uuid>) -> Vec<Volume> {
-        let mut images: Vec<Uuid> = self.volumes.values().map(|v| v.image).collect();
+    pub fn list(&self, image: Option<&ImageId>) -> Vec<Volume> {
+        let mut images: Vec<ImageId> = self.volumes.values().map(|v| v.image).collect();
         images.sort();
         images.dedup();
         let mut out = Vec::new();
@@ -199,7 +199,7 @@ impl Catalog {
 /// is then leaf: what a reader shows, and what a rollback or the completed removal leaves.
 /// `pending_parents`: the parents named by pending LVs. A volume with a pending child still
 /// takes no data write: see [`Catalog::has_any_child`].
-fn committed_role(snap: &Snapshot, pending_parents: &HashSet<Uuid>, v: &Volume) -> Role {
+fn committed_role(snap: &Snapshot, pending_parents: &HashSet<VolumeId>, v: &Volume) -> Role {
     if v.role == Role::Internal
         && pending_parents.contains(&v.id)
         && snap.children(&v.id).is_empty()
@@ -211,7 +211,7 @@ fn committed_role(snap: &Snapshot, pending_parents: &HashSet<Uuid>, v: &Volume) 
 }
 
 /// The committed LVs of `image`; an error when there are none or one is open.
-pub(crate) fn idle_members(snap: &Snapshot, vg: &str, image: &Uuid) -> Result<Vec<LvEntry>> {
+pub(crate) fn idle_members(snap: &Snapshot, vg: &str, image: &ImageId) -> Result<Vec<LvEntry>> {
     let members: Vec<LvEntry> = snap.image_volumes(image).into_iter().cloned().collect();
     if members.is_empty() {
         return Err(Error::ImageNotFound {
@@ -240,7 +240,7 @@ pub fn now() -> u64 {
 pub(crate) fn update_meta(
     domain: &Domain,
     store: &crate::metadata::SlotStore,
-    id: &Uuid,
+    id: &VolumeId,
     slot: u32,
     lease_held: bool,
     change: impl FnOnce(&mut VolumeMeta) -> Result<bool>,

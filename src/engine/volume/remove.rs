@@ -9,8 +9,8 @@ use super::undo::{self, WipeProgress};
 use super::{outcome, Catalog};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
+use crate::format::ids::{ImageId, VolumeId};
 use crate::tags::{self, Tag};
-use uuid::Uuid;
 
 const POINTS: undo::Points = undo::Points {
     parent: Some(crate::crash::CrashPoint::RemoveAfterParentUpdate),
@@ -21,7 +21,11 @@ const POINTS: undo::Points = undo::Points {
 };
 
 /// Removes the leaf volume `id`; `progress` follows the wipe of its data.
-pub(crate) fn remove(domain: &Domain, id: &Uuid, progress: &mut WipeProgress<'_>) -> Result<()> {
+pub(crate) fn remove(
+    domain: &Domain,
+    id: &VolumeId,
+    progress: &mut WipeProgress<'_>,
+) -> Result<()> {
     let _guard = domain.lock()?;
     let cat = Catalog::load_for_change(domain)?;
     let vol = cat.get(&domain.vg, id)?;
@@ -93,7 +97,7 @@ pub(crate) fn remove(domain: &Domain, id: &Uuid, progress: &mut WipeProgress<'_>
 /// wipe of their data.
 pub(crate) fn remove_image(
     domain: &Domain,
-    image: &Uuid,
+    image: &ImageId,
     progress: &mut WipeProgress<'_>,
 ) -> Result<usize> {
     let _guard = domain.lock()?;
@@ -101,7 +105,7 @@ pub(crate) fn remove_image(
     let members = super::idle_members(&cat.snap, &domain.vg, image)?;
     let store = domain.slots(&cat.snap)?;
     // Chain order when the chain is sound, so removal goes leaf first.
-    let mut order: Vec<Uuid> = match crate::chain::walk(&cat, image) {
+    let mut order: Vec<VolumeId> = match crate::chain::walk(&cat, image) {
         Ok(chain) => chain.iter().map(|v| v.id).collect(),
         Err(_) => members.iter().filter_map(|l| l.id).collect(),
     };
@@ -112,7 +116,7 @@ pub(crate) fn remove_image(
             leases.push(domain.lease(&id, slot)?);
         }
     }
-    let held: Vec<Uuid> = members.iter().filter_map(|l| l.id).collect();
+    let held: Vec<VolumeId> = members.iter().filter_map(|l| l.id).collect();
     let names: Vec<String> = members.iter().map(|l| l.name.clone()).collect();
     let paths: Vec<String> = names.iter().map(|n| domain.lv_path(n)).collect();
     let removing = tags::strings(&[Tag::Removing]);

@@ -11,9 +11,9 @@
 use crate::crash;
 use crate::domain::{Domain, DomainInfo, LvEntry, Snapshot};
 use crate::error::{Error, Result};
+use crate::format::ids::VolumeId;
 use crate::metadata::{MetaError, Role, SlotStore};
 use crate::{links, lvm::LvmError};
-use uuid::Uuid;
 
 /// Crash points to pass on the way (the caller's operation names them).
 #[derive(Clone, Copy, Default)]
@@ -29,7 +29,7 @@ pub struct Points {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// The parent has no committed child left: its role went back to leaf.
-    ParentLeaf(Uuid),
+    ParentLeaf(VolumeId),
     LinkRemoved,
     SlotCleared(u32),
     Wiped {
@@ -93,7 +93,7 @@ pub fn release(
     snap: &Snapshot,
     store: &SlotStore,
     lv: &LvEntry,
-    held: &[Uuid],
+    held: &[VolumeId],
     points: Points,
     progress: &mut WipeProgress<'_>,
 ) -> Result<Vec<Action>> {
@@ -115,7 +115,7 @@ pub fn undo_changes(
     snap: &Snapshot,
     store: &SlotStore,
     lv: &LvEntry,
-    held: &[Uuid],
+    held: &[VolumeId],
     points: Points,
 ) -> Result<Vec<Action>> {
     let mut done = Vec::new();
@@ -304,7 +304,7 @@ mod tests {
 
     #[test]
     fn actions_read_as_gc_reports_them() {
-        let p = Uuid::nil();
+        let p = VolumeId::default();
         let texts: Vec<String> = [
             Action::ParentLeaf(p),
             Action::LinkRemoved,

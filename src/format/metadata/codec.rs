@@ -8,6 +8,7 @@
 //! versions are read; the version written is the domain's (a format-1 domain keeps version-1 slots, which
 //! older lvchain reads).
 
+use crate::format::ids::{ImageId, VolumeId};
 use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
@@ -26,7 +27,7 @@ pub enum MetaError {
     #[error("slot {slot} is damaged: {reason}")]
     Damaged { slot: u32, reason: String },
     #[error("metadata of volume {id} does not fit a {size}-byte slot")]
-    TooLarge { id: Uuid, size: usize },
+    TooLarge { id: VolumeId, size: usize },
     #[error("I/O on the metadata LV {path} failed: {reason}")]
     Io { path: String, reason: String },
     #[error("slot {slot} is beyond the metadata area ({max} slots)")]
@@ -60,9 +61,9 @@ text_enum!(Legality { Legal = "legal", Illegal = "illegal" });
 /// What the metadata slot of one volume says. The metadata is the truth for the parent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VolumeMeta {
-    pub id: Uuid,
-    pub image: Uuid,
-    pub parent: Option<Uuid>,
+    pub id: VolumeId,
+    pub image: ImageId,
+    pub parent: Option<VolumeId>,
     pub format: Format,
     pub capacity: u64,
     pub role: Role,
@@ -245,11 +246,11 @@ pub fn decode(slot: u32, bytes: &[u8]) -> Result<VolumeMeta, MetaError> {
         }
     };
     Ok(VolumeMeta {
-        id: uuid("ID")?,
-        image: uuid("IMAGE")?,
+        id: VolumeId::from_uuid(uuid("ID")?),
+        image: ImageId::from_uuid(uuid("IMAGE")?),
         parent: match get("PARENT")? {
             "" => None,
-            _ => Some(uuid("PARENT")?),
+            _ => Some(VolumeId::from_uuid(uuid("PARENT")?)),
         },
         format: get("FORMAT")?.parse().map_err(damaged)?,
         capacity: num("CAPACITY")?,
@@ -269,9 +270,9 @@ mod tests {
 
     fn sample() -> VolumeMeta {
         VolumeMeta {
-            id: Uuid::new_v4(),
-            image: Uuid::new_v4(),
-            parent: Some(Uuid::new_v4()),
+            id: VolumeId::random(),
+            image: ImageId::random(),
+            parent: Some(VolumeId::random()),
             format: Format::Qcow2,
             capacity: 1 << 30,
             role: Role::Leaf,

@@ -107,7 +107,7 @@ impl std::fmt::Debug for SlotStore {
 mod tests {
     use super::super::codec::{Format, Legality, Role};
     use super::*;
-    use uuid::Uuid;
+    use crate::format::ids::{ImageId, VolumeId};
 
     #[test]
     fn slots_on_a_file() -> Result<(), Box<dyn std::error::Error>> {
@@ -122,8 +122,8 @@ mod tests {
             version: super::super::codec::SLOT_VERSION,
         };
         let m = VolumeMeta {
-            id: Uuid::new_v4(),
-            image: Uuid::new_v4(),
+            id: VolumeId::random(),
+            image: ImageId::random(),
             parent: None,
             format: Format::Raw,
             capacity: 4096,
