@@ -14,7 +14,7 @@
 
 use lvchain::check::ProblemKind;
 use lvchain::domain::{Domain, FormatRequest};
-use lvchain::ids::{ImageId, VolumeId};
+use lvchain::ids::{Generation, ImageId, VolumeId};
 use lvchain::lvm::sim::{Fault, SimCrash, SimLvm};
 use lvchain::metadata::{Format, Legality};
 use lvchain::operation::{Source, State};
@@ -120,7 +120,7 @@ impl Host {
     }
 
     /// Copies the source file into `id` under the protocol, started at `generation`.
-    fn copy_in(&self, id: &VolumeId, generation: u64) -> lvchain::error::Result<Volume> {
+    fn copy_in(&self, id: &VolumeId, generation: Generation) -> lvchain::error::Result<Volume> {
         let from = Source::File {
             path: self.source.clone(),
             format: Format::Raw,
@@ -308,7 +308,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "copy",
             setup: one_base,
-            op: |h, ids| h.copy_in(&ids.v[0], 0).map(drop),
+            op: |h, ids| h.copy_in(&ids.v[0], Generation::new(0)).map(drop),
             allowed: |ids| Allowed {
                 illegal: Some(ids.v[0]),
                 data: Some(ids.v[0]),
@@ -754,7 +754,7 @@ fn sim_only_a_completed_copy_or_the_operator_makes_a_failed_copy_legal() {
     // The copy fails at its data write (its 4th step: report, ILLEGAL, activation, data).
     let at = h.sim.steps();
     h.sim.inject(at + 4, Fault::Fail);
-    assert!(h.copy_in(&v, 0).is_err());
+    assert!(h.copy_in(&v, Generation::new(0)).is_err());
     assert!(
         h.sim.log()[at + 3].starts_with("write"),
         "{:?}",
@@ -763,22 +763,23 @@ fn sim_only_a_completed_copy_or_the_operator_makes_a_failed_copy_legal() {
     let legality = |h: &Host| h.catalog()[&v].legality;
     assert_eq!(legality(&h), Legality::Illegal);
     // Operations that write no data leave it illegal.
-    let u = h.d.update(&v, 0, Some("x".into()), None).unwrap();
-    assert_eq!((u.legality, u.generation), (Legality::Illegal, 1));
-    let e = h.d.extend_volume(&v, Bytes(8 * MIB), Some(1)).unwrap();
+    let g = Generation::new;
+    let u = h.d.update(&v, g(0), Some("x".into()), None).unwrap();
+    assert_eq!((u.legality, u.generation), (Legality::Illegal, g(1)));
+    let e = h.d.extend_volume(&v, Bytes(8 * MIB), Some(g(1))).unwrap();
     assert_eq!(e.legality, Legality::Illegal);
     // The copy run again makes it legal; so does the operator's explicit word.
-    assert_eq!(h.copy_in(&v, 2).unwrap().legality, Legality::Legal);
+    assert_eq!(h.copy_in(&v, g(2)).unwrap().legality, Legality::Legal);
     h.sim.inject(h.sim.steps() + 4, Fault::Fail);
-    assert!(h.copy_in(&v, 3).is_err());
-    let l = h.d.update(&v, 3, None, Some(Legality::Legal)).unwrap();
+    assert!(h.copy_in(&v, g(3)).is_err());
+    let l = h.d.update(&v, g(3), None, Some(Legality::Legal)).unwrap();
     assert_eq!(l.legality, Legality::Legal);
     // A failed update run again ends legal: it left no partial data.
     h.sim.inject(h.sim.steps() + 2, Fault::Fail);
-    let failed = h.d.update(&v, 4, Some("y".into()), None);
+    let failed = h.d.update(&v, g(4), Some("y".into()), None);
     assert!(failed.is_err() || failed.is_ok_and(|u| u.legality == Legality::Legal));
-    let g = h.catalog()[&v].generation;
-    let again = h.d.update(&v, g, Some("y".into()), None).unwrap();
+    let now = h.catalog()[&v].generation;
+    let again = h.d.update(&v, now, Some("y".into()), None).unwrap();
     assert_eq!(again.legality, Legality::Legal);
 }
 

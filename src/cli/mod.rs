@@ -8,7 +8,7 @@ pub mod views;
 
 use crate::domain::{Domain, FormatRequest};
 use crate::error::{Error, Result};
-use crate::format::ids::{ImageId, VolumeId};
+use crate::format::ids::{Generation, ImageId, VolumeId};
 use crate::lock::LockKind;
 use crate::lvm::{Lvm, LvmConfig};
 use crate::metadata::{Format, Legality};
@@ -193,7 +193,7 @@ pub enum VolumeCmd {
         size: Bytes,
         /// Run under the lease/generation protocol, expecting the volume at this generation.
         #[arg(long, value_parser = parse_generation)]
-        generation: Option<u64>,
+        generation: Option<Generation>,
     },
     /// Copy data into a volume (qemu-img convert; a FIFO is streamed) under its lease.
     Copy {
@@ -210,7 +210,7 @@ pub enum VolumeCmd {
         from_format: Format,
         /// The volume's current generation (the copy refuses any other).
         #[arg(long, value_parser = parse_generation)]
-        generation: u64,
+        generation: Generation,
     },
     /// Change a volume's description or legality under its lease.
     Update {
@@ -220,7 +220,7 @@ pub enum VolumeCmd {
         volume: VolumeId,
         /// The volume's current generation (the update refuses any other).
         #[arg(long, value_parser = parse_generation)]
-        generation: u64,
+        generation: Generation,
         /// The new description.
         #[arg(long)]
         description: Option<String>,
@@ -235,8 +235,8 @@ pub enum VolumeCmd {
         /// The volume (UUID).
         volume: VolumeId,
         /// The generation the operation was started at.
-        #[arg(long)]
-        generation: u64,
+        #[arg(long, value_parser = parse_any_generation)]
+        generation: Generation,
     },
     /// Move the generation from N to N+3 under the lease so a late runner refuses to write.
     Fence {
@@ -246,7 +246,7 @@ pub enum VolumeCmd {
         volume: VolumeId,
         /// The generation of the operation to fence (the volume's current one).
         #[arg(long, value_parser = parse_generation)]
-        generation: u64,
+        generation: Generation,
     },
 }
 
@@ -297,12 +297,17 @@ fn parse_bytes(s: &str) -> std::result::Result<Bytes, String> {
 }
 
 /// A generation an operation can start at (its end, or a fence, must still count).
-fn parse_generation(s: &str) -> std::result::Result<u64, String> {
-    let g: u64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a generation (a whole number)"))?;
+fn parse_generation(s: &str) -> std::result::Result<Generation, String> {
+    let g = parse_any_generation(s)?;
     operation::check_generation(g).map_err(|e| e.to_string())?;
     Ok(g)
+}
+
+/// Any generation (a status may be asked of any).
+fn parse_any_generation(s: &str) -> std::result::Result<Generation, String> {
+    s.parse()
+        .map(Generation::new)
+        .map_err(|_| format!("{s:?} is not a generation (a whole number)"))
 }
 
 fn parse_legality(s: &str) -> std::result::Result<Legality, String> {

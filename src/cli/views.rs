@@ -36,7 +36,7 @@ impl From<&Volume> for VolumeView {
             parent: v.parent,
             role: v.role.to_string(),
             legality: v.legality.to_string(),
-            generation: v.generation,
+            generation: v.generation.get(),
             format: v.format.to_string(),
             capacity: v.capacity,
             lv_size: v.lv_size,
@@ -122,10 +122,10 @@ impl From<&Status> for StatusView {
     fn from(s: &Status) -> Self {
         StatusView {
             volume: s.volume,
-            generation: s.generation,
+            generation: s.generation.get(),
             state: s.state.to_string(),
             host_id: s.host_id,
-            current_generation: s.current_generation,
+            current_generation: s.current_generation.get(),
             legality: s.legality.to_string(),
             reason: s.reason.clone(),
         }
@@ -254,7 +254,7 @@ mod tests {
             parent: None,
             role: Role::Leaf,
             legality: Legality::Legal,
-            generation: 1,
+            generation: crate::format::ids::Generation::new(1),
             format: Format::Raw,
             capacity: 1,
             lv_size: 1,

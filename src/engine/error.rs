@@ -53,7 +53,7 @@ pub enum Error {
     IllegalMember {
         image: ImageId,
         id: VolumeId,
-        generation: u64,
+        generation: crate::format::ids::Generation,
     },
     #[error("volume {id} is in use (its device is open)")]
     InUse { id: VolumeId },
@@ -103,8 +103,8 @@ pub enum Error {
     #[error("volume {id} has generation {found}, not {expected}; nothing was changed")]
     WrongGeneration {
         id: VolumeId,
-        expected: u64,
-        found: u64,
+        expected: crate::format::ids::Generation,
+        found: crate::format::ids::Generation,
     },
     #[error(transparent)]
     Lease(#[from] LeaseError),

@@ -11,7 +11,7 @@
 use crate::crash::{self, CrashPoint};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
-use crate::format::ids::VolumeId;
+use crate::format::ids::{Generation, VolumeId};
 use crate::lvm::Activation;
 use crate::metadata::{FenceRecord, Format, Legality, Role, SlotStore, VolumeMeta};
 use crate::qemu;
@@ -20,13 +20,12 @@ use crate::volume::{Catalog, Volume};
 use serde::Serialize;
 use std::path::PathBuf;
 
-/// How far fencing moves the generation: a late runner finds a generation it did not expect.
-pub const FENCE_STEP: u64 = 3;
+pub use crate::format::ids::FENCE_STEP;
 /// The highest generation an operation or a fence may start at (its end must still count).
-pub const MAX_GENERATION: u64 = u64::MAX - FENCE_STEP;
+pub const MAX_GENERATION: Generation = Generation::MAX_START;
 
 /// Refuses a generation no operation can start at.
-pub fn check_generation(generation: u64) -> Result<()> {
+pub fn check_generation(generation: Generation) -> Result<()> {
     if generation > MAX_GENERATION {
         return Err(Error::InvalidInput(format!(
             "generation {generation} is out of range (at most {MAX_GENERATION})"
@@ -35,11 +34,11 @@ pub fn check_generation(generation: u64) -> Result<()> {
     Ok(())
 }
 
-/// `generation + step`, refusing an overflow (never wraps, in any build).
-fn advance(generation: u64, step: u64) -> Result<u64> {
-    generation.checked_add(step).ok_or_else(|| {
+/// `moved` (a checked step from `generation`), or the error that it is out of range.
+fn moved(generation: Generation, moved: Option<Generation>) -> Result<Generation> {
+    moved.ok_or_else(|| {
         Error::InvalidInput(format!(
-            "generation {generation} cannot move on by {step}: out of range"
+            "generation {generation} cannot move on: out of range"
         ))
     })
 }
@@ -71,9 +70,14 @@ pub enum Work {
 }
 
 /// Runs `work` on volume `id` under the protocol; returns the volume as it ends.
-pub(crate) fn run(domain: &Domain, id: &VolumeId, generation: u64, work: &Work) -> Result<Volume> {
+pub(crate) fn run(
+    domain: &Domain,
+    id: &VolumeId,
+    generation: Generation,
+    work: &Work,
+) -> Result<Volume> {
     check_generation(generation)?;
-    let next = advance(generation, 1)?;
+    let next = moved(generation, generation.next())?;
     if let Work::Update {
         description: Some(d),
         ..
@@ -166,7 +170,7 @@ struct Started {
 }
 
 /// Takes the volume's lease and checks its generation (refusing, changing nothing, if not N).
-fn start(domain: &Domain, id: &VolumeId, generation: u64) -> Result<Started> {
+fn start(domain: &Domain, id: &VolumeId, generation: Generation) -> Result<Started> {
     let cat = Catalog::load_for_change(domain)?;
     let vol = cat.get(&domain.vg, id)?.clone();
     let store = domain.slots(&cat.snap)?;
@@ -414,16 +418,16 @@ impl std::fmt::Display for State {
 #[derive(Debug, Clone)]
 pub struct Status {
     pub volume: VolumeId,
-    pub generation: u64,
+    pub generation: Generation,
     pub state: State,
     pub host_id: Option<u64>,
-    pub current_generation: u64,
+    pub current_generation: Generation,
     pub legality: Legality,
     pub reason: Option<String>,
 }
 
 /// Reads the status from shared storage only: the volume's lease and its metadata slot.
-pub(crate) fn status(domain: &Domain, id: &VolumeId, generation: u64) -> Result<Status> {
+pub(crate) fn status(domain: &Domain, id: &VolumeId, generation: Generation) -> Result<Status> {
     let cat = Catalog::load(domain)?;
     let vol = cat.get(&domain.vg, id)?.clone();
     let store = domain.slots(&cat.snap)?;
@@ -466,7 +470,7 @@ pub(crate) fn status(domain: &Domain, id: &VolumeId, generation: u64) -> Result<
 /// Past generations are told apart by the fence record: a fence moves N to N+3, as three
 /// successful operations do.
 fn decide(
-    generation: u64,
+    generation: Generation,
     meta: &VolumeMeta,
     holder: Option<&crate::lock::Holder>,
 ) -> (State, Option<u64>, Option<String>) {
@@ -514,10 +518,11 @@ enum Past {
     Unknown(String),
 }
 
-fn past(generation: u64, current: u64, fence: FenceRecord) -> Past {
+fn past(generation: Generation, current: Generation, fence: FenceRecord) -> Past {
     // Without a fence, every step was one successful operation.
     let by_operations = Past::Succeeded;
-    match (fence.last, fence.count) {
+    let (generation, current) = (generation.get(), current.get());
+    match (fence.last.map(Generation::get), fence.count) {
         (_, Some(0)) => by_operations,
         (Some(f), _) if f == generation => Past::Fenced,
         (Some(f), _) if generation > f && generation < f.saturating_add(FENCE_STEP) => {
@@ -545,9 +550,9 @@ fn past(generation: u64, current: u64, fence: FenceRecord) -> Past {
 /// Moves the generation from N to N+3 under the lease, so a late runner refuses to write.
 /// The fence is recorded in the metadata (the generation it fenced), so that status tells it
 /// from three successful operations.
-pub(crate) fn fence(domain: &Domain, id: &VolumeId, generation: u64) -> Result<Volume> {
+pub(crate) fn fence(domain: &Domain, id: &VolumeId, generation: Generation) -> Result<Volume> {
     check_generation(generation)?;
-    let fenced = advance(generation, FENCE_STEP)?;
+    let fenced = moved(generation, generation.fenced())?;
     let Started {
         vol,
         store,
@@ -569,6 +574,15 @@ pub(crate) fn fence(domain: &Domain, id: &VolumeId, generation: u64) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The verdict on generation `g` (a plain number in these tests).
+    fn decide(
+        g: u64,
+        meta: &VolumeMeta,
+        holder: Option<&crate::lock::Holder>,
+    ) -> (State, Option<u64>, Option<String>) {
+        super::decide(Generation::new(g), meta, holder)
+    }
     use crate::lock::Holder;
 
     fn meta(generation: u64, legality: Legality) -> VolumeMeta {
@@ -580,7 +594,7 @@ mod tests {
             capacity: 1 << 20,
             role: crate::metadata::Role::Leaf,
             legality,
-            generation,
+            generation: Generation::new(generation),
             ctime: 0,
             description: String::new(),
             fence: FenceRecord::NONE,
@@ -590,7 +604,10 @@ mod tests {
 
     fn fenced(generation: u64, last: Option<u64>, count: Option<u64>) -> VolumeMeta {
         VolumeMeta {
-            fence: FenceRecord { last, count },
+            fence: FenceRecord {
+                last: last.map(Generation::new),
+                count,
+            },
             ..meta(generation, Legality::Illegal)
         }
     }
@@ -688,11 +705,13 @@ mod tests {
 
     #[test]
     fn generation_arithmetic_never_wraps() {
+        let above = Generation::new(MAX_GENERATION.get() + 1);
         assert!(check_generation(MAX_GENERATION).is_ok());
-        assert!(check_generation(MAX_GENERATION + 1).is_err());
-        assert!(check_generation(u64::MAX).is_err());
-        assert!(advance(u64::MAX, 1).is_err());
-        assert!(advance(MAX_GENERATION, FENCE_STEP).is_ok());
+        assert!(check_generation(above).is_err());
+        assert!(check_generation(Generation::new(u64::MAX)).is_err());
+        let top = Generation::new(u64::MAX);
+        assert!(moved(top, top.next()).is_err());
+        assert!(moved(MAX_GENERATION, MAX_GENERATION.fenced()).is_ok());
         // The top generation an operation can leave still answers.
         let m = meta(u64::MAX, Legality::Legal);
         assert_eq!(decide(u64::MAX - 1, &m, None).0, State::Succeeded);

@@ -61,3 +61,56 @@ mod tests {
         assert!("nope".parse::<ImageId>().is_err());
     }
 }
+
+/// How far a fence moves a volume's generation (a late runner then finds one it did not
+/// expect).
+pub const FENCE_STEP: u64 = 3;
+
+/// A volume's generation: moved on by one by every operation that completes, by
+/// [`FENCE_STEP`] by a fence. Moving it on is checked: it never wraps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize)]
+#[serde(transparent)]
+pub struct Generation(u64);
+
+impl Generation {
+    /// The highest generation an operation or a fence may start at (its end must still count).
+    pub const MAX_START: Generation = Generation(u64::MAX - FENCE_STEP);
+
+    pub const fn new(g: u64) -> Self {
+        Generation(g)
+    }
+
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The generation a completed operation leaves (None: out of range).
+    pub fn next(self) -> Option<Generation> {
+        self.0.checked_add(1).map(Generation)
+    }
+
+    /// The generation a fence leaves (None: out of range).
+    pub fn fenced(self) -> Option<Generation> {
+        self.0.checked_add(FENCE_STEP).map(Generation)
+    }
+}
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod generation_tests {
+    use super::*;
+
+    #[test]
+    fn generations_move_on_checked() {
+        assert_eq!(Generation::new(4).next(), Some(Generation::new(5)));
+        assert_eq!(Generation::new(4).fenced(), Some(Generation::new(7)));
+        assert_eq!(Generation::new(u64::MAX).next(), None);
+        assert!(Generation::MAX_START.fenced().is_some());
+        assert_eq!(Generation::new(u64::MAX - 2).fenced(), None);
+    }
+}

@@ -4,7 +4,7 @@
 
 use super::{format, Domain, DomainInfo, FormatRequest};
 use crate::error::Result;
-use crate::format::ids::{ImageId, VolumeId};
+use crate::format::ids::{Generation, ImageId, VolumeId};
 use crate::metadata::Legality;
 use crate::operation::{self, Source, Status, Work};
 use crate::units::Bytes;
@@ -71,7 +71,7 @@ impl Domain {
         &self,
         id: &VolumeId,
         size: Bytes,
-        generation: Option<u64>,
+        generation: Option<Generation>,
     ) -> Result<Volume> {
         match generation {
             Some(g) => operation::run(self, id, g, &Work::Extend { size }),
@@ -83,7 +83,7 @@ impl Domain {
     pub fn copy(
         &self,
         id: &VolumeId,
-        generation: u64,
+        generation: Generation,
         from: Source,
         progress: bool,
     ) -> Result<Volume> {
@@ -94,7 +94,7 @@ impl Domain {
     pub fn update(
         &self,
         id: &VolumeId,
-        generation: u64,
+        generation: Generation,
         description: Option<String>,
         legality: Option<Legality>,
     ) -> Result<Volume> {
@@ -106,12 +106,12 @@ impl Domain {
     }
 
     /// The status of the operation started at `generation`, from shared storage only.
-    pub fn status(&self, id: &VolumeId, generation: u64) -> Result<Status> {
+    pub fn status(&self, id: &VolumeId, generation: Generation) -> Result<Status> {
         operation::status(self, id, generation)
     }
 
     /// Moves the generation on from `generation` (recorded as a fence).
-    pub fn fence(&self, id: &VolumeId, generation: u64) -> Result<Volume> {
+    pub fn fence(&self, id: &VolumeId, generation: Generation) -> Result<Volume> {
         operation::fence(self, id, generation)
     }
 

@@ -16,7 +16,7 @@ use super::{outcome, undo, Catalog, Volume};
 use crate::crash::{self, CrashPoint};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
-use crate::format::ids::{ImageId, VolumeId};
+use crate::format::ids::{Generation, ImageId, VolumeId};
 use crate::links;
 use crate::lvm::{Activation, LvmError, NewLv};
 use crate::metadata::{check_description, FenceRecord, Format, Legality, Role, VolumeMeta};
@@ -130,7 +130,7 @@ fn plan(domain: &Domain, cat: &Catalog, req: &CreateRequest) -> Result<Plan> {
             capacity,
             role: Role::Leaf,
             legality: Legality::Legal,
-            generation: 0,
+            generation: Generation::default(),
             ctime: super::now(),
             description: req.description.clone(),
             fence: FenceRecord::NONE,

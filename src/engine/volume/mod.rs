@@ -18,7 +18,7 @@ pub(crate) use remove::{remove, remove_image};
 
 use crate::domain::{Domain, LvEntry, Snapshot};
 use crate::error::{Error, Result};
-use crate::format::ids::{ImageId, VolumeId};
+use crate::format::ids::{Generation, ImageId, VolumeId};
 use crate::metadata::{Format, Legality, MetaError, Role, VolumeMeta};
 use std::collections::{HashMap, HashSet};
 
@@ -30,7 +30,7 @@ pub struct Volume {
     pub parent: Option<VolumeId>,
     pub role: Role,
     pub legality: Legality,
-    pub generation: u64,
+    pub generation: Generation,
     pub format: Format,
     pub capacity: u64,
     pub lv_size: u64,

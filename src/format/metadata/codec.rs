@@ -8,7 +8,7 @@
 //! versions are read; the version written is the domain's (a format-1 domain keeps version-1 slots, which
 //! older lvchain reads).
 
-use crate::format::ids::{ImageId, VolumeId};
+use crate::format::ids::{Generation, ImageId, VolumeId};
 use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
@@ -68,7 +68,7 @@ pub struct VolumeMeta {
     pub capacity: u64,
     pub role: Role,
     pub legality: Legality,
-    pub generation: u64,
+    pub generation: Generation,
     pub ctime: u64,
     pub description: String,
     pub fence: FenceRecord,
@@ -82,7 +82,7 @@ pub struct VolumeMeta {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub struct FenceRecord {
     /// The generation the last fence moved on from.
-    pub last: Option<u64>,
+    pub last: Option<Generation>,
     /// How many fences the volume has had; `None` when unknown (a version-1 slot).
     pub count: Option<u64>,
 }
@@ -166,7 +166,7 @@ pub fn encode(meta: &VolumeMeta, size: usize, version: u32) -> Result<Vec<u8>, M
         let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_default();
         body.push_str(&format!(
             "FENCED={}\nFENCES={}\n",
-            opt(meta.fence.last),
+            opt(meta.fence.last.map(Generation::get)),
             opt(meta.fence.count)
         ));
         if meta.partial {
@@ -236,7 +236,7 @@ pub fn decode(slot: u32, bytes: &[u8]) -> Result<VolumeMeta, MetaError> {
     };
     let fence = if version >= 2 {
         FenceRecord {
-            last: opt_num("FENCED")?,
+            last: opt_num("FENCED")?.map(Generation::new),
             count: opt_num("FENCES")?,
         }
     } else {
@@ -256,7 +256,7 @@ pub fn decode(slot: u32, bytes: &[u8]) -> Result<VolumeMeta, MetaError> {
         capacity: num("CAPACITY")?,
         role: get("ROLE")?.parse().map_err(damaged)?,
         legality: get("LEGALITY")?.parse().map_err(damaged)?,
-        generation: num("GENERATION")?,
+        generation: Generation::new(num("GENERATION")?),
         ctime: num("CTIME")?,
         description: unescape(get("DESCRIPTION")?),
         fence,
@@ -277,11 +277,11 @@ mod tests {
             capacity: 1 << 30,
             role: Role::Leaf,
             legality: Legality::Legal,
-            generation: 7,
+            generation: Generation::new(7),
             ctime: 1_700_000_000,
             description: "line one\nback\\slash = ok \u{1}".into(),
             fence: FenceRecord {
-                last: Some(3),
+                last: Some(Generation::new(3)),
                 count: Some(1),
             },
             partial: true,
@@ -321,11 +321,11 @@ mod tests {
         let mut m = sample();
         // The longest description as stored, and every number at its widest.
         m.description = "x".repeat(MAX_DESCRIPTION);
-        m.generation = u64::MAX;
+        m.generation = Generation::new(u64::MAX);
         m.capacity = u64::MAX;
         m.ctime = u64::MAX;
         m.fence = FenceRecord {
-            last: Some(u64::MAX),
+            last: Some(Generation::new(u64::MAX)),
             count: Some(u64::MAX),
         };
         assert!(check_description(&m.description).is_ok());
@@ -366,7 +366,10 @@ mod tests {
         let mut bytes = old.into_bytes();
         bytes.resize(512, 0);
         let read = decode(1, &bytes)?;
-        assert_eq!((read.generation, read.fence.count), (5, None));
+        assert_eq!(
+            (read.generation, read.fence.count),
+            (Generation::new(5), None)
+        );
         Ok(())
     }
 

@@ -129,7 +129,7 @@ mod tests {
             capacity: 4096,
             role: Role::Leaf,
             legality: Legality::Legal,
-            generation: 0,
+            generation: crate::format::ids::Generation::default(),
             ctime: 1,
             description: String::new(),
             fence: super::super::codec::FenceRecord::NONE,
