@@ -290,7 +290,7 @@ fn lvm_bad_input_gets_a_clear_error_and_changes_nothing() {
                 "--description",
                 &tabs,
             ],
-            "at most 160 fit",
+            "at most 140 fit",
         ),
         (
             vec![
@@ -303,7 +303,7 @@ fn lvm_bad_input_gets_a_clear_error_and_changes_nothing() {
                 "--description",
                 &tabs,
             ],
-            "at most 160 fit",
+            "at most 140 fit",
         ),
         (vec!["volume", "list", "lvchain_no_such_vg"], "not found"),
         (vec!["volume", "info", &name, &foreign], "not found"),

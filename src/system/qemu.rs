@@ -96,10 +96,17 @@ pub fn write_qcow2_header(
 }
 
 /// Grows a qcow2 image's virtual size.
+/// The image is opened without its backing file: a resize changes only the image's own header
+/// and tables, and the parent need not be active on this host.
 pub fn resize_qcow2(target: &Path, capacity: u64) -> Result<(), QemuError> {
+    let spec = serde_json::json!({
+        "driver": "qcow2",
+        "backing": null,
+        "file": { "driver": "host_device", "filename": target.to_string_lossy() },
+    });
     let mut c = Cmd::new(qemu_img(), Duration::from_secs(120))
-        .args(["resize", "-q", "-f", "qcow2"])
-        .arg(target.as_os_str())
+        .args(["resize", "-q"])
+        .arg(format!("json:{spec}"))
         .arg(capacity.to_string());
     // It writes the image's tables, under the volume's lease.
     c.die_with_parent = true;
