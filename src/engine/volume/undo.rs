@@ -209,18 +209,22 @@ pub fn wipe(
         .filter(|l| l.wipe_on_removal(info))
         .collect();
     let device = |l: &LvEntry| domain.device(&l.name);
-    let (inactive, active): (Vec<&LvEntry>, Vec<&LvEntry>) = due
+    // A device this host maps already may map less than the LV (lvm may even report its state
+    // unknown then): refresh every one that exists; activate the others.
+    let active: Vec<&LvEntry> = due.iter().copied().filter(|l| device(l).exists()).collect();
+    let inactive: Vec<&LvEntry> = due
         .iter()
         .copied()
-        .partition(|l| !l.active || !device(l).exists());
+        .filter(|l| !l.active || !device(l).exists())
+        .collect();
     let paths =
         |lvs: &[&LvEntry]| -> Vec<String> { lvs.iter().map(|l| domain.lv_path(&l.name)).collect() };
     domain
         .lvm
         .lvchange_activation(&paths(&inactive), crate::lvm::Activation::Activate)
         .map_err(|source| Error::WipeActivation { source })?;
-    // A mapping made before another host grew the LV is smaller than the LV: refresh it, so
-    // the wipe covers every extent lvremove frees.
+    // A mapping made before another host grew the LV is smaller than the LV: refreshed, the
+    // wipe covers every extent lvremove frees.
     domain
         .lvm
         .lvchange_activation(&paths(&active), crate::lvm::Activation::Refresh)
