@@ -6,21 +6,13 @@
 mod common;
 
 use common::{
-    dir_file, hold_local_lease, lvm_available, resume, start_paused, status, uuid, Domain,
+    dir_file, hold_local_lease, lvm_available, read_volume, resume, start_paused, status, uuid,
+    Domain,
 };
 use lvchain::exec::Cmd;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// Reads the first `len` bytes of volume `vol` of image `img` (prepare, read, teardown).
-fn read_volume(d: &Domain, img: &str, vol: &str, len: usize) -> Vec<u8> {
-    d.ok(&["image", "prepare", d.name(), img]);
-    let mut data = std::fs::read(format!("/run/lvchain/{}/{img}/{vol}", d.name())).unwrap();
-    d.ok(&["image", "teardown", d.name(), img]);
-    data.truncate(len);
-    data
-}
 
 fn copy_args<'a>(d: &'a Domain, vol: &'a str, from: &'a str, generation: &'a str) -> Vec<&'a str> {
     vec![

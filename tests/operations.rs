@@ -6,17 +6,10 @@
 mod common;
 
 use common::{
-    dir_file, lvm_available, make_fifo, start_copy, status, uuid, wait_for_state, Domain,
+    dir_file, lvm_available, make_fifo, read_volume, start_copy, status, uuid, wait_for_state,
+    Domain,
 };
 use std::io::Write;
-
-fn read_volume(d: &Domain, img: &str, vol: &str, len: usize) -> Vec<u8> {
-    d.ok(&["image", "prepare", d.name(), img]);
-    let mut data = std::fs::read(format!("/run/lvchain/{}/{img}/{vol}", d.name())).unwrap();
-    d.ok(&["image", "teardown", d.name(), img]);
-    data.truncate(len);
-    data
-}
 
 #[test]
 fn lvm_a_running_copy_is_seen_running_then_succeeded_and_its_data_reads_back() {

@@ -434,3 +434,12 @@ pub fn resume(child: std::process::Child, file: &std::path::Path) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Reads the first `len` bytes of volume `vol` of image `img` (prepare, read, teardown).
+pub fn read_volume(d: &Domain, img: &str, vol: &str, len: usize) -> Vec<u8> {
+    d.ok(&["image", "prepare", d.name(), img]);
+    let mut data = std::fs::read(format!("/run/lvchain/{}/{img}/{vol}", d.name())).unwrap();
+    d.ok(&["image", "teardown", d.name(), img]);
+    data.truncate(len);
+    data
+}
