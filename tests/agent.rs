@@ -187,7 +187,9 @@ fn lvm_agent_volumes_and_images_through_the_api_equal_the_cli() {
         json!({}),
     );
     assert_eq!(chain, d.json(&["image", "chain", vg, &image]));
-    assert_eq!(chain[0], base);
+    // The base is the snapshot's parent now (internal); the snapshot is as created.
+    assert_eq!(chain[0]["id"], base["id"]);
+    assert_eq!(chain[0]["role"], "internal");
     assert_eq!(chain[1], snap);
     let info = agent.ok(
         "GET",
