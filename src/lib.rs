@@ -3,8 +3,10 @@
 //! Layers, bottom up: [`system`] (programs, the storage seam and LVM, device I/O, qemu-img),
 //! [`format`] (tags and metadata slots: the on-disk contract), [`engine`] (domains, volumes,
 //! chains, gc, check, operations, lock managers; its facade is [`engine::domain::Domain`]), and
-//! the client [`cli`]. The modules are also reachable at the crate root (`lvchain::lvm`, ...).
+//! the clients [`cli`] and [`agent`] (the host agent: the API on a unix socket). The modules
+//! are also reachable at the crate root (`lvchain::lvm`, ...).
 
+pub mod agent;
 pub mod cli;
 pub mod engine;
 pub mod format;

@@ -58,6 +58,9 @@ pub enum Command {
     /// This host's membership of sanlock domains.
     #[command(subcommand)]
     Host(HostCmd),
+    /// Run the host agent: the API (HTTP/1.1 + JSON) on a unix socket, jobs, periodic gc,
+    /// metrics (until SIGTERM).
+    Agent(crate::agent::AgentArgs),
     /// Testing aids.
     #[command(subcommand)]
     Debug(DebugCmd),
@@ -388,7 +391,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             }
             DomainCmd::Set { vg, wipe } => {
                 let before = domain(vg)?.set_wipe(*wipe)?;
-                out.message(&format!("domain {vg}: wipe {before} -> {wipe}"))
+                out.message(&views::MessageView::wipe_set(vg, before, *wipe).result)
             }
             DomainCmd::Info { vg } => out.domain_info(&domain(vg)?.catalog()?),
             DomainCmd::Check { vg } => {
@@ -405,7 +408,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             }
             DomainCmd::Remove { vg, force } => {
                 let n = domain(vg)?.remove(*force)?;
-                out.message(&format!("removed domain {vg} ({n} volume LVs)"))
+                out.message(&views::MessageView::removed_domain(vg, n).result)
             }
         },
         Command::Volume(c) => match c {
@@ -434,7 +437,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             VolumeCmd::Info { vg, volume } => out.volume(&domain(vg)?.volume(volume)?),
             VolumeCmd::Remove { vg, volume } => {
                 domain(vg)?.remove_volume(volume, &mut wipe_progress(tty(cli)))?;
-                out.message(&format!("removed volume {volume}"))
+                out.message(&views::MessageView::removed_volume(volume).result)
             }
             VolumeCmd::Extend {
                 vg,
@@ -494,11 +497,11 @@ pub fn run(cli: &Cli) -> Result<()> {
             }
             ImageCmd::Teardown { vg, image } => {
                 domain(vg)?.teardown(image)?;
-                out.message(&format!("image {image} torn down"))
+                out.message(&views::MessageView::torn_down(image).result)
             }
             ImageCmd::Remove { vg, image } => {
                 let n = domain(vg)?.remove_image(image, &mut wipe_progress(tty(cli)))?;
-                out.message(&format!("removed image {image} ({n} volumes)"))
+                out.message(&views::MessageView::removed_image(image, n).result)
             }
         },
         Command::Gc { vg, dry_run } => {
@@ -532,6 +535,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             let id = domain(vg)?.leave()?;
             out.message(&format!("host {id} left domain {vg}"))
         }
+        Command::Agent(args) => crate::agent::run(args),
         Command::Debug(DebugCmd::CrashPoints) => out.list(&crate::crash::names()),
     }
 }

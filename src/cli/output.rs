@@ -88,7 +88,7 @@ impl Out {
 
     pub fn message(&self, m: &str) -> Result<()> {
         if self.json {
-            self.print_json(&serde_json::json!({ "result": m }))
+            self.print_json(&views::MessageView { result: m.into() })
         } else {
             self.line(format_args!("{m}"))?;
             Ok(())
@@ -180,18 +180,11 @@ impl Out {
     }
 
     pub fn prepared(&self, vg: &str, image: &ImageId, chain: &[Volume]) -> Result<()> {
-        let leaf = chain
-            .last()
-            .map(|v| crate::links::link_path(vg, image, &v.id));
+        let view = views::PreparedView::new(vg, image, chain);
         if self.json {
-            return self.print_json(&views::PreparedView {
-                image: *image,
-                path: crate::links::image_dir(vg, image),
-                leaf,
-                volumes: views::volumes(chain),
-            });
+            return self.print_json(&view);
         }
-        if let Some(leaf) = leaf {
+        if let Some(leaf) = &view.leaf {
             self.line(format_args!("{}", leaf.display()))?;
         }
         Ok(())

@@ -225,6 +225,53 @@ pub struct PreparedView {
     pub volumes: Vec<VolumeView>,
 }
 
+impl PreparedView {
+    /// The view of `image`'s chain as prepared in domain `vg`.
+    pub fn new(vg: &str, image: &ImageId, chain: &[Volume]) -> PreparedView {
+        PreparedView {
+            image: *image,
+            path: crate::links::image_dir(vg, image),
+            leaf: chain
+                .last()
+                .map(|v| crate::links::link_path(vg, image, &v.id)),
+            volumes: volumes(chain),
+        }
+    }
+}
+
+/// A command whose answer is one sentence (`volume remove`, `image teardown`, ...); the
+/// sentences are spelled here, once, for every client.
+#[derive(Serialize)]
+pub struct MessageView {
+    pub result: String,
+}
+
+impl MessageView {
+    fn new(result: String) -> MessageView {
+        MessageView { result }
+    }
+
+    pub fn removed_volume(id: &VolumeId) -> MessageView {
+        MessageView::new(format!("removed volume {id}"))
+    }
+
+    pub fn removed_image(image: &ImageId, volumes: usize) -> MessageView {
+        MessageView::new(format!("removed image {image} ({volumes} volumes)"))
+    }
+
+    pub fn torn_down(image: &ImageId) -> MessageView {
+        MessageView::new(format!("image {image} torn down"))
+    }
+
+    pub fn wipe_set(vg: &str, before: crate::tags::Wipe, now: crate::tags::Wipe) -> MessageView {
+        MessageView::new(format!("domain {vg}: wipe {before} -> {now}"))
+    }
+
+    pub fn removed_domain(vg: &str, lvs: usize) -> MessageView {
+        MessageView::new(format!("removed domain {vg} ({lvs} volume LVs)"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,49 @@ pub enum ExecError {
     },
 }
 
+/// How a command ended, as an observer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It exited with status 0.
+    Success,
+    /// It exited with another status or was killed by a signal.
+    Failed,
+    /// It ran past its deadline and was killed.
+    Timeout,
+    /// It could not be started or waited for.
+    NotRun,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failed => "failed",
+            Outcome::Timeout => "timeout",
+            Outcome::NotRun => "not_run",
+        }
+    }
+}
+
+/// One command that ran, as an observer sees it (after it ended).
+#[derive(Debug)]
+pub struct Observed<'a> {
+    pub program: &'a std::ffi::OsStr,
+    pub args: &'a [OsString],
+    pub duration: Duration,
+    pub outcome: Outcome,
+}
+
+type Observer = Box<dyn Fn(&Observed<'_>) + Send + Sync>;
+
+static OBSERVER: std::sync::OnceLock<Observer> = std::sync::OnceLock::new();
+
+/// Sets the process's one command observer (a long-running client's metrics); false when one
+/// was set already. It runs on the thread that ran the command: it must be quick.
+pub fn set_observer(observer: Observer) -> bool {
+    OBSERVER.set(observer).is_ok()
+}
+
 /// A finished command: its exit code (`None` when killed by a signal), output and duration.
 #[derive(Debug, Clone)]
 pub struct Finished {
@@ -121,8 +164,29 @@ impl Cmd {
             .join(" ")
     }
 
-    /// Runs the command to completion or to its deadline.
+    /// Runs the command to completion or to its deadline; the observer (if one is set) sees
+    /// how it ended.
     pub fn run(&self) -> Result<Finished, ExecError> {
+        let start = Instant::now();
+        let result = self.run_unobserved();
+        if let Some(observer) = OBSERVER.get() {
+            let outcome = match &result {
+                Ok(f) if f.success() => Outcome::Success,
+                Ok(_) => Outcome::Failed,
+                Err(ExecError::Timeout { .. }) => Outcome::Timeout,
+                Err(_) => Outcome::NotRun,
+            };
+            observer(&Observed {
+                program: &self.program,
+                args: &self.args,
+                duration: start.elapsed(),
+                outcome,
+            });
+        }
+        result
+    }
+
+    fn run_unobserved(&self) -> Result<Finished, ExecError> {
         let _slot = SLOTS.acquire();
         let argv = self.display();
         let start = Instant::now();

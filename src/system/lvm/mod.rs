@@ -254,6 +254,12 @@ impl Lvm {
         })
     }
 
+    /// Every VG this host's lvm sees (within the configured devices), in ONE report: how a
+    /// client finds the domains on a host.
+    pub fn vgs_all(&self) -> Result<Vec<VgRow>, LvmError> {
+        self.report("vgs", VgRow::FIELDS, "vg", &[])
+    }
+
     /// Every LV of the VG, with VG fields, in ONE report.
     pub fn lvs(&self, vg: &str) -> Result<Vec<LvRow>, LvmError> {
         self.report("lvs", LvRow::FIELDS, "lv", &[vg])

@@ -1,0 +1,173 @@
+//! The agent's settings: the command line (`lvchain agent ...`) over the config file (TOML)
+//! over the defaults. Resolved once at start-up into [`Settings`].
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the agent listens when nothing else is said.
+pub const DEFAULT_SOCKET: &str = "/run/lvchain/agent.sock";
+/// The config file read when `--config` is not given (only when it exists).
+pub const DEFAULT_CONFIG: &str = "/etc/lvchain/agent.toml";
+/// Seconds between two periodic collections of a domain.
+pub const DEFAULT_GC_INTERVAL: u64 = 600;
+/// Seconds SIGTERM waits for in-flight requests and jobs.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 30;
+/// The largest request body accepted (bytes): requests are small JSON objects.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// `lvchain agent`: the command line. Every option overrides the config file's.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct AgentArgs {
+    /// The config file (TOML); default /etc/lvchain/agent.toml when it exists.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The unix socket to serve the API on (default /run/lvchain/agent.sock).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// A domain (VG) to serve; repeat for several (default: every lvchain domain visible).
+    #[arg(long = "domain")]
+    pub domains: Vec<String>,
+    /// Seconds between periodic gc runs of each served domain (0: none; default 600).
+    #[arg(long)]
+    pub gc_interval: Option<u64>,
+    /// Also serve /metrics on this TCP address (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics_address: Option<SocketAddr>,
+    /// A group whose members may use the socket besides root.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Seconds SIGTERM waits for in-flight requests and jobs before they fail (default 30).
+    #[arg(long)]
+    pub shutdown_timeout: Option<u64>,
+}
+
+/// The config file. Unknown keys are refused (a typo must not pass silently).
+#[derive(Deserialize, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub socket: Option<PathBuf>,
+    pub domains: Option<Vec<String>>,
+    pub gc_interval: Option<u64>,
+    pub metrics_address: Option<SocketAddr>,
+    pub group: Option<String>,
+    pub shutdown_timeout: Option<u64>,
+}
+
+/// The resolved settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub socket: PathBuf,
+    /// The domains served; `None`: every lvchain domain visible on the host (found again at
+    /// each gc round), and any VG a request names.
+    pub domains: Option<Vec<String>>,
+    /// `None`: no periodic gc.
+    pub gc_interval: Option<Duration>,
+    pub metrics_address: Option<SocketAddr>,
+    pub group: Option<String>,
+    pub shutdown_timeout: Duration,
+}
+
+impl FileConfig {
+    /// Parses a config file's text.
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig> {
+        toml::from_str(text).map_err(|e| {
+            Error::InvalidInput(format!("config file {}: {}", path.display(), e.message()))
+        })
+    }
+
+    /// The file `args` names, or the default one when it exists, or none.
+    pub fn load(args: &AgentArgs) -> Result<FileConfig> {
+        let path = match &args.config {
+            Some(p) => p.clone(),
+            None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
+            None => return Ok(FileConfig::default()),
+        };
+        let text = std::fs::read_to_string(&path).map_err(Error::io(format!(
+            "reading the config file {}",
+            path.display()
+        )))?;
+        FileConfig::parse(&text, &path)
+    }
+}
+
+impl Settings {
+    /// The command line over the file over the defaults.
+    pub fn resolve(args: &AgentArgs, file: FileConfig) -> Result<Settings> {
+        let domains = if args.domains.is_empty() {
+            file.domains
+        } else {
+            Some(args.domains.clone())
+        };
+        for vg in domains.iter().flatten() {
+            crate::domain::validate_vg_name(vg)?;
+        }
+        let gc = args
+            .gc_interval
+            .or(file.gc_interval)
+            .unwrap_or(DEFAULT_GC_INTERVAL);
+        Ok(Settings {
+            socket: args
+                .socket
+                .clone()
+                .or(file.socket)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+            domains,
+            gc_interval: (gc > 0).then(|| Duration::from_secs(gc)),
+            metrics_address: args.metrics_address.or(file.metrics_address),
+            group: args.group.clone().or(file.group),
+            shutdown_timeout: Duration::from_secs(
+                args.shutdown_timeout
+                    .or(file.shutdown_timeout)
+                    .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_wins_over_the_file_over_the_defaults() {
+        let file = FileConfig::parse(
+            "socket = \"/tmp/a.sock\"\ndomains = [\"vg1\", \"vg2\"]\ngc_interval = 60\n\
+             metrics_address = \"127.0.0.1:9464\"\ngroup = \"kvm\"\n",
+            Path::new("t.toml"),
+        )
+        .expect("parses");
+        let args = AgentArgs {
+            domains: vec!["vg3".into()],
+            gc_interval: Some(0),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args, file).expect("resolves");
+        assert_eq!(s.socket, PathBuf::from("/tmp/a.sock"));
+        assert_eq!(s.domains, Some(vec!["vg3".to_string()]));
+        assert_eq!(s.gc_interval, None);
+        assert_eq!(s.group.as_deref(), Some("kvm"));
+        assert_eq!(s.metrics_address.map(|a| a.port()), Some(9464));
+        let d = Settings::resolve(&AgentArgs::default(), FileConfig::default()).expect("ok");
+        assert_eq!(d.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(d.domains, None);
+        assert_eq!(
+            d.gc_interval,
+            Some(Duration::from_secs(DEFAULT_GC_INTERVAL))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_names_are_refused() {
+        let e = FileConfig::parse("sokcet = \"/x\"\n", Path::new("t.toml"));
+        assert!(
+            matches!(e, Err(Error::InvalidInput(ref m)) if m.contains("sokcet")),
+            "{e:?}"
+        );
+        let file = FileConfig::parse("domains = [\"bad name\"]\n", Path::new("t.toml"));
+        let e = Settings::resolve(&AgentArgs::default(), file.expect("parses"));
+        assert!(matches!(e, Err(Error::InvalidInput(_))), "{e:?}");
+    }
+}

@@ -1,0 +1,232 @@
+//! The agent's metrics (Prometheus text format, `prometheus-client`): API operations by route
+//! and outcome with latency histograms, external commands (lvm by verb, qemu-img) by outcome
+//! with latency histograms (timeouts are an outcome), gc runs by domain and outcome with the
+//! orphans they collected, and jobs running. Owns no behaviour: others record into it.
+
+use crate::exec::Observed;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    program: String,
+    verb: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GcLabels {
+    domain: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DomainLabels {
+    domain: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Latency buckets from 5 ms to about 80 s.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    ops: Family<OpLabels, Counter>,
+    op_seconds: Histograms<OpLabels>,
+    commands: Family<CommandLabels, Counter>,
+    command_seconds: Histograms<CommandLabels>,
+    gc_runs: Family<GcLabels, Counter>,
+    gc_orphans: Family<DomainLabels, Counter>,
+    jobs_running: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let ops = Family::<OpLabels, Counter>::default();
+        let op_seconds: Histograms<OpLabels> = Family::new_with_constructor(latency);
+        let commands = Family::<CommandLabels, Counter>::default();
+        let command_seconds: Histograms<CommandLabels> = Family::new_with_constructor(latency);
+        let gc_runs = Family::<GcLabels, Counter>::default();
+        let gc_orphans = Family::<DomainLabels, Counter>::default();
+        let jobs_running = Gauge::default();
+        registry.register(
+            "lvchain_agent_operations",
+            "API requests by route and outcome (ok or the error kind)",
+            ops.clone(),
+        );
+        registry.register(
+            "lvchain_agent_operation_duration_seconds",
+            "API request latency by route and outcome",
+            op_seconds.clone(),
+        );
+        registry.register(
+            "lvchain_commands",
+            "External commands (lvm by verb, qemu-img) by outcome (success, failed, timeout, not_run)",
+            commands.clone(),
+        );
+        registry.register(
+            "lvchain_command_duration_seconds",
+            "External command latency by program, verb and outcome",
+            command_seconds.clone(),
+        );
+        registry.register(
+            "lvchain_agent_gc_runs",
+            "Collector runs by domain and outcome (collected, busy, failed)",
+            gc_runs.clone(),
+        );
+        registry.register(
+            "lvchain_agent_gc_orphans",
+            "Orphans the collector found and acted on, by domain",
+            gc_orphans.clone(),
+        );
+        registry.register(
+            "lvchain_agent_jobs_running",
+            "Jobs (copies) running now",
+            jobs_running.clone(),
+        );
+        Metrics {
+            registry,
+            ops,
+            op_seconds,
+            commands,
+            command_seconds,
+            gc_runs,
+            gc_orphans,
+            jobs_running,
+        }
+    }
+
+    /// One API request ended.
+    pub fn operation(&self, op: &str, outcome: &str, took: Duration) {
+        let l = OpLabels {
+            op: op.into(),
+            outcome: outcome.into(),
+        };
+        self.ops.get_or_create(&l).inc();
+        self.op_seconds
+            .get_or_create(&l)
+            .observe(took.as_secs_f64());
+    }
+
+    /// One external command ended (the [`crate::exec`] observer).
+    pub fn command(&self, o: &Observed<'_>) {
+        let program = std::path::Path::new(o.program)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // lvm and qemu-img take their verb first; other programs are their own verb.
+        let verb = match program.as_str() {
+            "lvm" | "qemu-img" => o
+                .args
+                .iter()
+                .map(|a| a.to_string_lossy())
+                .find(|a| !a.starts_with('-'))
+                .map(|a| a.into_owned())
+                .unwrap_or_default(),
+            _ => program.clone(),
+        };
+        let l = CommandLabels {
+            program,
+            verb,
+            outcome: o.outcome.as_str().into(),
+        };
+        self.commands.get_or_create(&l).inc();
+        self.command_seconds
+            .get_or_create(&l)
+            .observe(o.duration.as_secs_f64());
+    }
+
+    /// One collector run on `domain` ended; `orphans`: how many it acted on.
+    pub fn gc_run(&self, domain: &str, outcome: &str, orphans: usize) {
+        self.gc_runs
+            .get_or_create(&GcLabels {
+                domain: domain.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.gc_orphans
+            .get_or_create(&DomainLabels {
+                domain: domain.into(),
+            })
+            .inc_by(orphans as u64);
+    }
+
+    pub fn job_started(&self) {
+        self.jobs_running.inc();
+    }
+
+    pub fn job_ended(&self) {
+        self.jobs_running.dec();
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::Outcome;
+    use std::ffi::{OsStr, OsString};
+
+    #[test]
+    fn lvm_commands_are_counted_by_verb() {
+        let m = Metrics::new();
+        let args: Vec<OsString> = ["lvcreate", "--config", "x", "vg"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        m.command(&Observed {
+            program: OsStr::new("/sbin/lvm"),
+            args: &args,
+            duration: Duration::from_millis(300),
+            outcome: Outcome::Timeout,
+        });
+        m.operation("GET /v1/domains", "ok", Duration::from_millis(2));
+        m.gc_run("vg", "collected", 2);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "lvchain_commands_total{program=\"lvm\",verb=\"lvcreate\",outcome=\"timeout\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "lvchain_agent_operations_total{op=\"GET /v1/domains\",outcome=\"ok\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("lvchain_agent_gc_orphans_total{domain=\"vg\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("lvchain_agent_jobs_running 0"), "{text}");
+    }
+}

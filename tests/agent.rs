@@ -1,0 +1,540 @@
+//! The host agent on real LVM: `lvchain agent` serving a loop-device domain on a socket in a
+//! temporary directory, spoken to over the socket with a plain HTTP/1.1 client. What the API
+//! does equals what the CLI shows; bad requests get their JSON errors and change nothing; a
+//! copy runs as a job; the periodic collector waits out a busy domain lock and collects; a
+//! peer that is not root is refused; SIGTERM ends in-flight work within its bound and removes
+//! the socket.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{lvm_available, Domain, BIN};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `lvchain agent` serving one domain; killed on drop.
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(d: &Domain, extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let mut c = Command::new(BIN.as_str());
+        c.args(["agent", "--socket", socket.to_str().unwrap()])
+            .args(["--domain", d.name()])
+            .args(extra)
+            .env("RUST_LOG", "lvchain=info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in d.vg.env() {
+            c.env(k, v);
+        }
+        let child = c.spawn().unwrap();
+        let a = Agent { child, socket, dir };
+        let start = Instant::now();
+        while UnixStream::connect(&a.socket).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the agent did not answer: {}",
+                a.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        a
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// One request; the status and the body (JSON when it parses, else a string).
+    fn call(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+        let (status, text) = request(&self.socket, method, path, body);
+        let v = serde_json::from_slice(&text)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&text).into()));
+        (status, v)
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Value) -> Value {
+        let (status, v) = self.call(method, path, body.to_string().as_bytes());
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}"
+        );
+        v
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the agent to exit (at most `limit`); its exit code.
+    fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the agent did not exit: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A hand-written HTTP/1.1 request over the unix socket (`Connection: close`); the body is
+/// written from another thread so that a server refusing it early is seen, not a blocked
+/// write.
+fn request(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut w = s.try_clone().unwrap();
+    let body = body.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = w
+            .write_all(head.as_bytes())
+            .and_then(|()| w.write_all(&body));
+    });
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let _ = writer.join();
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> (u16, Vec<u8>) {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
+                .unwrap();
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            rest = &rest[eol + 2 + size + 2..];
+        }
+        body = out;
+    }
+    (status, body)
+}
+
+fn uuid() -> String {
+    common::uuid()
+}
+
+#[test]
+fn lvm_agent_volumes_and_images_through_the_api_equal_the_cli() {
+    if !lvm_available("lvm_agent_volumes_and_images_through_the_api_equal_the_cli") {
+        return;
+    }
+    let d = Domain::new("agentcli");
+    let agent = Agent::start(&d, &["--gc-interval", "0"]);
+    let vg = d.name();
+    let image = uuid();
+    let base = agent.ok(
+        "POST",
+        &format!("/v1/domains/{vg}/volumes"),
+        json!({"image": image, "size": 64 << 20, "description": "through the agent"}),
+    );
+    let base_id = base["id"].as_str().unwrap();
+    let snap = agent.ok(
+        "POST",
+        &format!("/v1/domains/{vg}/volumes"),
+        json!({"parent": base_id}),
+    );
+    let snap_id = snap["id"].as_str().unwrap();
+    // What the API answers is what the CLI prints.
+    let chain = agent.ok(
+        "GET",
+        &format!("/v1/domains/{vg}/images/{image}"),
+        json!({}),
+    );
+    assert_eq!(chain, d.json(&["image", "chain", vg, &image]));
+    // The base is the snapshot's parent now (internal); the snapshot is as created.
+    assert_eq!(chain[0]["id"], base["id"]);
+    assert_eq!(chain[0]["role"], "internal");
+    assert_eq!(chain[1], snap);
+    let info = agent.ok(
+        "GET",
+        &format!("/v1/domains/{vg}/volumes/{snap_id}"),
+        json!({}),
+    );
+    assert_eq!(info, d.json(&["volume", "info", vg, snap_id]));
+    let summary = agent.ok("GET", &format!("/v1/domains/{vg}"), json!({}));
+    assert_eq!(summary, d.json(&["domain", "info", vg]));
+    // Prepare and teardown: the links the CLI would make.
+    let prepared = agent.ok(
+        "POST",
+        &format!("/v1/domains/{vg}/images/{image}/prepare"),
+        json!({}),
+    );
+    let leaf = PathBuf::from(prepared["leaf"].as_str().unwrap());
+    assert!(leaf.exists(), "{prepared}");
+    assert_eq!(prepared["volumes"], chain);
+    let torn = agent.ok(
+        "POST",
+        &format!("/v1/domains/{vg}/images/{image}/teardown"),
+        json!({}),
+    );
+    assert_eq!(torn["result"], format!("image {image} torn down"));
+    assert!(!leaf.exists());
+    // Removal through the API: the CLI sees it.
+    let removed = agent.ok(
+        "DELETE",
+        &format!("/v1/domains/{vg}/volumes/{snap_id}"),
+        json!({}),
+    );
+    assert_eq!(removed["result"], format!("removed volume {snap_id}"));
+    let list = d.json(&["volume", "list", vg]);
+    assert_eq!(
+        list,
+        json!([agent.ok(
+            "GET",
+            &format!("/v1/domains/{vg}/volumes/{base_id}"),
+            json!({})
+        )])
+    );
+    let gone = agent.ok(
+        "DELETE",
+        &format!("/v1/domains/{vg}/images/{image}"),
+        json!({}),
+    );
+    assert_eq!(gone["result"], format!("removed image {image} (1 volumes)"));
+    assert_eq!(d.json(&["volume", "list", vg]), json!([]));
+    let check = agent.ok("GET", &format!("/v1/domains/{vg}/check"), json!({}));
+    assert_eq!(check["clean"], true, "{check}");
+    // The metrics saw the requests and the LVM commands by verb.
+    let (status, metrics) = agent.call("GET", "/metrics", b"");
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("op=\"POST /v1/domains/{vg}/volumes\",outcome=\"ok\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("program=\"lvm\",verb=\"lvcreate\",outcome=\"success\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn lvm_agent_bad_requests_change_nothing() {
+    if !lvm_available("lvm_agent_bad_requests_change_nothing") {
+        return;
+    }
+    let d = Domain::new("agentbad");
+    let agent = Agent::start(&d, &["--gc-interval", "0"]);
+    let vg = d.name();
+    let image = uuid();
+    let base = d.create(&["--image", &image, "--size", "16M"]);
+    let snap = d.create(&["--parent", &base]);
+    let before = d.state();
+    let volumes = format!("/v1/domains/{vg}/volumes");
+    let huge = vec![b' '; 100 << 20];
+    let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
+        (
+            "POST",
+            volumes.clone(),
+            b"{\"image\": ".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            volumes.clone(),
+            json!({"image": image, "size": 1 << 20, "colour": "red"})
+                .to_string()
+                .into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            volumes.clone(),
+            json!({"image": uuid(), "size": "sixteen megabytes"})
+                .to_string()
+                .into(),
+            400,
+            "bad_request",
+        ),
+        ("POST", volumes.clone(), huge, 413, "body_too_large"),
+        ("GET", "/v1/elsewhere".into(), vec![], 404, "unknown_path"),
+        ("GET", "/../etc/passwd".into(), vec![], 404, "unknown_path"),
+        (
+            "DELETE",
+            format!("{volumes}/{base}"),
+            vec![],
+            409,
+            "not_a_leaf",
+        ),
+        (
+            "DELETE",
+            format!("{volumes}/{}", uuid()),
+            vec![],
+            404,
+            "volume_not_found",
+        ),
+        (
+            "POST",
+            format!("{volumes}/{snap}/extend"),
+            json!({"size": 1 << 20}).to_string().into(),
+            400,
+            "invalid_input",
+        ),
+        (
+            "GET",
+            "/v1/domains/notserved/volumes".into(),
+            vec![],
+            404,
+            "domain_not_served",
+        ),
+    ];
+    for (method, path, body, status, kind) in cases {
+        let (st, e) = agent.call(method, &path, &body);
+        assert_eq!(
+            (st, e["kind"].as_str()),
+            (status, Some(kind)),
+            "{method} {path}: {e}"
+        );
+    }
+    // A peer that is not root (the socket opened to everyone to reach the check) is refused.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&agent.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args([
+            "curl",
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(&agent.socket)
+        .args(["-X", "POST", "-d"])
+        .arg(json!({"image": uuid(), "size": 1 << 20}).to_string())
+        .arg(format!("http://agent{volumes}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.ends_with("\n403"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("\"kind\":\"forbidden\""), "{text}");
+    assert_eq!(d.state(), before, "a refused request changed the domain");
+}
+
+#[test]
+fn lvm_agent_copy_runs_as_a_job() {
+    if !lvm_available("lvm_agent_copy_runs_as_a_job") {
+        return;
+    }
+    let d = Domain::new("agentcopy");
+    let agent = Agent::start(&d, &["--gc-interval", "0"]);
+    let vg = d.name();
+    let image = uuid();
+    let vol = d.create(&["--image", &image, "--size", "8M"]);
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let (_src_dir, src) = common::dir_file(&data);
+    let job = agent.ok(
+        "POST",
+        &format!("/v1/domains/{vg}/volumes/{vol}/copy"),
+        json!({"generation": 0, "from_file": src}),
+    );
+    assert_eq!(job["state"], "running", "{job}");
+    let id = job["id"].as_str().unwrap();
+    let start = Instant::now();
+    let done = loop {
+        let j = agent.ok("GET", &format!("/v1/jobs/{id}"), json!({}));
+        if j["state"] != "running" {
+            break j;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{j}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["generation"], 1, "{done}");
+    assert_eq!(done["result"], d.json(&["volume", "info", vg, &vol]));
+    assert_eq!(common::status(&d, &vol, 0)["state"], "succeeded");
+    assert_eq!(common::read_volume(&d, &image, &vol, data.len()), data);
+    // A failing copy is a failed job with the engine's error.
+    let job = agent.ok(
+        "POST",
+        &format!("/v1/domains/{vg}/volumes/{vol}/copy"),
+        json!({"generation": 0, "from_file": src}),
+    );
+    let id = job["id"].as_str().unwrap();
+    let failed = loop {
+        let j = agent.ok("GET", &format!("/v1/jobs/{id}"), json!({}));
+        if j["state"] != "running" {
+            break j;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["error"]["kind"], "wrong_generation", "{failed}");
+}
+
+/// Holds the domain lock of `vg` as another lvchain process would, until dropped.
+fn hold_domain_lock(vg: &str) -> std::fs::File {
+    use std::os::unix::io::AsRawFd;
+    std::fs::create_dir_all("/run/lock/lvchain").unwrap();
+    let f = std::fs::File::create(format!("/run/lock/lvchain/{vg}.lock")).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    f
+}
+
+fn wait_for_gc(agent: &Agent, vg: &str, outcome: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = agent.ok("GET", &format!("/v1/domains/{vg}/gc"), json!({}));
+        if s["last"]["outcome"] == outcome {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "no gc run ended {outcome}: {s}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn lvm_agent_periodic_gc_waits_out_a_busy_lock_then_collects() {
+    if !lvm_available("lvm_agent_periodic_gc_waits_out_a_busy_lock_then_collects") {
+        return;
+    }
+    let d = Domain::new("agentgc");
+    let vg = d.name();
+    let image = uuid();
+    let f = d.run_env(
+        &["volume", "create", vg, "--image", &image, "--size", "8M"],
+        &[("LVCHAIN_CRASH_AT", "create.after-lvcreate")],
+    );
+    assert!(!f.success());
+    let lock = hold_domain_lock(vg);
+    let agent = Agent::start(&d, &["--gc-interval", "1"]);
+    let busy = wait_for_gc(&agent, vg, "busy");
+    assert_eq!(busy["last"]["trigger"], "periodic", "{busy}");
+    assert_eq!(busy["last"]["error"]["kind"], "busy", "{busy}");
+    assert!(
+        d.state().contains("LVC_CREATING"),
+        "gc ran under a held lock"
+    );
+    drop(lock);
+    let done = wait_for_gc(&agent, vg, "collected");
+    let orphans = done["last"]["report"]["orphans"].as_array().unwrap();
+    assert_eq!(orphans.len(), 1, "{done}");
+    assert_eq!(orphans[0]["marker"], "LVC_CREATING", "{done}");
+    assert_eq!(d.json(&["domain", "check", vg])["clean"], true);
+    let (_, metrics) = agent.call("GET", "/metrics", b"");
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(
+        metrics.contains(&format!(
+            "lvchain_agent_gc_runs_total{{domain=\"{vg}\",outcome=\"busy\"}}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "lvchain_agent_gc_orphans_total{{domain=\"{vg}\"}} 1"
+        )),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn lvm_agent_sigterm_fails_work_past_the_bound_and_removes_the_socket() {
+    if !lvm_available("lvm_agent_sigterm_fails_work_past_the_bound_and_removes_the_socket") {
+        return;
+    }
+    let d = Domain::new("agentterm");
+    let vg = d.name();
+    let image = uuid();
+    let vol = d.create(&["--image", &image, "--size", "8M"]);
+    let mut agent = Agent::start(&d, &["--gc-interval", "0", "--shutdown-timeout", "2"]);
+    // A copy from a FIFO that gets some data and then nothing more: in flight until the
+    // agent ends.
+    let (_fifo_dir, fifo) = common::make_fifo();
+    let job = agent.ok(
+        "POST",
+        &format!("/v1/domains/{vg}/volumes/{vol}/copy"),
+        json!({"generation": 0, "from_file": fifo}),
+    );
+    assert_eq!(job["state"], "running");
+    let mut feed = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    feed.write_all(&[7u8; 64 << 10]).unwrap();
+    let running = common::wait_for_state(&d, &vol, 0, "running");
+    assert_eq!(running["state"], "running", "{running}");
+    let start = Instant::now();
+    agent.signal(libc::SIGTERM);
+    assert_eq!(
+        agent.wait(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the shutdown bound was not kept: {:?}",
+        start.elapsed()
+    );
+    assert!(!agent.socket.exists(), "the socket is left behind");
+    drop(feed);
+    // The copy ended with the agent: shared storage says so, and gc has nothing to do.
+    assert_eq!(common::status(&d, &vol, 0)["state"], "failed");
+    assert_eq!(d.json(&["gc", vg])["orphans"], json!([]));
+    // An idle agent ends at once on SIGTERM, also removing its socket.
+    let mut idle = Agent::start(&d, &["--gc-interval", "0"]);
+    idle.signal(libc::SIGTERM);
+    assert_eq!(
+        idle.wait(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        idle.log()
+    );
+    assert!(!idle.socket.exists());
+}
