@@ -274,7 +274,11 @@ impl Out {
                 vec![
                     o.lv.clone(),
                     o.marker.to_string(),
-                    o.actions.join("; "),
+                    o.actions
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
                     o.error.clone().unwrap_or_default(),
                 ]
             })

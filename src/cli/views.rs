@@ -151,7 +151,7 @@ impl From<&Orphan> for OrphanView {
             image: o.image,
             parent: o.parent,
             slot: o.slot,
-            actions: o.actions.clone(),
+            actions: o.actions.iter().map(ToString::to_string).collect(),
             error: o.error.clone(),
         }
     }

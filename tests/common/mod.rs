@@ -288,6 +288,31 @@ impl Domain {
     }
 }
 
+/// The engine's facade on a domain formatted on one 4 GiB sparse loop device, built as the CLI
+/// builds it (`Domain::new` over the real LVM layer, restricted to the fixture's devices).
+pub struct EngineDomain {
+    /// Declared first: dropped before the VG it works on.
+    pub d: lvchain::domain::Domain,
+    pub vg: TestVg,
+}
+
+impl EngineDomain {
+    /// A formatted local domain with room for 64 volumes.
+    pub fn new(test: &str) -> EngineDomain {
+        let vg = TestVg::devices(test, 1, Bytes(4 * lvchain::units::GIB));
+        let d =
+            lvchain::domain::Domain::new(&vg.name, std::sync::Arc::new(vg.lvm.clone())).unwrap();
+        d.format(&lvchain::domain::FormatRequest {
+            pvs: vg.loops.clone(),
+            max_volumes: 64,
+            lock_manager: lvchain::lock::LockKind::Local,
+            wipe: lvchain::tags::Wipe::Zero,
+        })
+        .unwrap();
+        EngineDomain { d, vg }
+    }
+}
+
 pub fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }

@@ -15,6 +15,7 @@ pub use create::CreateRequest;
 pub(crate) use extend::extend;
 pub(crate) use extend::grow_storage;
 pub(crate) use remove::{remove, remove_image};
+pub use undo::Action;
 
 use crate::domain::{Domain, LvEntry, Snapshot};
 use crate::error::{Error, Result};
