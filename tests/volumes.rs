@@ -359,6 +359,22 @@ fn lvm_bad_input_gets_a_clear_error_and_changes_nothing() {
         let f = d.run(&args);
         assert_eq!(f.code, Some(2), "{args:?}: {f:?}");
     }
+    // A VG name lvm would refuse is bad usage, refused before any lvm command.
+    let pv = d.vg.loops[0].display().to_string();
+    for args in [
+        vec!["volume", "list", "no/such/vg"],
+        vec!["domain", "create", "--", "-vg", &pv],
+        vec!["domain", "create", "..", &pv],
+        vec!["gc", "vg name"],
+    ] {
+        let f = d.run(&args);
+        assert_eq!(f.code, Some(2), "{args:?}: {f:?}");
+        assert!(
+            f.stderr.contains("not a valid volume group name"),
+            "{args:?}: {}",
+            f.stderr
+        );
+    }
     assert_eq!(d.state(), before, "nothing changed");
 }
 

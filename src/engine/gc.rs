@@ -221,7 +221,7 @@ pub(crate) fn collect(
         tracing::info!(lv = %o.lv, marker = %o.marker, actions = ?o.actions, error = ?o.error, "orphan");
     }
     Ok(Report {
-        vg: domain.vg.clone(),
+        vg: domain.vg.to_string(),
         dry_run,
         orphans: out,
         seconds: start.elapsed().as_secs_f64(),

@@ -300,8 +300,8 @@ impl EngineDomain {
     /// A formatted local domain with room for 64 volumes.
     pub fn new(test: &str) -> EngineDomain {
         let vg = TestVg::devices(test, 1, Bytes(4 * lvchain::units::GIB));
-        let d =
-            lvchain::domain::Domain::new(&vg.name, std::sync::Arc::new(vg.lvm.clone())).unwrap();
+        let name = vg.name.parse().unwrap();
+        let d = lvchain::domain::Domain::new(name, std::sync::Arc::new(vg.lvm.clone()));
         d.format(&lvchain::domain::FormatRequest {
             pvs: vg.loops.clone(),
             max_volumes: 64,

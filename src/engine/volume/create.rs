@@ -110,7 +110,10 @@ fn plan(domain: &Domain, cat: &Catalog, req: &CreateRequest) -> Result<Plan> {
     }
     let id = req.id.unwrap_or_else(VolumeId::random);
     if cat.snap.lv_named(&id.to_string()).is_some() {
-        return Err(Error::VolumeExists { vg: vg.clone(), id });
+        return Err(Error::VolumeExists {
+            vg: vg.to_string(),
+            id,
+        });
     }
     let slot = cat.snap.lowest_free_slot().ok_or(Error::NoFreeSlot {
         max: cat.snap.info.max_volumes,
@@ -199,13 +202,13 @@ pub(crate) fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
     });
     created.map_err(|e| match e {
         LvmError::NoSpace { .. } => Error::NoSpace {
-            vg: domain.vg.clone(),
+            vg: domain.vg.to_string(),
             need: plan.lv_size.0,
             free: cat.snap.info.vg_free,
             source: Box::new(e),
         },
         LvmError::AlreadyExists { .. } => Error::VolumeExists {
-            vg: domain.vg.clone(),
+            vg: domain.vg.to_string(),
             id,
         },
         other => Error::Lvm(other),
