@@ -54,10 +54,10 @@ fn lvm_engine_create_snapshot_extend_prepare_and_remove() {
     let t = EngineDomain::new("engvol");
     let d = &t.d;
     let image = ImageId::random();
-    let b = d.create_volume(&base(image, 64 * MIB)).unwrap();
+    let b = d.create_volume(&base(image, 16 * MIB)).unwrap();
     assert_eq!((b.image, b.parent, b.role), (image, None, Role::Leaf));
     assert_eq!((b.format, b.legality), (Format::Raw, Legality::Legal));
-    assert_eq!(b.capacity, 64 * MIB);
+    assert_eq!(b.capacity, Bytes(16 * MIB));
     assert_eq!(b.generation, Generation::new(0));
 
     let s = d.create_volume(&snapshot(b.id)).unwrap();
@@ -65,7 +65,7 @@ fn lvm_engine_create_snapshot_extend_prepare_and_remove() {
     assert_eq!(s.format, Format::Qcow2);
     assert_eq!(
         s.capacity,
-        64 * MIB,
+        Bytes(16 * MIB),
         "a snapshot takes its parent's capacity"
     );
     assert_eq!(d.volume(&b.id).unwrap().role, Role::Internal);
@@ -81,14 +81,18 @@ fn lvm_engine_create_snapshot_extend_prepare_and_remove() {
         Err(Error::InvalidInput(_))
     ));
 
-    let grown = d.extend_volume(&s.id, Bytes(128 * MIB), None).unwrap();
-    assert_eq!(grown.capacity, 128 * MIB);
-    assert!(grown.lv_size >= 128 * MIB, "{grown:?}");
-    assert_eq!(d.volume(&s.id).unwrap().capacity, 128 * MIB);
+    let grown = d.extend_volume(&s.id, Bytes(32 * MIB), None).unwrap();
+    assert_eq!(grown.capacity, Bytes(32 * MIB));
+    assert!(grown.lv_size >= Bytes(32 * MIB), "{grown:?}");
 
     // Prepare links the chain, base first, and activates it; teardown undoes both.
     let chain = d.prepare(&image, false).unwrap();
     assert_eq!(ids(&chain), vec![b.id, s.id]);
+    assert_eq!(
+        chain[1].capacity,
+        Bytes(32 * MIB),
+        "the extend is in the metadata"
+    );
     for v in [b.id, s.id] {
         assert!(lvchain::links::link_path(d.vg(), &image, &v).exists());
     }
@@ -99,17 +103,15 @@ fn lvm_engine_create_snapshot_extend_prepare_and_remove() {
 
     // Removing the leaf makes its parent the leaf again; the image goes with its last volume.
     d.remove_volume(&s.id, &mut quiet).unwrap();
-    assert_eq!(ids(&d.chain(&image).unwrap()), vec![b.id]);
-    assert_eq!(d.volume(&b.id).unwrap().role, Role::Leaf);
-    assert!(matches!(
-        d.volume(&s.id),
-        Err(Error::VolumeNotFound { id, .. }) if id == s.id
-    ));
+    let left = d.chain(&image).unwrap();
+    assert_eq!((ids(&left), left[0].role), (vec![b.id], Role::Leaf));
     assert_eq!(d.remove_image(&image, &mut quiet).unwrap(), 1);
-    assert!(d.volumes(None).unwrap().is_empty());
+    assert!(matches!(
+        d.volume(&b.id),
+        Err(Error::VolumeNotFound { id, .. }) if id == b.id
+    ));
 
-    // Every transaction ended: no marker left, nothing for gc, check clean.
-    assert_eq!(d.scan().unwrap().orphans().count(), 0);
+    // Every transaction ended: nothing for gc, check clean (it reports any marker left).
     assert!(d
         .gc(false, &mut |_, _| {}, &mut quiet)
         .unwrap()
@@ -128,10 +130,10 @@ fn lvm_engine_check_reports_orphans_and_gc_finishes_them() {
     let t = EngineDomain::new("enggc");
     let d = &t.d;
     let image = ImageId::random();
-    let b = d.create_volume(&base(image, 16 * MIB)).unwrap();
+    let b = d.create_volume(&base(image, 8 * MIB)).unwrap();
     let s = d.create_volume(&snapshot(b.id)).unwrap();
     let other = ImageId::random();
-    let c = d.create_volume(&base(other, 16 * MIB)).unwrap();
+    let c = d.create_volume(&base(other, 8 * MIB)).unwrap();
     // What a removal and a creation that died after their marks leave: the markers on their
     // LVs, through the LVM layer (one lvchange).
     let lvm = &t.vg.lvm;
@@ -217,7 +219,6 @@ fn lvm_engine_check_reports_orphans_and_gc_finishes_them() {
     );
 
     assert_eq!(d.volume(&b.id).unwrap().role, Role::Leaf);
-    assert_eq!(d.scan().unwrap().orphans().count(), 0);
     let report = d.check().unwrap();
     assert!(report.clean, "{report:?}");
     assert_eq!((report.volumes, report.images), (1, 1));
@@ -262,7 +263,6 @@ fn lvm_engine_operations_run_the_generation_protocol_round_trip() {
         d.update(&v.id, g0, Some("late".into()), None),
         Err(Error::WrongGeneration { .. })
     ));
-    assert_eq!(d.volume(&v.id).unwrap().generation, Generation::new(1));
 
     // An update that leaves the volume illegal: check names it, prepare refuses it.
     let g1 = Generation::new(1);
@@ -301,5 +301,4 @@ fn lvm_engine_operations_run_the_generation_protocol_round_trip() {
     assert!(data[..65536].iter().all(|&b| b == 0x5a));
     assert!(data[65536..2 * 65536].iter().all(|&b| b == 0));
     d.teardown(&image).unwrap();
-    assert!(d.check().unwrap().clean);
 }

@@ -534,7 +534,7 @@ fn random_op(h: &Host, rng: &mut Rng, fill: u8, plan: &mut Plan, (leaves, cat): 
         5 => {
             if let Some((_, leaf, _)) = rng.pick(leaves) {
                 let cap = cat[&leaf].capacity;
-                let _ = h.d.extend_volume(&leaf, Bytes(cap + 4 * MIB), None);
+                let _ = h.d.extend_volume(&leaf, Bytes(cap.0 + 4 * MIB), None);
             }
         }
         _ => {

@@ -224,8 +224,8 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
     super::info_from_tags(
         vg,
         &row.vg_tags,
-        row.vg_extent_size,
-        row.vg_size,
-        row.vg_free,
+        Bytes(row.vg_extent_size),
+        Bytes(row.vg_size),
+        Bytes(row.vg_free),
     )
 }

@@ -21,6 +21,7 @@ use crate::lock::{self, DomainGuard, Holder, Joined, LeaseGuard, LockError, Lock
 use crate::lvm::{Activation, Backend, LvmError};
 use crate::metadata::SlotStore;
 use crate::tags::{self, Tag, Wipe};
+use crate::units::Bytes;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
@@ -162,9 +163,9 @@ impl Domain {
             info_from_tags(
                 &self.vg,
                 &vg.vg_tags,
-                vg.vg_extent_size,
-                vg.vg_size,
-                vg.vg_free,
+                Bytes(vg.vg_extent_size),
+                Bytes(vg.vg_size),
+                Bytes(vg.vg_free),
             )?;
             return Err(Error::NotADomain {
                 vg: self.vg.to_string(),

@@ -21,6 +21,7 @@ use crate::domain::{Domain, LvEntry, Snapshot};
 use crate::error::{Error, Result};
 use crate::format::ids::{Generation, ImageId, VolumeId};
 use crate::metadata::{Format, Legality, MetaError, Role, VolumeMeta};
+use crate::units::Bytes;
 use std::collections::{HashMap, HashSet};
 
 /// A committed volume: its LV and its metadata (the CLI's JSON view is `cli::views`).
@@ -33,8 +34,8 @@ pub struct Volume {
     pub legality: Legality,
     pub generation: Generation,
     pub format: Format,
-    pub capacity: u64,
-    pub lv_size: u64,
+    pub capacity: Bytes,
+    pub lv_size: Bytes,
     pub slot: u32,
     pub active: bool,
     pub ctime: u64,
