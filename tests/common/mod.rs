@@ -1,4 +1,7 @@
-//! Test fixtures: real LVM volume groups on loop devices backed by sparse files.
+//! Test fixtures: real LVM volume groups on loop devices backed by sparse files, a domain
+//! driven through the `lvchain` binary ([`Domain`]) or through the engine's facade
+//! ([`EngineDomain`]); and one helper per job: [`qemu_io`], [`check`], [`poll`] /
+//! [`wait_until`], [`sanlock_client_status`].
 //!
 //! Each fixture has a unique VG name and its own loop devices, and lvm is restricted to those
 //! devices, so tests run in parallel. Everything is removed on drop, also when a test fails.
