@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{lvm_available, uuid, Domain};
+use common::{check, lvm_available, uuid, Domain};
 use lvchain::directio::{AlignedBuf, DirectFile};
 use lvchain::lvm::NewLv;
 use lvchain::metadata::{decode, encode};
@@ -22,10 +22,11 @@ fn kinds(report: &Value) -> Vec<String> {
         .collect()
 }
 
-fn check(d: &Domain) -> Value {
-    let f = d.run(&["domain", "check", d.name(), "--json"]);
-    assert_ne!(f.code, Some(0), "damage must make check fail: {}", f.stdout);
-    serde_json::from_str(&f.stdout).unwrap()
+/// The report of a check that must find damage.
+fn damaged(d: &Domain) -> Value {
+    let (clean, report) = check(d);
+    assert!(!clean, "damage must make check fail: {report}");
+    report
 }
 
 fn slot_bytes(d: &Domain, slot: u64) -> Vec<u8> {
@@ -51,7 +52,8 @@ fn lvm_check_reports_every_kind_of_damage_and_changes_nothing() {
     let mid = d.create(&["--parent", &base]);
     let leaf = d.create(&["--parent", &mid]);
     let other = d.create(&["--image", &uuid(), "--size", "8M"]);
-    d.ok(&["domain", "check", d.name()]);
+    let (clean, report) = check(&d);
+    assert!(clean, "{report}");
     let info = |id: &str| d.json(&["volume", "info", d.name(), id]);
     let slot = |id: &str| info(id)["slot"].as_u64().unwrap();
 
@@ -98,7 +100,7 @@ fn lvm_check_reports_every_kind_of_damage_and_changes_nothing() {
     }
 
     let before = d.state();
-    let report = check(&d);
+    let report = damaged(&d);
     let found = kinds(&report);
     for kind in [
         "metadata",

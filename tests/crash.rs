@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{hold_local_lease, lvm_available, uuid, Domain, BIN};
+use common::{check, hold_local_lease, lvm_available, qemu_io, uuid, Domain, BIN};
 use lvchain::exec::Cmd;
 use serde_json::Value;
 use std::time::Duration;
@@ -51,20 +51,7 @@ impl Fixture {
         } else {
             "qcow2"
         };
-        let f = Cmd::new("/usr/bin/qemu-io", Duration::from_secs(60))
-            .args(["-f", fmt, "-c", cmd, &self.link(self.leaf())])
-            .run()
-            .unwrap();
-        assert!(
-            f.success() && !f.stdout.contains("failed"),
-            "qemu-io {cmd}: {f:?}"
-        );
-    }
-
-    fn check(&self) -> (bool, Value) {
-        let f = self.d.run(&["domain", "check", self.d.name(), "--json"]);
-        let v: Value = serde_json::from_str(&f.stdout).unwrap_or(Value::Null);
-        (f.code == Some(0), v)
+        qemu_io(&self.link(self.leaf()), fmt, cmd);
     }
 
     /// gc, then: check clean, no marker anywhere, the expected chain with one leaf, data intact.
@@ -75,7 +62,7 @@ impl Fixture {
 
     /// Check clean, no marker anywhere, the expected chain with one leaf, data intact.
     fn verify(&self, what: &str) {
-        let (clean, report) = self.check();
+        let (clean, report) = check(&self.d);
         assert!(clean, "{what}: not clean after gc: {report}");
         for row in self.d.vg.lvm.lvs(self.d.name()).unwrap() {
             assert!(
@@ -172,7 +159,7 @@ fn lvm_every_create_crash_point_is_reported_and_repaired() {
         let point = point.as_str();
         let id = uuid();
         f.crash_create(&id, point);
-        let (clean, report) = f.check();
+        let (clean, report) = check(&f.d);
         if point == "create.after-commit" {
             assert!(
                 clean,
@@ -205,7 +192,7 @@ fn lvm_every_remove_crash_point_is_reported_and_repaired() {
         let extra = f.d.create(&["--parent", f.leaf()]);
         f.chain.push(extra.clone());
         f.crash(&["volume", "remove", f.d.name(), &extra], point);
-        let (clean, report) = f.check();
+        let (clean, report) = check(&f.d);
         if point == "remove.after-lvremove" {
             assert!(clean, "{point}: {report}");
         } else {
@@ -333,7 +320,7 @@ fn lvm_kill_9_at_random_moments_fifty_times() {
         // gc waits for the lock: the killed process's lvm child may still be finishing.
         f.d.ok(&["gc", f.d.name()]);
         // Clean (no orphan, i.e. no marker left, every chain sound), then chain and data.
-        let (clean, report) = f.check();
+        let (clean, report) = check(&f.d);
         assert!(clean, "round {round}: not clean after gc: {report}");
         let chain = f.resync();
         f.verify_chain(&format!("round {round}"), &chain);
@@ -396,8 +383,8 @@ fn lvm_concurrent_writers_and_a_collector_never_corrupt_the_domain() {
     let runs = collector.join().unwrap();
     assert!(runs > 0);
     d.ok(&["gc", d.name()]);
-    let f = d.run(&["domain", "check", d.name(), "--json"]);
-    assert_eq!(f.code, Some(0), "check: {}", f.stdout);
+    let (clean, report) = check(&d);
+    assert!(clean, "check: {report}");
     let list = d.json(&["volume", "list", d.name()]);
     let mut slots: Vec<u64> = list
         .as_array()
@@ -443,7 +430,7 @@ fn lvm_gc_restores_marked_volumes_that_a_committed_volume_still_needs() {
     let mut f = Fixture::new("restore");
     // An image removal whose mark reached the base and the middle, not the leaf.
     f.mark_removing(&[0, 1]);
-    let (clean, report) = f.check();
+    let (clean, report) = check(&f.d);
     assert!(!clean, "check reports the marked LVs: {report}");
     let dry = f.d.json(&["gc", f.d.name(), "--dry-run"]);
     let orphans = dry["orphans"].as_array().unwrap();
@@ -556,7 +543,8 @@ fn lvm_gc_clears_a_stale_mapping_left_by_an_orphan() {
     let link = format!("/run/lvchain/{}/{img}/{id}", d.name());
     assert!(std::path::Path::new(&link).exists(), "{link}");
     d.ok(&["image", "teardown", d.name(), &img]);
-    assert_eq!(d.run(&["domain", "check", d.name()]).code, Some(0));
+    let (clean, report) = check(&d);
+    assert!(clean, "{report}");
 }
 
 /// The crash points of an operation under the lease/generation protocol (`op.`), for a copy
@@ -660,13 +648,8 @@ fn lvm_every_operation_crash_point_leaves_the_right_status_and_a_retry_succeeds(
                 let info = d.json(&["volume", "info", d.name(), &vol]);
                 assert_eq!(info["description"], description.as_str(), "{what}: {info}");
             }
-            let f = d.run(&["domain", "check", d.name(), "--json"]);
-            assert_eq!(
-                f.code,
-                Some(0),
-                "{what}: clean after the retry: {}",
-                f.stdout
-            );
+            let (clean, report) = check(&d);
+            assert!(clean, "{what}: clean after the retry: {report}");
         }
     }
 }

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    dir_file, hold_local_lease, lvm_available, read_volume, resume, start_paused, status, uuid,
-    Domain,
+    check, dir_file, hold_local_lease, lvm_available, read_volume, resume, start_paused, status,
+    uuid, Domain,
 };
 use lvchain::exec::Cmd;
 use serde_json::Value;
@@ -38,11 +38,6 @@ fn refused(d: &Domain, args: &[&str], want: &str) -> String {
         "{args:?} was refused but changed the domain"
     );
     e
-}
-
-fn check(d: &Domain) -> (bool, Value) {
-    let f = d.run(&["domain", "check", d.name(), "--json"]);
-    (f.code == Some(0), serde_json::from_str(&f.stdout).unwrap())
 }
 
 #[test]

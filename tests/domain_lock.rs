@@ -12,10 +12,15 @@
 
 mod common;
 
-use common::{lvm_available, sanlock_available, uuid, Domain, BIN};
+use common::{
+    check, lvm_available, sanlock_available, sanlock_client_status, uuid, wait_until, Domain, BIN,
+};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// How long the waits on the gated lvcreate and the lock may take.
+const WAIT: Duration = Duration::from_secs(120);
 
 /// An `lvm` that, for `lvcreate`, writes its pid to `started`, waits for `go`, then becomes
 /// the real lvm (same pid); other subcommands go straight to /sbin/lvm.
@@ -34,17 +39,6 @@ fn gated_lvcreate_wrapper(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
     .unwrap();
     (wrapper, started, go)
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "{what} never came"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Takes an exclusive flock on `path` (created if needed) without waiting; None when held.
@@ -73,11 +67,7 @@ fn has_open(pid: &str, needle: &str) -> bool {
 
 /// The sanlock daemon's list of held resources names this domain's lock.
 fn sanlock_holds_domain_lock(vg: &str) -> bool {
-    let out = std::process::Command::new("sanlock")
-        .args(["client", "status"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = sanlock_client_status();
     let needle = format!("{vg}:{}:", lvchain::lock::sanlock::DOMAIN_LOCK_NAME);
     text.lines()
         .any(|l| l.starts_with("r ") && l.contains(&needle))
@@ -97,7 +87,7 @@ fn killed_create_keeps_the_domain_locked(d: &Domain, parent: &str, sanlock: bool
         c.env(k, v);
     }
     let mut child = c.spawn().unwrap();
-    wait_until("the gated lvcreate", || started.exists());
+    wait_until("the gated lvcreate", WAIT, || started.exists());
     let pid = std::fs::read_to_string(&started)
         .unwrap()
         .trim()
@@ -107,7 +97,7 @@ fn killed_create_keeps_the_domain_locked(d: &Domain, parent: &str, sanlock: bool
     let vg_lock_path = PathBuf::from(format!("/run/lock/lvm/V_{}", d.name()));
     let vg_lock = try_flock(&vg_lock_path).expect("lvm's VG lock is free");
     std::fs::write(&go, "").unwrap();
-    wait_until("the lvcreate waiting for the VG lock", || {
+    wait_until("the lvcreate waiting for the VG lock", WAIT, || {
         has_open(&pid, &format!("V_{}", d.name()))
     });
     assert!(
@@ -136,17 +126,18 @@ fn killed_create_keeps_the_domain_locked(d: &Domain, parent: &str, sanlock: bool
 
     // Once the lvcreate has ended, the lock is free; gc finds its marked LV and removes it.
     drop(vg_lock);
-    wait_until("the end of the lvcreate", || {
+    wait_until("the end of the lvcreate", WAIT, || {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| st.contains(") Z "))
     });
-    wait_until("the domain lock to be free", || {
+    wait_until("the domain lock to be free", WAIT, || {
         try_flock(&domain_lock).is_some()
     });
     let v = d.json(&["gc", d.name()]);
     let orphans = v["orphans"].as_array().unwrap();
     assert_eq!(orphans.len(), 1, "the killed create's LV: {v}");
     assert_eq!(orphans[0]["marker"], "LVC_CREATING", "{v}");
-    d.ok(&["domain", "check", d.name()]);
+    let (clean, report) = check(d);
+    assert!(clean, "{report}");
     if sanlock {
         assert!(
             !sanlock_holds_domain_lock(d.name()),

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    dir_file, lvm_available, make_fifo, read_volume, start_copy, status, uuid, wait_for_state,
-    Domain,
+    check, dir_file, lvm_available, make_fifo, read_volume, start_copy, status, uuid,
+    wait_for_state, Domain,
 };
 use std::io::Write;
 
@@ -283,6 +283,6 @@ fn lvm_format_1_domains_are_served_and_keep_version_1_slots() {
     assert!(!text.windows(7).any(|w| w == b"FENCED="));
     assert_eq!(status(&d, &vol, 0)["state"], "succeeded");
     assert_eq!(d.json(&["domain", "info", d.name()])["format"], 1);
-    let f = d.run(&["domain", "check", d.name()]);
-    assert_eq!(f.code, Some(0), "{}", f.stderr);
+    let (clean, report) = check(&d);
+    assert!(clean, "{report}");
 }

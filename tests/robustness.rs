@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{lvm_available, uuid, Domain, BIN};
+use common::{check, lvm_available, poll, uuid, Domain, BIN};
 use std::process::{Command, Stdio};
 
 /// `lvchain volume list VG | head -1`: the reader goes away before lvchain writes.
@@ -83,11 +83,6 @@ fn with_lvm(lvm: &str) -> [(&'static str, &str); 2] {
     [("LVCHAIN_LVM", lvm), ("LVCHAIN_LVM_TIMEOUT", LVM_TIMEOUT)]
 }
 
-fn check_clean(d: &Domain) {
-    let f = d.run(&["domain", "check", d.name(), "--json"]);
-    assert_eq!(f.code, Some(0), "clean: {}", f.stdout);
-}
-
 /// `volume create` of a raw 8M base `id` in image `img`.
 fn create_args<'a>(d: &'a Domain, img: &'a str, id: &'a str) -> [&'a str; 11] {
     [
@@ -122,7 +117,8 @@ fn lvm_a_create_commit_that_timed_out_after_committing_reports_success() {
     assert!(!tags.iter().any(|t| t == "LVC_CREATING"), "{tags:?}");
     let v = d.json(&["volume", "info", d.name(), &id]);
     assert_eq!(v["id"], id.as_str());
-    check_clean(&d);
+    let (clean, report) = check(&d);
+    assert!(clean, "clean: {report}");
 }
 
 #[test]
@@ -166,13 +162,15 @@ fn lvm_a_removal_mark_that_timed_out_after_committing_completes_the_removal() {
     let chain = d.json(&["image", "chain", d.name(), &img]);
     assert_eq!(chain.as_array().unwrap().len(), 1, "{chain}");
     assert_eq!(chain[0]["role"], "leaf", "{chain}");
-    check_clean(&d);
+    let (clean, report) = check(&d);
+    assert!(clean, "clean: {report}");
     // An image removal whose one mark of every member committed, then hung.
     let leaf = d.create(&["--parent", &base]);
     let f = d.run_env(&["image", "remove", d.name(), &img], &with_lvm(&lvm));
     assert!(f.success(), "all marked: the removal went on: {f:?}");
     assert!(d.lv_tags(&leaf).is_none() && d.lv_tags(&base).is_none());
-    check_clean(&d);
+    let (clean, report) = check(&d);
+    assert!(clean, "clean: {report}");
 }
 
 #[test]
@@ -205,7 +203,8 @@ fn lvm_a_removal_mark_that_timed_out_before_committing_refuses_cleanly() {
             "{args:?}: a clean failure changes nothing"
         );
     }
-    check_clean(&d);
+    let (clean, report) = check(&d);
+    assert!(clean, "clean: {report}");
 }
 
 #[test]
@@ -544,20 +543,17 @@ fn lvm_a_killed_copy_leaves_no_qemu_img_and_its_lease_is_free_only_after_the_wri
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    let writer = loop {
-        if let Some(&pid) = processes_with(&vol).iter().find(|&&p| {
+    let writer = poll(std::time::Duration::from_secs(120), || {
+        let found = processes_with(&vol).into_iter().find(|p| {
             std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default() == "qemu-img\n"
-        }) {
-            break pid;
-        }
-        assert!(start.elapsed().as_secs() < 120, "qemu-img never started");
+        });
         assert!(
-            lvchain.try_wait().unwrap().is_none(),
+            found.is_some() || lvchain.try_wait().unwrap().is_none(),
             "the copy ended too soon"
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+        found
+    })
+    .expect("qemu-img never started");
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert!(alive(writer), "the copy is still running");
     assert!(lease_held(&d, &vol));

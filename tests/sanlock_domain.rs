@@ -7,12 +7,11 @@
 mod common;
 
 use common::{
-    dir_file, lvm_available, make_fifo, resume, sanlock_available, start_copy, start_paused,
-    status, uuid, wait_for_state, Domain,
+    check, dir_file, lvm_available, make_fifo, resume, sanlock_available, sanlock_client_status,
+    start_copy, start_paused, status, uuid, wait_for_state, Domain,
 };
 use lvchain::directio::DirectFile;
 use std::io::Write;
-use std::time::Duration;
 
 #[test]
 fn sanlock_a_sanlock_domain_serves_leases_and_status_from_shared_storage() {
@@ -123,7 +122,8 @@ fn sanlock_a_sanlock_domain_serves_leases_and_status_from_shared_storage() {
     // Snapshots and removal take the sanlock domain lock; the domain stays clean.
     let snap = d.create(&["--parent", &vol]);
     d.ok(&["volume", "remove", d.name(), &snap]);
-    d.ok(&["domain", "check", d.name()]);
+    let (clean, report) = check(&d);
+    assert!(clean, "{report}");
     d.ok(&["image", "remove", d.name(), &img]);
     // A removal that dies after its mark: no host takes the VG for a domain any more, and
     // running the removal again finishes it.
@@ -225,15 +225,6 @@ fn status_without_daemon(d: &Domain, vol: &str, generation: u64) -> serde_json::
     );
     assert!(f.success(), "daemon-less status failed: {f:?}");
     serde_json::from_str(&f.stdout).unwrap()
-}
-
-fn sanlock_client_status() -> String {
-    let f = lvchain::exec::Cmd::new("sanlock", Duration::from_secs(30))
-        .args(["client", "status"])
-        .run()
-        .unwrap();
-    assert!(f.success(), "{f:?}");
-    f.stdout
 }
 
 #[test]
@@ -344,10 +335,11 @@ fn sanlock_domain_on_4k_sector_disks_works_end_to_end() {
         &[("LVCHAIN_CRASH_AT", "create.after-metadata")],
     );
     assert_eq!(f.signal, Some(libc::SIGABRT), "{f:?}");
-    let e = d.run(&["domain", "check", d.name()]);
-    assert_ne!(e.code, Some(0), "the dead creation is reported: {e:?}");
+    let (clean, report) = check(&d);
+    assert!(!clean, "the dead creation is reported: {report}");
     d.ok(&["gc", d.name()]);
-    d.ok(&["domain", "check", d.name()]);
+    let (clean, report) = check(&d);
+    assert!(clean, "{report}");
     let snap = d.create(&["--parent", &vol]);
     let chain = d.json(&["image", "chain", d.name(), &img]);
     assert_eq!(chain.as_array().map(Vec::len), Some(2), "{chain}");

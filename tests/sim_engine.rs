@@ -65,7 +65,7 @@ impl Host {
         sim.add_device(&pv, 64 << 30);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let vg = format!("sim{}x{n}", std::process::id());
-        let d = Domain::new_local_in(&vg, sim.clone(), &dir.path().join("lock")).unwrap();
+        let d = Domain::new_local_in(vg.parse().unwrap(), sim.clone(), &dir.path().join("lock"));
         d.format(&FormatRequest {
             pvs: vec![pv],
             max_volumes: 32,
@@ -534,7 +534,7 @@ fn random_op(h: &Host, rng: &mut Rng, fill: u8, plan: &mut Plan, (leaves, cat): 
         5 => {
             if let Some((_, leaf, _)) = rng.pick(leaves) {
                 let cap = cat[&leaf].capacity;
-                let _ = h.d.extend_volume(&leaf, Bytes(cap + 4 * MIB), None);
+                let _ = h.d.extend_volume(&leaf, Bytes(cap.0 + 4 * MIB), None);
             }
         }
         _ => {
@@ -686,13 +686,9 @@ fn sim_a_collector_running_beside_writers_never_takes_a_committed_volume() {
     let committed = std::thread::scope(|s| {
         let stopper = Stop(&stop);
         let stop = &stop;
-        let (vg, sim, locks) = (
-            h.d.vg().to_string(),
-            h.sim.clone(),
-            h._dir.path().join("lock"),
-        );
+        let (vg, sim, locks) = (h.d.vg().clone(), h.sim.clone(), h._dir.path().join("lock"));
         let collector = s.spawn(move || {
-            let gc_domain = Domain::new_local_in(&vg, sim, &locks).unwrap();
+            let gc_domain = Domain::new_local_in(vg, sim, &locks);
             let mut runs = 0;
             while !stop.load(Ordering::SeqCst) {
                 let r = survive(|| gc_domain.gc(false, &mut |_, _| {}, &mut |_, _, _| {}));

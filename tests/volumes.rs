@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{lvm_available, uuid, Domain, BIN};
+use common::{lvm_available, qemu_io, uuid, Domain, BIN};
 use serde_json::Value;
 
 fn chain_ids(d: &Domain, img: &str) -> Vec<(String, String)> {
@@ -18,18 +18,6 @@ fn chain_ids(d: &Domain, img: &str) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-fn qemu_io(path: &str, cmd: &str) -> String {
-    let f = lvchain::exec::Cmd::new("/usr/bin/qemu-io", std::time::Duration::from_secs(60))
-        .args(["-f", "qcow2", "-c", cmd, path])
-        .run()
-        .unwrap();
-    assert!(
-        f.success() && !f.stdout.contains("Pattern verification failed"),
-        "qemu-io {cmd}: {f:?}"
-    );
-    f.stdout
 }
 
 #[test]
@@ -56,15 +44,16 @@ fn lvm_raw_base_and_three_qcow2_snapshots_form_a_chain_that_reads_back() {
         let snap = d.create(&["--parent", ids.last().unwrap()]);
         qemu_io(
             &format!("{dir}/{snap}"),
+            "qcow2",
             &format!("write -P {pattern} {}M 64k", i + 1),
         );
         ids.push(snap);
     }
     let leaf = format!("{dir}/{}", ids[3]);
     for (i, pattern) in ["0x41", "0x42", "0x43"].iter().enumerate() {
-        qemu_io(&leaf, &format!("read -P {pattern} {}M 64k", i + 1));
+        qemu_io(&leaf, "qcow2", &format!("read -P {pattern} {}M 64k", i + 1));
     }
-    let out = qemu_io(&leaf, "read -v 0 16");
+    let out = qemu_io(&leaf, "qcow2", "read -v 0 16");
     assert!(
         out.contains("62 61 73 65 2d 64 61 74 61"),
         "base data through the chain: {out}"
@@ -369,6 +358,22 @@ fn lvm_bad_input_gets_a_clear_error_and_changes_nothing() {
     ] {
         let f = d.run(&args);
         assert_eq!(f.code, Some(2), "{args:?}: {f:?}");
+    }
+    // A VG name lvm would refuse is bad usage, refused before any lvm command.
+    let pv = d.vg.loops[0].display().to_string();
+    for args in [
+        vec!["volume", "list", "no/such/vg"],
+        vec!["domain", "create", "--", "-vg", &pv],
+        vec!["domain", "create", "..", &pv],
+        vec!["gc", "vg name"],
+    ] {
+        let f = d.run(&args);
+        assert_eq!(f.code, Some(2), "{args:?}: {f:?}");
+        assert!(
+            f.stderr.contains("not a valid volume group name"),
+            "{args:?}: {}",
+            f.stderr
+        );
     }
     assert_eq!(d.state(), before, "nothing changed");
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{lvm_available, uuid, Domain, TestVg};
+use common::{check, lvm_available, qemu_io, uuid, Domain, TestVg};
 use lvchain::exec::Cmd;
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -108,7 +108,8 @@ fn lvm_wipe_volume_remove_leaves_nothing_for_the_next_volume() {
     let tags = d.lv_tags(&vol).unwrap();
     d.ok(&["volume", "remove", d.name(), &vol]);
     assert_eq!(next_tenant_reads(&d, "16M"), (0, true));
-    assert_eq!(d.run(&["domain", "check", d.name()]).code, Some(0));
+    let (clean, report) = check(&d);
+    assert!(clean, "{report}");
     // The default is zero, and it is the absence of a tag (older lvchain reads the domain).
     assert_eq!(domain_wipe(&d), "zero", "the default");
     assert!(!vg_tags(&d).iter().any(|t| t.starts_with("LVC_WIPE")));
@@ -125,12 +126,7 @@ fn lvm_wipe_image_remove_zeroes_every_member() {
     // A qcow2 snapshot whose LV holds the pattern too (written through its own device).
     let snap = d.create(&["--parent", &base]);
     d.ok(&["image", "prepare", d.name(), &img]);
-    let f = Cmd::new("/usr/bin/qemu-io", Duration::from_secs(60))
-        .args(["-f", "qcow2", "-c", "write -P 0x61 0 4M"])
-        .arg(link(&d, &img, &snap))
-        .run()
-        .unwrap();
-    assert!(f.success(), "{f:?}");
+    qemu_io(&link(&d, &img, &snap), "qcow2", "write -P 0x61 0 4M");
     d.ok(&["image", "teardown", d.name(), &img]);
     d.ok(&["image", "remove", d.name(), &img]);
     // One volume over the extents of both.

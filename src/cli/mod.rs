@@ -8,7 +8,7 @@ pub mod views;
 
 use crate::domain::{Domain, FormatRequest};
 use crate::error::{Error, Result};
-use crate::format::ids::{Generation, ImageId, VolumeId};
+use crate::format::ids::{Generation, ImageId, VgName, VolumeId};
 use crate::lock::LockKind;
 use crate::lvm::{Lvm, LvmConfig};
 use crate::metadata::{Format, Legality};
@@ -50,7 +50,7 @@ pub enum Command {
     /// Collect orphans: roll back creations and complete removals that died.
     Gc {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// List what would be done, change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -71,7 +71,7 @@ pub enum HostCmd {
     /// Join the domain's sanlock lockspace with a host id unique among the hosts.
     Join {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// This host's id in the lockspace (1 to 2000, unique among the hosts).
         #[arg(long)]
         host_id: u64,
@@ -79,7 +79,7 @@ pub enum HostCmd {
     /// Leave the domain's lockspace (refused while this host holds leases in it).
     Leave {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
     },
 }
 
@@ -88,7 +88,7 @@ pub enum DomainCmd {
     /// Format a VG as a domain (creating it on PVs, or adopting an empty VG).
     Create {
         /// The volume group to create (or an existing empty one to adopt).
-        vg: String,
+        vg: VgName,
         /// Physical volumes (devices) of a new VG; none to adopt an existing VG.
         pvs: Vec<PathBuf>,
         /// Metadata slots and leases to reserve.
@@ -106,12 +106,12 @@ pub enum DomainCmd {
     /// Show a domain's layout, settings and counts.
     Info {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
     },
     /// Change a domain's settings (under the domain lock).
     Set {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// What removing a volume does with its data from now on: zero or none (volumes
         /// created with their own --wipe keep theirs).
         #[arg(long, value_parser = parse_wipe)]
@@ -120,12 +120,12 @@ pub enum DomainCmd {
     /// Read-only consistency report (exit status 0 only when clean).
     Check {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
     },
     /// Remove a domain (its VG); refuses while volumes exist unless --force.
     Remove {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// Remove the domain's volumes too.
         #[arg(long)]
         force: bool,
@@ -137,7 +137,7 @@ pub enum VolumeCmd {
     /// Create a base volume (--image) or a snapshot of a leaf (--parent); prints the new id.
     Create {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// Image (UUID) of a new base volume; a snapshot takes its parent's.
         #[arg(long)]
         image: Option<ImageId>,
@@ -165,7 +165,7 @@ pub enum VolumeCmd {
     /// List committed volumes (never those with a transaction marker).
     List {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// Only the volumes of this image (UUID).
         #[arg(long)]
         image: Option<ImageId>,
@@ -173,14 +173,14 @@ pub enum VolumeCmd {
     /// Show one volume.
     Info {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// The volume (UUID).
         volume: VolumeId,
     },
     /// Remove a leaf volume; its parent becomes the leaf.
     Remove {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// The volume (UUID).
         volume: VolumeId,
     },
@@ -188,7 +188,7 @@ pub enum VolumeCmd {
     /// the lease/generation protocol.
     Extend {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// The volume (UUID).
         volume: VolumeId,
         /// The new capacity, e.g. 20G (not smaller than the current one).
@@ -201,7 +201,7 @@ pub enum VolumeCmd {
     /// Copy data into a volume (qemu-img convert; a FIFO is streamed) under its lease.
     Copy {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// The volume (UUID).
         volume: VolumeId,
         /// A file, device or FIFO, or the id of a volume of this domain.
@@ -218,7 +218,7 @@ pub enum VolumeCmd {
     /// Change a volume's description or legality under its lease.
     Update {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// The volume (UUID).
         volume: VolumeId,
         /// The volume's current generation (the update refuses any other).
@@ -234,7 +234,7 @@ pub enum VolumeCmd {
     /// Status of the operation started at --generation, read from shared storage only.
     Status {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// The volume (UUID).
         volume: VolumeId,
         /// The generation the operation was started at.
@@ -244,7 +244,7 @@ pub enum VolumeCmd {
     /// Move the generation from N to N+3 under the lease so a late runner refuses to write.
     Fence {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// The volume (UUID).
         volume: VolumeId,
         /// The generation of the operation to fence (the volume's current one).
@@ -258,7 +258,7 @@ pub enum ImageCmd {
     /// Show the chain of an image, base first.
     Chain {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// The image (UUID).
         image: ImageId,
     },
@@ -266,7 +266,7 @@ pub enum ImageCmd {
     /// volume of the chain is illegal).
     Prepare {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// The image (UUID).
         image: ImageId,
         /// Prepare even a chain with an illegal volume (partial data), for recovery work.
@@ -276,14 +276,14 @@ pub enum ImageCmd {
     /// Remove the links and deactivate the chain.
     Teardown {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// The image (UUID).
         image: ImageId,
     },
     /// Remove every volume of the image.
     Remove {
         /// The domain's volume group.
-        vg: String,
+        vg: VgName,
         /// The image (UUID).
         image: ImageId,
     },
@@ -355,8 +355,9 @@ fn wipe_progress(enabled: bool) -> impl FnMut(&str, u64, u64) {
 }
 
 /// The domain `vg`: its lock manager is the one its `LVC_LOCK` tag names.
-fn domain(vg: &str) -> Result<Domain> {
-    Domain::new(vg, std::sync::Arc::new(Lvm::new(LvmConfig::from_env()?)))
+fn domain(vg: &VgName) -> Result<Domain> {
+    let lvm = Lvm::new(LvmConfig::from_env()?);
+    Ok(Domain::new(vg.clone(), std::sync::Arc::new(lvm)))
 }
 
 fn parse_lock_kind(s: &str) -> std::result::Result<LockKind, String> {
@@ -401,7 +402,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                     Ok(())
                 } else {
                     Err(Error::Unclean {
-                        vg: vg.clone(),
+                        vg: vg.to_string(),
                         problems: report.problems.len(),
                     })
                 }

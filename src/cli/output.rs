@@ -130,14 +130,8 @@ impl Out {
             ("legality", v.legality.to_string()),
             ("generation", v.generation.to_string()),
             ("format", v.format.to_string()),
-            (
-                "capacity",
-                format!("{} ({})", v.capacity, crate::units::Bytes(v.capacity)),
-            ),
-            (
-                "lv_size",
-                format!("{} ({})", v.lv_size, crate::units::Bytes(v.lv_size)),
-            ),
+            ("capacity", format!("{} ({})", v.capacity.0, v.capacity)),
+            ("lv_size", format!("{} ({})", v.lv_size.0, v.lv_size)),
             ("slot", v.slot.to_string()),
             ("active", v.active.to_string()),
             ("description", v.description.clone()),
@@ -163,8 +157,8 @@ impl Out {
                     v.legality.to_string(),
                     v.generation.to_string(),
                     v.format.to_string(),
-                    crate::units::Bytes(v.capacity).to_string(),
-                    crate::units::Bytes(v.lv_size).to_string(),
+                    v.capacity.to_string(),
+                    v.lv_size.to_string(),
                     v.slot.to_string(),
                 ]
             })
@@ -267,7 +261,11 @@ impl Out {
                 vec![
                     o.lv.clone(),
                     o.marker.to_string(),
-                    o.actions.join("; "),
+                    o.actions
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
                     o.error.clone().unwrap_or_default(),
                 ]
             })

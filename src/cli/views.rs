@@ -38,8 +38,8 @@ impl From<&Volume> for VolumeView {
             legality: v.legality.to_string(),
             generation: v.generation.get(),
             format: v.format.to_string(),
-            capacity: v.capacity,
-            lv_size: v.lv_size,
+            capacity: v.capacity.0,
+            lv_size: v.lv_size.0,
             slot: v.slot,
             active: v.active,
             ctime: v.ctime,
@@ -73,9 +73,9 @@ impl From<&DomainInfo> for DomainInfoView {
             lock_manager: i.lock_manager.to_string(),
             slot_size: i.slot_size,
             max_volumes: i.max_volumes,
-            extent_size: i.extent_size,
-            vg_size: i.vg_size,
-            vg_free: i.vg_free,
+            extent_size: i.extent_size.0,
+            vg_size: i.vg_size.0,
+            vg_free: i.vg_free.0,
             wipe: i.wipe.to_string(),
         }
     }
@@ -151,7 +151,7 @@ impl From<&Orphan> for OrphanView {
             image: o.image,
             parent: o.parent,
             slot: o.slot,
-            actions: o.actions.clone(),
+            actions: o.actions.iter().map(ToString::to_string).collect(),
             error: o.error.clone(),
         }
     }
@@ -303,8 +303,8 @@ mod tests {
             legality: Legality::Legal,
             generation: crate::format::ids::Generation::new(1),
             format: Format::Raw,
-            capacity: 1,
-            lv_size: 1,
+            capacity: crate::units::Bytes(1 << 30),
+            lv_size: crate::units::Bytes(3 << 29),
             slot: 0,
             active: false,
             ctime: 0,
@@ -333,6 +333,11 @@ mod tests {
         assert_eq!(
             (json["role"].as_str(), json["format"].as_str()),
             (Some("leaf"), Some("raw"))
+        );
+        // Sizes are plain byte counts.
+        assert_eq!(
+            (json["capacity"].as_u64(), json["lv_size"].as_u64()),
+            (Some(1 << 30), Some(3 << 29))
         );
         let st = StatusView {
             volume: VolumeId::default(),

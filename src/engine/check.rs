@@ -173,7 +173,7 @@ pub(crate) fn check(domain: &Domain) -> Result<Report> {
     }
     problems.sort_by(|a, b| (a.kind, &a.subject).cmp(&(b.kind, &b.subject)));
     Ok(Report {
-        vg: domain.vg.clone(),
+        vg: domain.vg.to_string(),
         clean: problems.is_empty(),
         volumes: cat.volumes.len(),
         images: images.len(),

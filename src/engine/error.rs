@@ -5,6 +5,7 @@ use crate::lock::{LeaseError, LockError, LockKind};
 use crate::lvm::LvmError;
 use crate::metadata::MetaError;
 use crate::qemu::QemuError;
+use crate::units::Bytes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -59,11 +60,11 @@ pub enum Error {
     InUse { id: VolumeId },
     #[error("no free metadata slot: the domain holds its maximum of {max} volumes")]
     NoFreeSlot { max: u32 },
-    #[error("not enough free space in {vg} for {need} bytes ({free} bytes free); {source}")]
+    #[error("not enough free space in {vg} for {} bytes ({} bytes free); {source}", .need.0, .free.0)]
     NoSpace {
         vg: String,
-        need: u64,
-        free: u64,
+        need: Bytes,
+        free: Bytes,
         #[source]
         source: Box<LvmError>,
     },
@@ -116,8 +117,12 @@ pub enum Error {
         #[source]
         source: crate::wipe::WipeError,
     },
-    #[error("the wipe of LV {lv} covered {wiped} of its {size} bytes (its device on this host is smaller than the LV); it is not removed")]
-    WipeShort { lv: String, wiped: u64, size: u64 },
+    #[error("the wipe of LV {lv} covered {} of its {} bytes (its device on this host is smaller than the LV); it is not removed", .wiped.0, .size.0)]
+    WipeShort {
+        lv: String,
+        wiped: Bytes,
+        size: Bytes,
+    },
     #[error("cannot activate the LVs whose data is to be wiped: {source}")]
     WipeActivation {
         #[source]

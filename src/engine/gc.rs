@@ -15,7 +15,8 @@
 use crate::domain::{Domain, LvEntry};
 use crate::error::Result;
 use crate::format::ids::{ImageId, VolumeId};
-use crate::volume::undo::{self, Points, WipeProgress};
+use crate::tags::Tag;
+use crate::volume::undo::{self, Action, Points, WipeProgress};
 use std::time::Instant;
 
 const POINTS: Points = Points {
@@ -26,15 +27,75 @@ const POINTS: Points = Points {
     lvremove: None,
 };
 
+/// The transaction marker an orphan carries (its tag, as the report shows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// `LVC_CREATING`: a creation that died.
+    Creating,
+    /// `LVC_REMOVING`: a removal that died.
+    Removing,
+}
+
+impl std::fmt::Display for Marker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Marker::Creating => Tag::Creating.fmt(f),
+            Marker::Removing => Tag::Removing.fmt(f),
+        }
+    }
+}
+
+/// One thing the collector did (or, with `dry_run`, would do) with an orphan; its text is what
+/// gc's report shows (stable).
+#[derive(Debug, Clone, PartialEq)]
+pub enum GcAction {
+    /// Dry run: the removal would be completed (its data wiped first when `wipe`).
+    WouldComplete { wipe: bool },
+    /// Dry run: the creation would be rolled back.
+    WouldRollBack,
+    /// Dry run: its marker would be removed (a committed volume still descends from it).
+    WouldRestore,
+    /// Its marker was removed: a committed volume still descends from it.
+    MarkerRemoved,
+    /// A step of taking the LV out ([`undo::Action`]).
+    Undo(Action),
+    /// The LV was gone already when the collector removed the others.
+    LvAlreadyGone,
+}
+
+impl std::fmt::Display for GcAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GcAction::WouldComplete { wipe: true } => {
+                f.write_str("complete the removal: parent role, link, slot, wipe, LV")
+            }
+            GcAction::WouldComplete { wipe: false } => {
+                f.write_str("complete the removal: parent role, link, slot, LV (no wipe)")
+            }
+            GcAction::WouldRollBack => {
+                f.write_str("roll back the creation: parent role, link, slot, LV")
+            }
+            GcAction::WouldRestore => {
+                f.write_str("restore: a committed volume still descends from it")
+            }
+            GcAction::MarkerRemoved => {
+                f.write_str("marker removed: a committed volume still descends from it")
+            }
+            GcAction::Undo(a) => a.fmt(f),
+            GcAction::LvAlreadyGone => f.write_str("LV already gone"),
+        }
+    }
+}
+
 /// What the collector did (or, with `dry_run`, would do) with one orphan.
 #[derive(Debug, Clone)]
 pub struct Orphan {
     pub lv: String,
-    pub marker: &'static str,
+    pub marker: Marker,
     pub image: Option<ImageId>,
     pub parent: Option<VolumeId>,
     pub slot: Option<u32>,
-    pub actions: Vec<String>,
+    pub actions: Vec<GcAction>,
     pub error: Option<String>,
 }
 
@@ -50,9 +111,9 @@ fn describe(lv: &LvEntry) -> Orphan {
     Orphan {
         lv: lv.name.clone(),
         marker: if lv.removing {
-            "LVC_REMOVING"
+            Marker::Removing
         } else {
-            "LVC_CREATING"
+            Marker::Creating
         },
         image: lv.image,
         parent: lv.parent,
@@ -88,17 +149,17 @@ pub(crate) fn collect(
     for lv in orphans.iter().filter(|l| !needed.contains(&l.name)) {
         let mut o = describe(lv);
         if dry_run {
-            o.actions.push(if lv.wipe_on_removal(&snap.info) {
-                "complete the removal: parent role, link, slot, wipe, LV".into()
-            } else if lv.removing {
-                "complete the removal: parent role, link, slot, LV (no wipe)".into()
+            o.actions.push(if lv.removing {
+                GcAction::WouldComplete {
+                    wipe: lv.wipe_on_removal(&snap.info),
+                }
             } else {
-                "roll back the creation: parent role, link, slot, LV".into()
+                GcAction::WouldRollBack
             });
         } else {
             match undo::undo_changes(domain, &snap, &store, lv, &[], POINTS) {
                 Ok(done) => {
-                    o.actions = done.iter().map(ToString::to_string).collect();
+                    o.actions = done.into_iter().map(GcAction::Undo).collect();
                     snap.lvs.retain(|l| l.name != lv.name);
                     undone.push((out.len(), lv));
                 }
@@ -115,7 +176,7 @@ pub(crate) fn collect(
             for (i, _) in &undone {
                 let o = &mut out[*i];
                 let mine = wiped.done.iter().filter(|a| a.lv() == Some(o.lv.as_str()));
-                o.actions.extend(mine.map(ToString::to_string));
+                o.actions.extend(mine.cloned().map(GcAction::Undo));
                 if let Some((_, e)) = wiped.failed.iter().find(|(n, _)| n == &o.lv) {
                     o.error = Some(e.to_string());
                 }
@@ -139,9 +200,8 @@ pub(crate) fn collect(
             for (i, _) in &undone {
                 let o = &mut out[*i];
                 let action = done.iter().find(|a| a.lv() == Some(o.lv.as_str()));
-                o.actions.push(
-                    action.map_or_else(|| "LV already gone".to_string(), ToString::to_string),
-                );
+                o.actions
+                    .push(action.map_or(GcAction::LvAlreadyGone, |a| GcAction::Undo(a.clone())));
             }
         }
         Err(e) => {
@@ -158,10 +218,10 @@ pub(crate) fn collect(
         tracing::warn!(error = %e, "restoring marked LVs failed");
     }
     for o in &out {
-        tracing::info!(lv = %o.lv, marker = o.marker, actions = ?o.actions, error = ?o.error, "orphan");
+        tracing::info!(lv = %o.lv, marker = %o.marker, actions = ?o.actions, error = ?o.error, "orphan");
     }
     Ok(Report {
-        vg: domain.vg.clone(),
+        vg: domain.vg.to_string(),
         dry_run,
         orphans: out,
         seconds: start.elapsed().as_secs_f64(),
@@ -190,9 +250,9 @@ fn restore(
             .is_some_and(|m| Some(m.id) == lv.id);
         if lv.removing && intact {
             o.actions.push(if dry_run {
-                "restore: a committed volume still descends from it".into()
+                GcAction::WouldRestore
             } else {
-                "marker removed: a committed volume still descends from it".into()
+                GcAction::MarkerRemoved
             });
             restore.push(out.len());
         } else {

@@ -151,7 +151,7 @@ pub(crate) fn run(
             description: Some(d),
             ..
         } => meta.description = d.clone(),
-        Work::Extend { size } => meta.capacity = size.0,
+        Work::Extend { size } => meta.capacity = *size,
         _ => {}
     }
     store.write(vol.slot, &meta)?;
@@ -591,7 +591,7 @@ mod tests {
             image: crate::format::ids::ImageId::default(),
             parent: None,
             format: Format::Raw,
-            capacity: 1 << 20,
+            capacity: Bytes(1 << 20),
             role: crate::metadata::Role::Leaf,
             legality,
             generation: Generation::new(generation),

@@ -1,5 +1,7 @@
 //! Typed ids: a volume's id and an image's id are different types, so one can never be passed
-//! where the other is meant. Both are UUIDs on disk (LV names, tags, slots) and in JSON.
+//! where the other is meant. Both are UUIDs on disk (LV names, tags, slots) and in JSON. Also
+//! a domain's VG name ([`VgName`], checked against lvm's rules when it is made) and a volume's
+//! generation.
 
 use std::fmt;
 use std::str::FromStr;
@@ -112,5 +114,189 @@ mod generation_tests {
         assert_eq!(Generation::new(u64::MAX).next(), None);
         assert!(Generation::MAX_START.fenced().is_some());
         assert_eq!(Generation::new(u64::MAX - 2).fenced(), None);
+    }
+}
+
+/// A volume group name that lvm accepts (lvm(8), "VALID NAMES"): 1 to [`VgName::MAX_LEN`]
+/// characters of `A-Z a-z 0-9 + _ . -`, not beginning with a hyphen, not `.` or `..`. Checked
+/// when it is made, so a bad name is refused before any lvm command. (lvm also refuses a new
+/// VG named like an entry of `/dev`: that depends on the host and is left to `vgcreate`.)
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct VgName(String);
+
+/// Why a string is not a [`VgName`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadVgName {
+    #[error("a volume group name cannot be empty")]
+    Empty,
+    #[error("{name:?} is not a valid volume group name: {len} characters, lvm takes at most {max}", max = VgName::MAX_LEN)]
+    TooLong { name: String, len: usize },
+    #[error("{name:?} is not a valid volume group name: {c:?} is not one of the letters, digits, + _ . -")]
+    Character { name: String, c: char },
+    #[error("{name:?} is not a valid volume group name: it cannot begin with a hyphen")]
+    Hyphen { name: String },
+    #[error("{name:?} is not a valid volume group name: lvm reserves it")]
+    Reserved { name: String },
+}
+
+impl VgName {
+    /// The longest name lvm takes (its `NAME_LEN` of 128 bytes holds the terminating NUL).
+    pub const MAX_LEN: usize = 127;
+
+    /// Checks `name` against lvm's rules.
+    pub fn new(name: &str) -> Result<VgName, BadVgName> {
+        let owned = || name.to_string();
+        if name.is_empty() {
+            return Err(BadVgName::Empty);
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "+_.-".contains(*c)))
+        {
+            return Err(BadVgName::Character { name: owned(), c });
+        }
+        if name.len() > VgName::MAX_LEN {
+            return Err(BadVgName::TooLong {
+                name: owned(),
+                len: name.len(),
+            });
+        }
+        if name.starts_with('-') {
+            return Err(BadVgName::Hyphen { name: owned() });
+        }
+        if name == "." || name == ".." {
+            return Err(BadVgName::Reserved { name: owned() });
+        }
+        Ok(VgName(owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for VgName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for VgName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for VgName {
+    fn as_ref(&self) -> &std::path::Path {
+        self.0.as_ref()
+    }
+}
+
+impl PartialEq<str> for VgName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for VgName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl fmt::Display for VgName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for VgName {
+    type Err = BadVgName;
+    fn from_str(s: &str) -> Result<Self, BadVgName> {
+        VgName::new(s)
+    }
+}
+
+#[cfg(test)]
+mod vg_name_tests {
+    use super::*;
+
+    #[test]
+    fn lvm_vg_names_are_accepted() {
+        let longest = "v".repeat(VgName::MAX_LEN);
+        for name in [
+            "vg0",
+            "A+b_c.d-e",
+            "...",
+            ".a",
+            "9",
+            longest.as_str(),
+            "snapshot",
+        ] {
+            let vg = VgName::new(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(vg.as_str(), name);
+            assert_eq!(vg.to_string(), name);
+            assert_eq!(name.parse::<VgName>().as_ref(), Ok(&vg));
+        }
+    }
+
+    #[test]
+    fn names_lvm_refuses_are_refused_with_the_reason() {
+        let long = "v".repeat(VgName::MAX_LEN + 1);
+        let cases = [
+            ("", BadVgName::Empty),
+            (
+                long.as_str(),
+                BadVgName::TooLong {
+                    name: long.clone(),
+                    len: 128,
+                },
+            ),
+            ("-vg", BadVgName::Hyphen { name: "-vg".into() }),
+            (".", BadVgName::Reserved { name: ".".into() }),
+            ("..", BadVgName::Reserved { name: "..".into() }),
+            (
+                "a/b",
+                BadVgName::Character {
+                    name: "a/b".into(),
+                    c: '/',
+                },
+            ),
+            (
+                "a b",
+                BadVgName::Character {
+                    name: "a b".into(),
+                    c: ' ',
+                },
+            ),
+            (
+                "vg\u{e9}",
+                BadVgName::Character {
+                    name: "vg\u{e9}".into(),
+                    c: '\u{e9}',
+                },
+            ),
+            (
+                "a*",
+                BadVgName::Character {
+                    name: "a*".into(),
+                    c: '*',
+                },
+            ),
+        ];
+        for (name, want) in cases {
+            assert_eq!(VgName::new(name), Err(want), "{name:?}");
+        }
+        let e = VgName::new("a/b")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("not a valid volume group name") && e.contains("'/'"),
+            "{e}"
+        );
     }
 }

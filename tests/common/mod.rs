@@ -1,4 +1,7 @@
-//! Test fixtures: real LVM volume groups on loop devices backed by sparse files.
+//! Test fixtures: real LVM volume groups on loop devices backed by sparse files, a domain
+//! driven through the `lvchain` binary ([`Domain`]) or through the engine's facade
+//! ([`EngineDomain`]); and one helper per job: [`qemu_io`], [`check`], [`poll`] /
+//! [`wait_until`], [`sanlock_client_status`].
 //!
 //! Each fixture has a unique VG name and its own loop devices, and lvm is restricted to those
 //! devices, so tests run in parallel. Everything is removed on drop, also when a test fails.
@@ -288,6 +291,31 @@ impl Domain {
     }
 }
 
+/// The engine's facade on a domain formatted on one 4 GiB sparse loop device, built as the CLI
+/// builds it (`Domain::new` over the real LVM layer, restricted to the fixture's devices).
+pub struct EngineDomain {
+    /// Declared first: dropped before the VG it works on.
+    pub d: lvchain::domain::Domain,
+    pub vg: TestVg,
+}
+
+impl EngineDomain {
+    /// A formatted local domain with room for 64 volumes.
+    pub fn new(test: &str) -> EngineDomain {
+        let vg = TestVg::devices(test, 1, Bytes(4 * lvchain::units::GIB));
+        let name = vg.name.parse().unwrap();
+        let d = lvchain::domain::Domain::new(name, std::sync::Arc::new(vg.lvm.clone()));
+        d.format(&lvchain::domain::FormatRequest {
+            pvs: vg.loops.clone(),
+            max_volumes: 64,
+            lock_manager: lvchain::lock::LockKind::Local,
+            wipe: lvchain::tags::Wipe::Zero,
+        })
+        .unwrap();
+        EngineDomain { d, vg }
+    }
+}
+
 pub fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -307,14 +335,69 @@ pub fn status(d: &Domain, vol: &str, generation: u64) -> serde_json::Value {
 
 /// Polls the status until it reads `want` (or a minute passed); returns the last status.
 pub fn wait_for_state(d: &Domain, vol: &str, generation: u64, want: &str) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    poll(Duration::from_secs(60), || {
+        last = status(d, vol, generation);
+        (last["state"] == want).then_some(())
+    });
+    last
+}
+
+/// Calls `probe` every 50 ms until it gives a value and returns that; None once `deadline`
+/// passed without one (the probe may panic itself, e.g. when a process it waits on ended).
+pub fn poll<T>(deadline: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     loop {
-        let s = status(d, vol, generation);
-        if s["state"] == want || start.elapsed() > Duration::from_secs(60) {
-            return s;
+        if let Some(v) = probe() {
+            return Some(v);
         }
-        std::thread::sleep(Duration::from_millis(200));
+        if start.elapsed() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// [`poll`] for a condition that must come within `deadline`; panics naming `what` otherwise.
+pub fn wait_until(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+    if poll(deadline, || done().then_some(())).is_none() {
+        panic!("{what} never came within {deadline:?}");
+    }
+}
+
+/// `lvchain domain check --json`: (clean, the report). Clean is the exit status 0, and the
+/// report must say the same.
+pub fn check(d: &Domain) -> (bool, serde_json::Value) {
+    let f = d.run(&["domain", "check", d.name(), "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&f.stdout)
+        .unwrap_or_else(|e| panic!("domain check printed no report ({e}): {f:?}"));
+    let clean = f.code == Some(0);
+    assert_eq!(report["clean"].as_bool(), Some(clean), "{f:?}");
+    (clean, report)
+}
+
+/// Runs qemu-io command `cmd` on the image at `path` read as `format` (raw or qcow2, through
+/// its backing chain); asserts it succeeded and no verification failed; returns its output.
+pub fn qemu_io(path: &str, format: &str, cmd: &str) -> String {
+    let f = Cmd::new("/usr/bin/qemu-io", Duration::from_secs(60))
+        .args(["-f", format, "-c", cmd, path])
+        .run()
+        .unwrap();
+    assert!(
+        f.success() && !f.stdout.contains("failed"),
+        "qemu-io {cmd}: {f:?}"
+    );
+    f.stdout
+}
+
+/// `sanlock client status` of this host's daemon (its lockspaces and held resources).
+pub fn sanlock_client_status() -> String {
+    let f = Cmd::new("sanlock", Duration::from_secs(30))
+        .args(["client", "status"])
+        .run()
+        .unwrap();
+    assert!(f.success(), "{f:?}");
+    f.stdout
 }
 
 /// A copy process reading from a FIFO that the test feeds.
@@ -405,21 +488,18 @@ pub fn start_paused(
         c.env(k, v);
     }
     let mut child = c.spawn().unwrap();
-    let start = Instant::now();
-    while !file.exists() {
-        if let Some(st) = child.try_wait().unwrap() {
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "lvchain {args:?} ended ({st}) before pausing at {point}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no pause at {point}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        &format!("a pause at {point}"),
+        Duration::from_secs(120),
+        || {
+            if let Some(st) = child.try_wait().unwrap() {
+                let stderr = child.stderr.take().map(std::io::read_to_string);
+                let stderr = stderr.and_then(Result::ok).unwrap_or_default();
+                panic!("lvchain {args:?} ended ({st}) before pausing at {point}: {stderr}");
+            }
+            file.exists()
+        },
+    );
     (child, file)
 }
 

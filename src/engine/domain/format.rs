@@ -76,7 +76,7 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
                 .filter_map(|t| Tag::parse(t).ok())
                 .collect();
             if parsed.contains(&Tag::Domain) {
-                return Err(Error::AlreadyDomain { vg: vg.clone() });
+                return Err(Error::AlreadyDomain { vg: vg.to_string() });
             }
             if parsed.contains(&Tag::DomainUnready) {
                 // A format that died: only our special LVs may be there; finish it.
@@ -84,7 +84,7 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
                 for r in rows {
                     if !super::SPECIAL_LVS.contains(&r.lv_name.as_str()) {
                         return Err(Error::VgNotEmpty {
-                            vg: vg.clone(),
+                            vg: vg.to_string(),
                             count: row.lv_count,
                         });
                     }
@@ -92,7 +92,7 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
                 }
             } else if row.lv_count > 0 {
                 return Err(Error::VgNotEmpty {
-                    vg: vg.clone(),
+                    vg: vg.to_string(),
                     count: row.lv_count,
                 });
             }
@@ -224,8 +224,8 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
     super::info_from_tags(
         vg,
         &row.vg_tags,
-        row.vg_extent_size,
-        row.vg_size,
-        row.vg_free,
+        Bytes(row.vg_extent_size),
+        Bytes(row.vg_size),
+        Bytes(row.vg_free),
     )
 }

@@ -15,12 +15,13 @@ pub use format::FormatRequest;
 pub use scan::{info_from_tags, DomainInfo, LvEntry, Snapshot};
 
 use crate::error::{Error, Result};
-use crate::format::ids::VolumeId;
+use crate::format::ids::{VgName, VolumeId};
 use crate::lock::local::Local;
 use crate::lock::{self, DomainGuard, Holder, Joined, LeaseGuard, LockError, LockManager};
 use crate::lvm::{Activation, Backend, LvmError};
 use crate::metadata::SlotStore;
 use crate::tags::{self, Tag, Wipe};
+use crate::units::Bytes;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
@@ -33,7 +34,7 @@ pub const SPECIAL_LVS: [&str; 3] = [METADATA_LV, LEASES_LV, IDS_LV];
 
 /// A domain (VG) and the means to act on it.
 pub struct Domain {
-    pub(crate) vg: String,
+    pub(crate) vg: VgName,
     /// LVM and LV device I/O: the real host or the simulation.
     pub(crate) lvm: Arc<dyn Backend>,
     /// This host's local lock settings: the local manager's, and the first part of every
@@ -47,52 +48,32 @@ pub struct Domain {
     fresh: Arc<Mutex<Option<(ThreadId, Snapshot)>>>,
 }
 
-/// Checks a VG name against LVM's rules.
-pub fn validate_vg_name(vg: &str) -> Result<()> {
-    let ok = !vg.is_empty()
-        && vg.len() <= 127
-        && !vg.starts_with('-')
-        && vg != "."
-        && vg != ".."
-        && vg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+_.-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidInput(format!(
-            "{vg:?} is not a valid volume group name (letters, digits, + _ . -)"
-        )))
-    }
-}
-
 impl Domain {
-    /// The domain `vg`, with this host's default local lock settings; its lock manager is the
-    /// one its `LVC_LOCK` tag names.
-    pub fn new(vg: &str, lvm: Arc<dyn Backend>) -> Result<Domain> {
+    /// The domain `vg` (its name checked when it was parsed), with this host's default local
+    /// lock settings; its lock manager is the one its `LVC_LOCK` tag names.
+    pub fn new(vg: VgName, lvm: Arc<dyn Backend>) -> Domain {
         Domain::with_local(vg, lvm, Local::default())
     }
 
     /// [`Domain::new`] with other local lock settings (lock file directory, timeout).
-    pub fn with_local(vg: &str, lvm: Arc<dyn Backend>, local: Local) -> Result<Domain> {
-        validate_vg_name(vg)?;
-        Ok(Domain {
-            vg: vg.to_string(),
+    pub fn with_local(vg: VgName, lvm: Arc<dyn Backend>, local: Local) -> Domain {
+        Domain {
+            vg,
             lvm,
             local,
             manager: OnceLock::new(),
             fresh: Arc::default(),
-        })
+        }
     }
 
     /// The domain's VG name.
-    pub fn vg(&self) -> &str {
+    pub fn vg(&self) -> &VgName {
         &self.vg
     }
 
     /// A domain whose local lock and lease files live in `dir` (instead of
     /// `/run/lock/lvchain`): tests that run without root.
-    pub fn new_local_in(vg: &str, lvm: Arc<dyn Backend>, dir: &std::path::Path) -> Result<Domain> {
+    pub fn new_local_in(vg: VgName, lvm: Arc<dyn Backend>, dir: &std::path::Path) -> Domain {
         let local = Local {
             lock: crate::lock::local::LocalLock {
                 dir: dir.to_path_buf(),
@@ -182,12 +163,12 @@ impl Domain {
             info_from_tags(
                 &self.vg,
                 &vg.vg_tags,
-                vg.vg_extent_size,
-                vg.vg_size,
-                vg.vg_free,
+                Bytes(vg.vg_extent_size),
+                Bytes(vg.vg_size),
+                Bytes(vg.vg_free),
             )?;
             return Err(Error::NotADomain {
-                vg: self.vg.clone(),
+                vg: self.vg.to_string(),
                 hint: " (its special LVs are missing)".into(),
             });
         }
@@ -201,7 +182,7 @@ impl Domain {
         let ours = self.learn(domain).kind();
         if ours != domain {
             return Err(Error::WrongLockManager {
-                vg: self.vg.clone(),
+                vg: self.vg.to_string(),
                 domain,
                 ours,
             });
@@ -251,7 +232,7 @@ impl Domain {
         let manager = self.locks()?;
         if !manager.has_hosts() {
             return Err(LockError::NoHosts {
-                vg: self.vg.clone(),
+                vg: self.vg.to_string(),
                 kind: manager.kind(),
             }
             .into());
@@ -272,7 +253,7 @@ impl Domain {
     pub(crate) fn vg_error(&self, e: LvmError) -> Error {
         match e {
             LvmError::VgNotFound { .. } => Error::VgNotFound {
-                vg: self.vg.clone(),
+                vg: self.vg.to_string(),
             },
             other => Error::Lvm(other),
         }
@@ -296,7 +277,7 @@ impl Domain {
     pub(crate) fn slots(&self, snap: &Snapshot) -> Result<SlotStore> {
         if snap.lv_named(METADATA_LV).is_none() {
             return Err(Error::NotADomain {
-                vg: self.vg.clone(),
+                vg: self.vg.to_string(),
                 hint: " (its metadata LV is missing)".into(),
             });
         }
@@ -370,7 +351,7 @@ impl Domain {
             let hosts = self.locks()?.other_hosts(&self.vg)?;
             if !hosts.is_empty() {
                 return Err(Error::HostsJoined {
-                    vg: self.vg.clone(),
+                    vg: self.vg.to_string(),
                     hosts,
                 });
             }
@@ -391,7 +372,7 @@ impl Domain {
         let count = snap.lvs.iter().filter(|l| !l.special).count();
         if count > 0 && !force {
             return Err(Error::DomainNotEmpty {
-                vg: self.vg.clone(),
+                vg: self.vg.to_string(),
                 count,
             });
         }
@@ -403,7 +384,7 @@ impl Domain {
         let hosts = manager.other_hosts(&self.vg)?;
         if !hosts.is_empty() {
             return Err(Error::HostsJoined {
-                vg: self.vg.clone(),
+                vg: self.vg.to_string(),
                 hosts,
             });
         }
@@ -450,7 +431,7 @@ impl Domain {
             .any(|r| !SPECIAL_LVS.contains(&r.lv_name.as_str()))
         {
             return Err(Error::VgNotEmpty {
-                vg: self.vg.clone(),
+                vg: self.vg.to_string(),
                 count: row.lv_count,
             });
         }

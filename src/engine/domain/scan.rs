@@ -12,6 +12,7 @@ use crate::format::ids::{ImageId, VolumeId};
 use crate::lock::LockKind;
 use crate::lvm::LvRow;
 use crate::tags::{Tag, Wipe, FORMAT_VERSION, OLDEST_FORMAT};
+use crate::units::Bytes;
 use std::collections::{BTreeSet, HashSet};
 
 /// Domain facts kept in VG tags.
@@ -23,9 +24,9 @@ pub struct DomainInfo {
     pub lock_manager: LockKind,
     pub slot_size: u32,
     pub max_volumes: u32,
-    pub extent_size: u64,
-    pub vg_size: u64,
-    pub vg_free: u64,
+    pub extent_size: Bytes,
+    pub vg_size: Bytes,
+    pub vg_free: Bytes,
     /// What removals do with a volume's data unless its own `LVC_WIPE` says otherwise.
     pub wipe: Wipe,
 }
@@ -35,7 +36,7 @@ pub struct DomainInfo {
 pub struct LvEntry {
     pub name: String,
     pub id: Option<VolumeId>,
-    pub size: u64,
+    pub size: Bytes,
     pub active: bool,
     pub open: bool,
     pub image: Option<ImageId>,
@@ -58,7 +59,7 @@ impl LvEntry {
         let mut e = LvEntry {
             name: row.lv_name.clone(),
             id: row.lv_name.parse().ok(),
-            size: row.lv_size,
+            size: Bytes(row.lv_size),
             active: row.active(),
             open: row.open(),
             image: None,
@@ -126,9 +127,9 @@ impl Snapshot {
         let info = info_from_tags(
             vg,
             &first.vg_tags,
-            first.vg_extent_size,
-            first.vg_size,
-            first.vg_free,
+            Bytes(first.vg_extent_size),
+            Bytes(first.vg_size),
+            Bytes(first.vg_free),
         )?;
         let mut snap = Snapshot {
             info,
@@ -256,9 +257,9 @@ pub fn lock_kind(vg: &str, tags: &[String]) -> Result<LockKind> {
 pub fn info_from_tags(
     vg: &str,
     tags: &[String],
-    extent: u64,
-    size: u64,
-    free: u64,
+    extent: Bytes,
+    size: Bytes,
+    free: Bytes,
 ) -> Result<DomainInfo> {
     let mut ready = false;
     let mut unready = false;
@@ -361,7 +362,13 @@ mod tests {
                 "\"lock_manager\":\"sanlock\"",
             ),
         ] {
-            let info = info_from_tags("vg", &domain_tags(tag), 4 << 20, 1 << 30, 1 << 29)?;
+            let info = info_from_tags(
+                "vg",
+                &domain_tags(tag),
+                Bytes(4 << 20),
+                Bytes(1 << 30),
+                Bytes(1 << 29),
+            )?;
             assert_eq!(info.lock_manager, kind);
             let view = crate::cli::views::DomainInfoView::from(&info);
             let text =
@@ -376,9 +383,9 @@ mod tests {
         let e = info_from_tags(
             "vg",
             &domain_tags("LVC_LOCK=dlm"),
-            4 << 20,
-            1 << 30,
-            1 << 29,
+            Bytes(4 << 20),
+            Bytes(1 << 30),
+            Bytes(1 << 29),
         )
         .err()
         .map(|e| e.to_string());

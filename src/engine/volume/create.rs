@@ -83,13 +83,13 @@ fn plan(domain: &Domain, cat: &Catalog, req: &CreateRequest) -> Result<Plan> {
         (None, None) => Format::Raw,
     };
     let capacity = match (req.size, &parent) {
-        (Some(s), Some(p)) if s.0 < p.capacity => {
+        (Some(s), Some(p)) if s < p.capacity => {
             return Err(Error::InvalidInput(format!(
                 "size {} is smaller than the parent's capacity {}",
-                s.0, p.capacity
+                s.0, p.capacity.0
             )))
         }
-        (Some(s), _) => s.0,
+        (Some(s), _) => s,
         (None, Some(p)) => p.capacity,
         (None, None) => {
             return Err(Error::InvalidInput(
@@ -110,15 +110,18 @@ fn plan(domain: &Domain, cat: &Catalog, req: &CreateRequest) -> Result<Plan> {
     }
     let id = req.id.unwrap_or_else(VolumeId::random);
     if cat.snap.lv_named(&id.to_string()).is_some() {
-        return Err(Error::VolumeExists { vg: vg.clone(), id });
+        return Err(Error::VolumeExists {
+            vg: vg.to_string(),
+            id,
+        });
     }
     let slot = cat.snap.lowest_free_slot().ok_or(Error::NoFreeSlot {
         max: cat.snap.info.max_volumes,
     })?;
-    let extent = Bytes(cat.snap.info.extent_size);
+    let extent = cat.snap.info.extent_size;
     let lv_size = match format {
-        Format::Raw => Bytes(capacity),
-        Format::Qcow2 => Bytes(qemu::qcow2_lv_size(capacity)),
+        Format::Raw => capacity,
+        Format::Qcow2 => Bytes(qemu::qcow2_lv_size(capacity.0)),
     }
     .round_up_to_extents(extent);
     Ok(Plan {
@@ -186,7 +189,7 @@ pub(crate) fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
         let capacity = plan.meta.capacity;
         let backing = backing.as_ref().map(|(f, fmt)| (f.as_str(), fmt.as_str()));
         let header = (plan.meta.format == Format::Qcow2)
-            .then(|| s.spawn(move || lvm.qcow2_header(capacity, backing)));
+            .then(|| s.spawn(move || lvm.qcow2_header(capacity.0, backing)));
         let created = domain.lvm.lvcreate(&domain.vg, &new_lv);
         let header = header.map(|h| {
             h.join().unwrap_or_else(|_| {
@@ -199,13 +202,13 @@ pub(crate) fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
     });
     created.map_err(|e| match e {
         LvmError::NoSpace { .. } => Error::NoSpace {
-            vg: domain.vg.clone(),
-            need: plan.lv_size.0,
+            vg: domain.vg.to_string(),
+            need: plan.lv_size,
             free: cat.snap.info.vg_free,
             source: Box::new(e),
         },
         LvmError::AlreadyExists { .. } => Error::VolumeExists {
-            vg: domain.vg.clone(),
+            vg: domain.vg.to_string(),
             id,
         },
         other => Error::Lvm(other),
@@ -267,7 +270,7 @@ pub(crate) fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
     let lv = crate::domain::LvEntry {
         name,
         id: Some(id),
-        size: plan.lv_size.0,
+        size: plan.lv_size,
         active: plan.prepared,
         open: false,
         image: Some(plan.meta.image),

@@ -20,10 +20,10 @@ pub(crate) fn extend(domain: &Domain, id: &VolumeId, size: Bytes) -> Result<Volu
     let _lease = domain.lease(id, vol.slot)?;
     vol.lv_size = grow_storage(domain, &cat, &vol, size)?;
     let mut meta = store.read(vol.slot)?;
-    meta.capacity = size.0;
+    meta.capacity = size;
     store.write(vol.slot, &meta)?;
     crash::point(CrashPoint::ExtendAfterMetadata);
-    vol.capacity = size.0;
+    vol.capacity = size;
     Ok(vol)
 }
 
@@ -34,25 +34,25 @@ pub(crate) fn grow_storage(
     cat: &Catalog,
     vol: &Volume,
     size: Bytes,
-) -> Result<u64> {
+) -> Result<Bytes> {
     let id = &vol.id;
-    if size.0 < vol.capacity {
+    if size < vol.capacity {
         return Err(Error::InvalidInput(format!(
             "volumes only grow: {} is smaller than the capacity {}",
-            size.0, vol.capacity
+            size.0, vol.capacity.0
         )));
     }
     let want_lv = match vol.format {
         Format::Raw => size,
         Format::Qcow2 => Bytes(qemu::qcow2_lv_size(size.0)),
     }
-    .round_up_to_extents(Bytes(cat.snap.info.extent_size));
+    .round_up_to_extents(cat.snap.info.extent_size);
     let name = id.to_string();
-    if want_lv.0 > vol.lv_size {
+    if want_lv > vol.lv_size {
         domain.lvm.lvextend(&domain.vg, &name, want_lv)?;
     }
     crash::point(CrashPoint::ExtendAfterLvextend);
-    if vol.format == Format::Qcow2 && size.0 > vol.capacity {
+    if vol.format == Format::Qcow2 && size > vol.capacity {
         let was_active = vol.active;
         if !was_active {
             domain
@@ -68,5 +68,5 @@ pub(crate) fn grow_storage(
         r?;
     }
     crash::point(CrashPoint::ExtendAfterResize);
-    Ok(want_lv.0.max(vol.lv_size))
+    Ok(want_lv.max(vol.lv_size))
 }

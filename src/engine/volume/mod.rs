@@ -15,11 +15,13 @@ pub use create::CreateRequest;
 pub(crate) use extend::extend;
 pub(crate) use extend::grow_storage;
 pub(crate) use remove::{remove, remove_image};
+pub use undo::Action;
 
 use crate::domain::{Domain, LvEntry, Snapshot};
 use crate::error::{Error, Result};
 use crate::format::ids::{Generation, ImageId, VolumeId};
 use crate::metadata::{Format, Legality, MetaError, Role, VolumeMeta};
+use crate::units::Bytes;
 use std::collections::{HashMap, HashSet};
 
 /// A committed volume: its LV and its metadata (the CLI's JSON view is `cli::views`).
@@ -32,8 +34,8 @@ pub struct Volume {
     pub legality: Legality,
     pub generation: Generation,
     pub format: Format,
-    pub capacity: u64,
-    pub lv_size: u64,
+    pub capacity: Bytes,
+    pub lv_size: Bytes,
     pub slot: u32,
     pub active: bool,
     pub ctime: u64,

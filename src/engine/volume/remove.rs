@@ -30,7 +30,7 @@ pub(crate) fn remove(
     let cat = Catalog::load_for_change(domain)?;
     let vol = cat.get(&domain.vg, id)?;
     let lv = cat.snap.volume(id).cloned().ok_or(Error::VolumeNotFound {
-        vg: domain.vg.clone(),
+        vg: domain.vg.to_string(),
         id: *id,
     })?;
     if !cat.is_leaf(id) {

@@ -13,6 +13,7 @@ use crate::domain::{Domain, DomainInfo, LvEntry, Snapshot};
 use crate::error::{Error, Result};
 use crate::format::ids::VolumeId;
 use crate::metadata::{MetaError, Role, SlotStore};
+use crate::units::Bytes;
 use crate::{links, lvm::LvmError};
 
 /// Crash points to pass on the way (the caller's operation names them).
@@ -34,7 +35,7 @@ pub enum Action {
     SlotCleared(u32),
     Wiped {
         lv: String,
-        bytes: u64,
+        bytes: Bytes,
         seconds: f64,
     },
     LvRemoved {
@@ -59,11 +60,9 @@ impl std::fmt::Display for Action {
             Action::ParentLeaf(p) => write!(f, "parent {p} is a leaf again"),
             Action::LinkRemoved => f.write_str("link removed"),
             Action::SlotCleared(n) => write!(f, "slot {n} cleared"),
-            Action::Wiped { lv, bytes, seconds } => write!(
-                f,
-                "LV {lv} wiped ({} in {seconds:.1}s)",
-                crate::units::Bytes(*bytes)
-            ),
+            Action::Wiped { lv, bytes, seconds } => {
+                write!(f, "LV {lv} wiped ({bytes} in {seconds:.1}s)")
+            }
             Action::LvRemoved {
                 lv,
                 stale_mapping: false,
@@ -235,17 +234,17 @@ pub fn wipe(
             .lvm
             .zero_device(&device(l), &mut |d, t| progress(&l.name, d, t))
         {
-            Ok(w) if w.bytes < l.size => failed.push((
+            Ok(w) if Bytes(w.bytes) < l.size => failed.push((
                 l.name.clone(),
                 Error::WipeShort {
                     lv: l.name.clone(),
-                    wiped: w.bytes,
+                    wiped: Bytes(w.bytes),
                     size: l.size,
                 },
             )),
             Ok(w) => done.push(Action::Wiped {
                 lv: l.name.clone(),
-                bytes: w.bytes,
+                bytes: Bytes(w.bytes),
                 seconds: w.duration.as_secs_f64(),
             }),
             Err(source) => failed.push((
@@ -315,7 +314,7 @@ mod tests {
             Action::SlotCleared(3),
             Action::Wiped {
                 lv: "v".into(),
-                bytes: 8 << 20,
+                bytes: Bytes(8 << 20),
                 seconds: 0.25,
             },
             Action::LvRemoved {

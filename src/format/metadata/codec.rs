@@ -9,6 +9,7 @@
 //! older lvchain reads).
 
 use crate::format::ids::{Generation, ImageId, VolumeId};
+use crate::units::Bytes;
 use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
@@ -65,7 +66,7 @@ pub struct VolumeMeta {
     pub image: ImageId,
     pub parent: Option<VolumeId>,
     pub format: Format,
-    pub capacity: u64,
+    pub capacity: Bytes,
     pub role: Role,
     pub legality: Legality,
     pub generation: Generation,
@@ -155,7 +156,7 @@ pub fn encode(meta: &VolumeMeta, size: usize, version: u32) -> Result<Vec<u8>, M
         meta.id,
         meta.image,
         meta.format,
-        meta.capacity,
+        meta.capacity.0,
         meta.role,
         meta.legality,
         meta.generation,
@@ -253,7 +254,7 @@ pub fn decode(slot: u32, bytes: &[u8]) -> Result<VolumeMeta, MetaError> {
             _ => Some(VolumeId::from_uuid(uuid("PARENT")?)),
         },
         format: get("FORMAT")?.parse().map_err(damaged)?,
-        capacity: num("CAPACITY")?,
+        capacity: Bytes(num("CAPACITY")?),
         role: get("ROLE")?.parse().map_err(damaged)?,
         legality: get("LEGALITY")?.parse().map_err(damaged)?,
         generation: Generation::new(num("GENERATION")?),
@@ -274,7 +275,7 @@ mod tests {
             image: ImageId::random(),
             parent: Some(VolumeId::random()),
             format: Format::Qcow2,
-            capacity: 1 << 30,
+            capacity: Bytes(1 << 30),
             role: Role::Leaf,
             legality: Legality::Legal,
             generation: Generation::new(7),
@@ -296,7 +297,10 @@ mod tests {
         assert_eq!(b.len(), 512);
         assert_eq!(decode(3, &b)?, m);
         let m = sample();
-        assert_eq!(decode(3, &encode(&m, 512, SLOT_VERSION)?)?, m);
+        let b = encode(&m, 512, SLOT_VERSION)?;
+        assert_eq!(decode(3, &b)?, m);
+        // Sizes are stored as plain byte counts (not `Bytes`'s human form).
+        assert!(b.windows(20).any(|w| w == b"\nCAPACITY=1073741824"));
         Ok(())
     }
 
@@ -322,7 +326,7 @@ mod tests {
         // The longest description as stored, and every number at its widest.
         m.description = "x".repeat(MAX_DESCRIPTION);
         m.generation = Generation::new(u64::MAX);
-        m.capacity = u64::MAX;
+        m.capacity = Bytes(u64::MAX);
         m.ctime = u64::MAX;
         m.fence = FenceRecord {
             last: Some(Generation::new(u64::MAX)),

@@ -126,7 +126,7 @@ mod tests {
             image: ImageId::random(),
             parent: None,
             format: Format::Raw,
-            capacity: 4096,
+            capacity: crate::units::Bytes(4096),
             role: Role::Leaf,
             legality: Legality::Legal,
             generation: crate::format::ids::Generation::default(),
