@@ -102,7 +102,8 @@ impl Settings {
             Some(args.domains.clone())
         };
         for vg in domains.iter().flatten() {
-            crate::domain::validate_vg_name(vg)?;
+            crate::format::ids::VgName::new(vg)
+                .map_err(|e| crate::error::Error::InvalidInput(e.to_string()))?;
         }
         let gc = args
             .gc_interval

@@ -4,6 +4,7 @@
 
 use crate::domain::Domain;
 use crate::error::{Error, Result};
+use crate::format::ids::{BadVgName, VgName};
 use crate::lock::local::{Local, LocalLock};
 use crate::lvm::{Backend, Lvm};
 use crate::tags::Tag;
@@ -30,6 +31,7 @@ pub struct Domains {
 #[derive(Debug)]
 pub enum OpenError {
     NotServed(String),
+    BadName(BadVgName),
     Engine(Error),
 }
 
@@ -84,17 +86,23 @@ impl Domains {
 
     /// The handle of domain `vg` for one request.
     pub fn open(&self, vg: &str) -> Result<Domain, OpenError> {
+        let name = VgName::new(vg).map_err(OpenError::BadName)?;
         self.check_served(vg)?;
         Ok(Domain::with_local(
-            vg,
+            name,
             self.backend.clone(),
             self.local(None),
-        )?)
+        ))
     }
 
     /// The handle for a periodic gc: it waits [`GC_LOCK_WAIT`] at most for the domain lock.
     pub fn open_for_gc(&self, vg: &str) -> Result<Domain> {
-        Domain::with_local(vg, self.backend.clone(), self.local(Some(GC_LOCK_WAIT)))
+        let name = VgName::new(vg).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        Ok(Domain::with_local(
+            name,
+            self.backend.clone(),
+            self.local(Some(GC_LOCK_WAIT)),
+        ))
     }
 
     /// Whether the served domains are a fixed list (configured), not found on the host.

@@ -71,6 +71,9 @@ impl From<OpenError> for ApiError {
                 "domain_not_served",
                 format!("domain {vg} is not served by this agent"),
             ),
+            OpenError::BadName(e) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", e.to_string())
+            }
             OpenError::Engine(e) => from_engine(&e),
         }
     }

@@ -177,8 +177,7 @@ impl SimAgent {
         sim.add_device(&pv, 64 << 30);
         let vg = format!("simagent{}", std::process::id());
         let locks = dir.path().join("lock");
-        Domain::new_local_in(&vg, sim.clone(), &locks)
-            .unwrap()
+        Domain::new_local_in(vg.parse().unwrap(), sim.clone(), &locks)
             .format(&FormatRequest {
                 pvs: vec![pv],
                 max_volumes: 16,
