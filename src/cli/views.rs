@@ -93,17 +93,22 @@ pub struct DomainSummaryView {
     pub free_slots: usize,
 }
 
+/// The metadata slots of a domain no LV owns (what `domain info` and the agent's gauge show).
+pub fn free_slots(snap: &crate::domain::Snapshot) -> usize {
+    let max = snap.info.max_volumes;
+    // Damaged tags may name slots beyond the area: they take none of its slots.
+    max as usize - snap.used_slots().iter().filter(|&&n| n < max).count()
+}
+
 impl From<&Catalog> for DomainSummaryView {
     fn from(cat: &Catalog) -> Self {
         let snap = &cat.snap;
-        let max = snap.info.max_volumes;
         DomainSummaryView {
             info: DomainInfoView::from(&snap.info),
             volumes: cat.volumes.len(),
             images: snap.images().len(),
             orphans: snap.orphans().count(),
-            // Damaged tags may name slots beyond the area: they take none of its slots.
-            free_slots: max as usize - snap.used_slots().iter().filter(|&&n| n < max).count(),
+            free_slots: free_slots(snap),
         }
     }
 }
