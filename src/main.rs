@@ -18,7 +18,8 @@ fn main() {
         .init();
     match lvchain::cli::run(&cli) {
         // The reader of the output went away (`| head -1`): the work is done, end quietly.
-        Ok(()) | Err(lvchain::error::Error::OutputClosed) => {}
+        Ok(()) => {}
+        Err(e) if e.is_output_closed() => {}
         Err(e) => {
             lvchain::cli::report_error(cli.json, &e);
             std::process::exit(1);

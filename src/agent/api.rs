@@ -73,6 +73,7 @@ pub fn routes() -> Vec<Route> {
         route!(delete "/v1/domains/{vg}/images/{image}" => remove_image),
         route!(post "/v1/domains/{vg}/images/{image}/prepare" => prepare_image),
         route!(post "/v1/domains/{vg}/images/{image}/teardown" => teardown_image),
+        route!(get "/v1/agent" => about),
         route!(get "/v1/jobs" => list_jobs),
         route!(get "/v1/jobs/{id}" => job),
         route!(get "/metrics" => metrics),
@@ -556,7 +557,22 @@ async fn remove_image(
     Ok(Json(MessageView::removed_image(&image, n)))
 }
 
-// Jobs and metrics.
+// The agent, jobs and metrics.
+
+/// `GET /v1/agent`.
+#[derive(serde::Serialize)]
+struct About {
+    version: &'static str,
+    pid: u32,
+}
+
+/// The agent's version and process id: the CLI's probe (it touches no storage).
+async fn about() -> Json<About> {
+    Json(About {
+        version: env!("CARGO_PKG_VERSION"),
+        pid: std::process::id(),
+    })
+}
 
 async fn list_jobs(State(agent): St) -> Json<Vec<JobView>> {
     Json(agent.jobs.list())

@@ -1,7 +1,8 @@
 //! The collector in the agent: periodic runs per served domain (the interval with +-10 %
 //! jitter, so hosts sharing a domain do not collide; a round that finds the domain lock busy is
 //! skipped and retried soon), runs asked for through the API, never two at once on a domain,
-//! and the last result of each domain for the API and the metrics.
+//! and the last result of each domain for the API and the metrics (a run that collected is
+//! followed by a census scan, so the orphans gauge drops at once).
 
 use super::errors::ApiError;
 use super::Agent;
@@ -156,6 +157,10 @@ pub async fn collect(
     };
     tracing::info!(vg, ?trigger, ?outcome, orphans, "gc run");
     *board.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
+    if outcome != GcOutcome::Busy {
+        // What the collection changed shows in the gauges at once (one report).
+        super::census::scan(agent, vg).await;
+    }
     match (result, report) {
         (Ok(_), Some(view)) => Ok(view),
         (Ok(_), None) => Err(ApiError::new(

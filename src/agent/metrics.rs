@@ -1,7 +1,8 @@
 //! The agent's metrics (Prometheus text format, `prometheus-client`): API operations by route
 //! and outcome with latency histograms, external commands (lvm by verb, qemu-img) by outcome
 //! with latency histograms (timeouts are an outcome), gc runs by domain and outcome with the
-//! orphans they collected, and jobs running. Owns no behaviour: others record into it.
+//! orphans they collected, jobs running, and per served domain what its last scan saw
+//! (orphans, free bytes, free slots). Owns no behaviour: others record into it.
 
 use crate::exec::Observed;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -52,6 +53,18 @@ pub struct Metrics {
     gc_runs: Family<GcLabels, Counter>,
     gc_orphans: Family<DomainLabels, Counter>,
     jobs_running: Gauge,
+    orphans: Family<DomainLabels, Gauge>,
+    free_bytes: Family<DomainLabels, Gauge>,
+    free_slots: Family<DomainLabels, Gauge>,
+    scans: Family<GcLabels, Counter>,
+}
+
+/// What one scan of a domain saw (the gauges of [`Metrics::domain_scanned`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainCounts {
+    pub orphans: u64,
+    pub free_bytes: u64,
+    pub free_slots: u64,
 }
 
 impl Default for Metrics {
@@ -70,6 +83,10 @@ impl Metrics {
         let gc_runs = Family::<GcLabels, Counter>::default();
         let gc_orphans = Family::<DomainLabels, Counter>::default();
         let jobs_running = Gauge::default();
+        let orphans = Family::<DomainLabels, Gauge>::default();
+        let free_bytes = Family::<DomainLabels, Gauge>::default();
+        let free_slots = Family::<DomainLabels, Gauge>::default();
+        let scans = Family::<GcLabels, Counter>::default();
         registry.register(
             "lvchain_agent_operations",
             "API requests by route and outcome (ok or the error kind)",
@@ -105,8 +122,32 @@ impl Metrics {
             "Jobs (copies) running now",
             jobs_running.clone(),
         );
+        registry.register(
+            "lvchain_domain_orphans",
+            "LVs with a transaction marker that no committed volume needs (gc's work; alert when it stays above 0), by domain, as the last scan saw them",
+            orphans.clone(),
+        );
+        registry.register(
+            "lvchain_domain_free_bytes",
+            "Free space of the domain's VG (bytes) at the last scan",
+            free_bytes.clone(),
+        );
+        registry.register(
+            "lvchain_domain_free_slots",
+            "Metadata slots (volumes) still free in the domain at the last scan",
+            free_slots.clone(),
+        );
+        registry.register(
+            "lvchain_agent_domain_scans",
+            "Scans of a served domain (one LVM report each) by domain and outcome (ok, failed)",
+            scans.clone(),
+        );
         Metrics {
             registry,
+            orphans,
+            free_bytes,
+            free_slots,
+            scans,
             ops,
             op_seconds,
             commands,
@@ -172,6 +213,26 @@ impl Metrics {
             .inc_by(orphans as u64);
     }
 
+    /// A scan of `domain` saw `counts` (None: it failed; the gauges keep the last values).
+    pub fn domain_scanned(&self, domain: &str, counts: Option<DomainCounts>) {
+        let d = DomainLabels {
+            domain: domain.into(),
+        };
+        let outcome = if counts.is_some() { "ok" } else { "failed" };
+        self.scans
+            .get_or_create(&GcLabels {
+                domain: domain.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        if let Some(c) = counts {
+            let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            self.orphans.get_or_create(&d).set(gauge(c.orphans));
+            self.free_bytes.get_or_create(&d).set(gauge(c.free_bytes));
+            self.free_slots.get_or_create(&d).set(gauge(c.free_slots));
+        }
+    }
+
     pub fn job_started(&self) {
         self.jobs_running.inc();
     }
@@ -210,6 +271,15 @@ mod tests {
         });
         m.operation("GET /v1/domains", "ok", Duration::from_millis(2));
         m.gc_run("vg", "collected", 2);
+        m.domain_scanned(
+            "vg",
+            Some(DomainCounts {
+                orphans: 1,
+                free_bytes: 4096,
+                free_slots: 7,
+            }),
+        );
+        m.domain_scanned("vg", None);
         let text = m.encode();
         assert!(
             text.contains(
@@ -228,5 +298,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("lvchain_agent_jobs_running 0"), "{text}");
+        for line in [
+            "lvchain_domain_orphans{domain=\"vg\"} 1",
+            "lvchain_domain_free_bytes{domain=\"vg\"} 4096",
+            "lvchain_domain_free_slots{domain=\"vg\"} 7",
+            "lvchain_agent_domain_scans_total{domain=\"vg\",outcome=\"failed\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! operation's status reads `failed` from shared storage.
 
 pub mod api;
+pub mod census;
 pub mod config;
 pub mod domains;
 pub mod errors;
@@ -154,6 +155,7 @@ async fn serve(settings: Settings, lvm: Arc<Lvm>) -> Result<()> {
     if let Some(interval) = settings.gc_interval {
         tokio::spawn(gc::schedule(agent.clone(), interval, stopped.clone()));
     }
+    tokio::spawn(census::schedule(agent.clone(), stopped.clone()));
     let server = axum::serve(
         listener,
         api::router(agent.clone()).into_make_service_with_connect_info::<Peer>(),

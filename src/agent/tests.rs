@@ -355,6 +355,11 @@ async fn answers_validate_against_the_spec() {
     assert_eq!(done["result"]["generation"], 1, "{done}");
     let (st, jobs) = s.call("GET", "/v1/jobs", "").await;
     assert_eq!((st, jobs.as_array().map(Vec::len)), (200, Some(1)));
+    let (st, about) = s.call("GET", "/v1/agent", "").await;
+    assert_eq!(
+        (st, about["version"].as_str()),
+        (200, Some(env!("CARGO_PKG_VERSION")))
+    );
     let (st, text) = s.call_as(0, "GET", "/metrics", "").await;
     let text = text.as_str().unwrap_or_default().to_string();
     assert_eq!(st, 200);

@@ -1,9 +1,11 @@
 //! The admin CLI: argument parsing (clap), dispatch, and output (tables or `--json`).
 //!
 //! Exit status: 0 success, 1 failure (one message on stderr), 2 bad usage (clap).
-//! Owns no storage logic: every command calls the library.
+//! Owns no storage logic: a command is sent to the host agent when it answers (`remote.rs`),
+//! else it calls the library in this process; both print the same views the same way.
 
 mod output;
+pub mod remote;
 pub mod views;
 
 use crate::domain::{Domain, FormatRequest};
@@ -32,6 +34,12 @@ pub struct Cli {
     /// Log every LVM command (debug level) to stderr.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// Run the command in this process even when the host agent answers on its socket.
+    #[arg(long, global = true)]
+    pub direct: bool,
+    /// The host agent's socket (default: $LVCHAIN_AGENT_SOCKET, else /run/lvchain/agent.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub agent_socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -370,9 +378,59 @@ fn tty(cli: &Cli) -> bool {
     !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr())
 }
 
-/// Runs a parsed command line; prints its output.
-pub fn run(cli: &Cli) -> Result<()> {
+/// How a command fails: the engine's error (in-process), or the agent's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Engine(#[from] Error),
+    #[error(transparent)]
+    Agent(#[from] remote::AgentError),
+}
+
+impl CliError {
+    /// The reader of the output went away: the work is done, the CLI ends quietly.
+    pub fn is_output_closed(&self) -> bool {
+        matches!(self, CliError::Engine(Error::OutputClosed))
+    }
+}
+
+/// Prints a consistency report; an unclean domain is the command's failure.
+fn show_check(out: &output::Out, report: &views::CheckView) -> Result<()> {
+    out.check(report)?;
+    if report.clean {
+        Ok(())
+    } else {
+        Err(Error::Unclean {
+            vg: report.vg.clone(),
+            problems: report.problems.len(),
+        })
+    }
+}
+
+/// Prints a collector's report; an orphan it could not collect is the command's failure.
+fn show_gc(out: &output::Out, report: &views::GcView) -> Result<()> {
+    out.gc(report)?;
+    match report.orphans.iter().filter(|o| o.error.is_some()).count() {
+        0 => Ok(()),
+        failed => Err(Error::InvalidInput(format!(
+            "{failed} orphan(s) could not be collected; see the report"
+        ))),
+    }
+}
+
+/// Runs a parsed command line, through the agent or in this process; prints its output.
+pub fn run(cli: &Cli) -> std::result::Result<(), CliError> {
     let out = output::Out::stdout(cli.json);
+    match remote::run(cli, &out) {
+        remote::Ran::Done(r) => r,
+        remote::Ran::InProcess => Ok(run_here(cli, &out)?),
+    }
+}
+
+/// Runs a command in this process.
+fn run_here(cli: &Cli, out: &output::Out) -> Result<()> {
+    use views::{CheckView, DomainInfoView, DomainSummaryView, GcView, PreparedView};
+    use views::{StatusView, VolumeView};
     match &cli.command {
         Command::Domain(c) => match c {
             DomainCmd::Create {
@@ -388,24 +446,18 @@ pub fn run(cli: &Cli) -> Result<()> {
                     lock_manager: *lock_manager,
                     wipe: *wipe,
                 })?;
-                out.domain_created(&info)
+                out.domain_created(&DomainInfoView::from(&info))
             }
             DomainCmd::Set { vg, wipe } => {
                 let before = domain(vg)?.set_wipe(*wipe)?;
                 out.message(&views::MessageView::wipe_set(vg, before, *wipe).result)
             }
-            DomainCmd::Info { vg } => out.domain_info(&domain(vg)?.catalog()?),
+            DomainCmd::Info { vg } => {
+                out.domain_info(&DomainSummaryView::from(&domain(vg)?.catalog()?))
+            }
             DomainCmd::Check { vg } => {
                 let report = domain(vg)?.check()?;
-                out.check(&report)?;
-                if report.clean {
-                    Ok(())
-                } else {
-                    Err(Error::Unclean {
-                        vg: vg.to_string(),
-                        problems: report.problems.len(),
-                    })
-                }
+                show_check(out, &CheckView::from(&report))
             }
             DomainCmd::Remove { vg, force } => {
                 let n = domain(vg)?.remove(*force)?;
@@ -432,10 +484,14 @@ pub fn run(cli: &Cli) -> Result<()> {
                     description: description.clone(),
                     wipe: *wipe,
                 })?;
-                out.created(&v)
+                out.created(&VolumeView::from(&v))
             }
-            VolumeCmd::List { vg, image } => out.volumes(&domain(vg)?.volumes(image.as_ref())?),
-            VolumeCmd::Info { vg, volume } => out.volume(&domain(vg)?.volume(volume)?),
+            VolumeCmd::List { vg, image } => {
+                out.volumes(&views::volumes(&domain(vg)?.volumes(image.as_ref())?))
+            }
+            VolumeCmd::Info { vg, volume } => {
+                out.volume(&VolumeView::from(&domain(vg)?.volume(volume)?))
+            }
             VolumeCmd::Remove { vg, volume } => {
                 domain(vg)?.remove_volume(volume, &mut wipe_progress(tty(cli)))?;
                 out.message(&views::MessageView::removed_volume(volume).result)
@@ -445,7 +501,11 @@ pub fn run(cli: &Cli) -> Result<()> {
                 volume,
                 size,
                 generation,
-            } => out.volume(&domain(vg)?.extend_volume(volume, *size, *generation)?),
+            } => out.volume(&VolumeView::from(&domain(vg)?.extend_volume(
+                volume,
+                *size,
+                *generation,
+            )?)),
             VolumeCmd::Copy {
                 vg,
                 volume,
@@ -462,7 +522,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                     },
                 };
                 let v = domain(vg)?.copy(volume, *generation, source, tty(cli))?;
-                out.volume(&v)
+                out.volume(&VolumeView::from(&v))
             }
             VolumeCmd::Update {
                 vg,
@@ -473,28 +533,30 @@ pub fn run(cli: &Cli) -> Result<()> {
             } => {
                 let d = domain(vg)?;
                 let v = d.update(volume, *generation, description.clone(), *legality)?;
-                out.volume(&v)
+                out.volume(&VolumeView::from(&v))
             }
             VolumeCmd::Status {
                 vg,
                 volume,
                 generation,
-            } => out.status(&domain(vg)?.status(volume, *generation)?),
+            } => out.status(&StatusView::from(&domain(vg)?.status(volume, *generation)?)),
             VolumeCmd::Fence {
                 vg,
                 volume,
                 generation,
-            } => out.volume(&domain(vg)?.fence(volume, *generation)?),
+            } => out.volume(&VolumeView::from(&domain(vg)?.fence(volume, *generation)?)),
         },
         Command::Image(c) => match c {
-            ImageCmd::Chain { vg, image } => out.volumes(&domain(vg)?.chain(image)?),
+            ImageCmd::Chain { vg, image } => {
+                out.volumes(&views::volumes(&domain(vg)?.chain(image)?))
+            }
             ImageCmd::Prepare {
                 vg,
                 image,
                 allow_illegal,
             } => {
                 let chain = domain(vg)?.prepare(image, *allow_illegal)?;
-                out.prepared(vg, image, &chain)
+                out.prepared(&PreparedView::new(vg, image, &chain))
             }
             ImageCmd::Teardown { vg, image } => {
                 domain(vg)?.teardown(image)?;
@@ -516,13 +578,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                 }
             };
             let report = domain(vg)?.gc(*dry_run, &mut progress, &mut wipe_progress(tty))?;
-            out.gc(&report)?;
-            match report.orphans.iter().filter(|o| o.error.is_some()).count() {
-                0 => Ok(()),
-                failed => Err(Error::InvalidInput(format!(
-                    "{failed} orphan(s) could not be collected; see the report"
-                ))),
-            }
+            show_gc(out, &GcView::from(&report))
         }
         Command::Host(HostCmd::Join { vg, host_id }) => {
             let joined = domain(vg)?.join(*host_id)?;
@@ -542,7 +598,7 @@ pub fn run(cli: &Cli) -> Result<()> {
 }
 
 /// Reports an error the way the CLI does: one line on stderr (JSON too with --json).
-pub fn report_error(cli_json: bool, e: &Error) {
+pub fn report_error(cli_json: bool, e: &CliError) {
     if cli_json {
         let v = serde_json::json!({ "error": e.to_string() });
         eprintln!("{v}");

@@ -1,15 +1,17 @@
-//! CLI output: human tables by default, JSON with `--json`.
+//! CLI output: human tables by default, JSON with `--json`, both printed from the views of
+//! `views.rs` only (never from engine types): a command run in-process and one answered by
+//! the agent (whose JSON is read back into the same views) print the same bytes.
 //!
 //! Everything goes through one writer (stdout in the binary). A reader that went away (a
 //! closed pipe, `lvchain volume list VG | head -1`) ends the output with
 //! [`Error::OutputClosed`], which the binary treats as a quiet success: the command's work is
 //! done by the time it prints. SIGPIPE stays ignored (a signal could end lvchain mid-change).
 
-use super::views;
-use crate::domain::DomainInfo;
+use super::views::{
+    self, CheckView, DomainInfoView, DomainSummaryView, GcView, PreparedView, StatusView,
+    VolumeView,
+};
 use crate::error::{Error, Result};
-use crate::format::ids::ImageId;
-use crate::volume::{Catalog, Volume};
 use serde::Serialize;
 use std::cell::RefCell;
 use std::fmt::Arguments;
@@ -105,18 +107,18 @@ impl Out {
         Ok(())
     }
 
-    pub fn created(&self, v: &Volume) -> Result<()> {
+    pub fn created(&self, v: &VolumeView) -> Result<()> {
         if self.json {
-            self.print_json(&views::VolumeView::from(v))
+            self.print_json(v)
         } else {
             self.line(format_args!("{}", v.id))?;
             Ok(())
         }
     }
 
-    pub fn volume(&self, v: &Volume) -> Result<()> {
+    pub fn volume(&self, v: &VolumeView) -> Result<()> {
         if self.json {
-            return self.print_json(&views::VolumeView::from(v));
+            return self.print_json(v);
         }
         let parent = v
             .parent
@@ -126,12 +128,18 @@ impl Out {
             ("id", v.id.to_string()),
             ("image", v.image.to_string()),
             ("parent", parent),
-            ("role", v.role.to_string()),
-            ("legality", v.legality.to_string()),
+            ("role", v.role.clone()),
+            ("legality", v.legality.clone()),
             ("generation", v.generation.to_string()),
-            ("format", v.format.to_string()),
-            ("capacity", format!("{} ({})", v.capacity.0, v.capacity)),
-            ("lv_size", format!("{} ({})", v.lv_size.0, v.lv_size)),
+            ("format", v.format.clone()),
+            (
+                "capacity",
+                format!("{} ({})", v.capacity, crate::units::Bytes(v.capacity)),
+            ),
+            (
+                "lv_size",
+                format!("{} ({})", v.lv_size, crate::units::Bytes(v.lv_size)),
+            ),
             ("slot", v.slot.to_string()),
             ("active", v.active.to_string()),
             ("description", v.description.clone()),
@@ -142,9 +150,9 @@ impl Out {
         Ok(())
     }
 
-    pub fn volumes(&self, vs: &[Volume]) -> Result<()> {
+    pub fn volumes(&self, vs: &[VolumeView]) -> Result<()> {
         if self.json {
-            return self.print_json(&views::volumes(vs));
+            return self.print_json(vs);
         }
         let rows: Vec<Vec<String>> = vs
             .iter()
@@ -153,12 +161,12 @@ impl Out {
                     short(&v.id),
                     short(&v.image),
                     v.parent.map(|p| short(&p)).unwrap_or_else(|| "-".into()),
-                    v.role.to_string(),
-                    v.legality.to_string(),
+                    v.role.clone(),
+                    v.legality.clone(),
                     v.generation.to_string(),
-                    v.format.to_string(),
-                    v.capacity.to_string(),
-                    v.lv_size.to_string(),
+                    v.format.clone(),
+                    crate::units::Bytes(v.capacity).to_string(),
+                    crate::units::Bytes(v.lv_size).to_string(),
                     v.slot.to_string(),
                 ]
             })
@@ -173,10 +181,9 @@ impl Out {
         )
     }
 
-    pub fn prepared(&self, vg: &str, image: &ImageId, chain: &[Volume]) -> Result<()> {
-        let view = views::PreparedView::new(vg, image, chain);
+    pub fn prepared(&self, view: &PreparedView) -> Result<()> {
         if self.json {
-            return self.print_json(&view);
+            return self.print_json(view);
         }
         if let Some(leaf) = &view.leaf {
             self.line(format_args!("{}", leaf.display()))?;
@@ -184,9 +191,9 @@ impl Out {
         Ok(())
     }
 
-    pub fn domain_created(&self, info: &DomainInfo) -> Result<()> {
+    pub fn domain_created(&self, info: &DomainInfoView) -> Result<()> {
         if self.json {
-            return self.print_json(&views::DomainInfoView::from(info));
+            return self.print_json(info);
         }
         self.line(format_args!(
             "domain {} formatted: format {}, lock {}, {} slots of {} bytes, wipe {}",
@@ -195,10 +202,9 @@ impl Out {
         Ok(())
     }
 
-    pub fn domain_info(&self, cat: &Catalog) -> Result<()> {
-        let i = views::DomainSummaryView::from(cat);
+    pub fn domain_info(&self, i: &DomainSummaryView) -> Result<()> {
         if self.json {
-            return self.print_json(&i);
+            return self.print_json(i);
         }
         let b = |n: u64| crate::units::Bytes(n).to_string();
         table(
@@ -230,9 +236,9 @@ impl Out {
         )
     }
 
-    pub fn check(&self, r: &crate::check::Report) -> Result<()> {
+    pub fn check(&self, r: &CheckView) -> Result<()> {
         if self.json {
-            return self.print_json(&views::CheckView::from(r));
+            return self.print_json(r);
         }
         if r.clean {
             self.line(format_args!(
@@ -244,15 +250,15 @@ impl Out {
         let rows: Vec<Vec<String>> = r
             .problems
             .iter()
-            .map(|p| vec![p.kind.to_string(), p.subject.clone(), p.detail.clone()])
+            .map(|p| vec![p.kind.clone(), p.subject.clone(), p.detail.clone()])
             .collect();
         table(self, &["PROBLEM", "SUBJECT", "DETAIL"], &rows)?;
         Ok(())
     }
 
-    pub fn gc(&self, r: &crate::gc::Report) -> Result<()> {
+    pub fn gc(&self, r: &GcView) -> Result<()> {
         if self.json {
-            return self.print_json(&views::GcView::from(r));
+            return self.print_json(r);
         }
         let rows: Vec<Vec<String>> = r
             .orphans
@@ -260,12 +266,8 @@ impl Out {
             .map(|o| {
                 vec![
                     o.lv.clone(),
-                    o.marker.to_string(),
-                    o.actions
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; "),
+                    o.marker.clone(),
+                    o.actions.join("; "),
                     o.error.clone().unwrap_or_default(),
                 ]
             })
@@ -286,9 +288,9 @@ impl Out {
         Ok(())
     }
 
-    pub fn status(&self, st: &crate::operation::Status) -> Result<()> {
+    pub fn status(&self, st: &StatusView) -> Result<()> {
         if self.json {
-            return self.print_json(&views::StatusView::from(st));
+            return self.print_json(st);
         }
         let host = st
             .host_id

@@ -1,6 +1,7 @@
 //! The JSON objects the CLI prints (`--json`), built from the engine's types. Their field names
 //! are a contract with scripts and managers: they are spelled here, once, and never follow a
-//! rename inside the engine (a unit test pins every name).
+//! rename inside the engine (a unit test pins every name). The agent answers with them and the
+//! CLI reads its answers back into them (Deserialize), so both print from the same values.
 
 use crate::check::{Problem, Report as CheckReport};
 use crate::domain::DomainInfo;
@@ -8,10 +9,10 @@ use crate::format::ids::{ImageId, VolumeId};
 use crate::gc::{Orphan, Report as GcReport};
 use crate::operation::Status;
 use crate::volume::{Catalog, Volume};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct VolumeView {
     pub id: VolumeId,
     pub image: ImageId,
@@ -52,7 +53,7 @@ pub fn volumes(vs: &[Volume]) -> Vec<VolumeView> {
     vs.iter().map(VolumeView::from).collect()
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct DomainInfoView {
     pub vg: String,
     pub format: u32,
@@ -82,7 +83,7 @@ impl From<&DomainInfo> for DomainInfoView {
 }
 
 /// `domain info`: the domain's facts and its counts.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct DomainSummaryView {
     #[serde(flatten)]
     pub info: DomainInfoView,
@@ -92,22 +93,27 @@ pub struct DomainSummaryView {
     pub free_slots: usize,
 }
 
+/// The metadata slots of a domain no LV owns (what `domain info` and the agent's gauge show).
+pub fn free_slots(snap: &crate::domain::Snapshot) -> usize {
+    let max = snap.info.max_volumes;
+    // Damaged tags may name slots beyond the area: they take none of its slots.
+    max as usize - snap.used_slots().iter().filter(|&&n| n < max).count()
+}
+
 impl From<&Catalog> for DomainSummaryView {
     fn from(cat: &Catalog) -> Self {
         let snap = &cat.snap;
-        let max = snap.info.max_volumes;
         DomainSummaryView {
             info: DomainInfoView::from(&snap.info),
             volumes: cat.volumes.len(),
             images: snap.images().len(),
             orphans: snap.orphans().count(),
-            // Damaged tags may name slots beyond the area: they take none of its slots.
-            free_slots: max as usize - snap.used_slots().iter().filter(|&&n| n < max).count(),
+            free_slots: free_slots(snap),
         }
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct StatusView {
     pub volume: VolumeId,
     pub generation: u64,
@@ -132,7 +138,7 @@ impl From<&Status> for StatusView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct OrphanView {
     pub lv: String,
     pub marker: String,
@@ -157,7 +163,7 @@ impl From<&Orphan> for OrphanView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct GcView {
     pub vg: String,
     pub dry_run: bool,
@@ -176,7 +182,7 @@ impl From<&GcReport> for GcView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct ProblemView {
     pub kind: String,
     pub subject: String,
@@ -193,7 +199,7 @@ impl From<&Problem> for ProblemView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct CheckView {
     pub vg: String,
     pub clean: bool,
@@ -217,7 +223,7 @@ impl From<&CheckReport> for CheckView {
 }
 
 /// `image prepare`: where the chain is linked, and the chain.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct PreparedView {
     pub image: ImageId,
     pub path: PathBuf,
@@ -241,7 +247,7 @@ impl PreparedView {
 
 /// A command whose answer is one sentence (`volume remove`, `image teardown`, ...); the
 /// sentences are spelled here, once, for every client.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct MessageView {
     pub result: String,
 }

@@ -11,7 +11,17 @@ macro_rules! id_type {
     ($name:ident, $what:literal) => {
         #[doc = concat!("The id of ", $what, " (a UUID).")]
         #[derive(
-            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize,
+            Debug,
+            Clone,
+            Copy,
+            PartialEq,
+            Eq,
+            Hash,
+            PartialOrd,
+            Ord,
+            Default,
+            serde::Serialize,
+            serde::Deserialize,
         )]
         #[serde(transparent)]
         pub struct $name(Uuid);

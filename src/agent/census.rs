@@ -1,0 +1,64 @@
+//! The census behind the per-domain gauges: every [`SCAN_INTERVAL`], and after each gc run,
+//! ONE LVM report of each served domain (the engine's `Domain::scan`, never one command per LV)
+//! gives its orphans, free bytes and free slots to the metrics. Never changes a domain and
+//! never takes its lock.
+
+use super::metrics::DomainCounts;
+use super::Agent;
+use crate::domain::Snapshot;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Seconds between two scans of every served domain.
+pub const SCAN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What the gauges show of one report.
+pub fn counts(snap: &Snapshot) -> DomainCounts {
+    DomainCounts {
+        orphans: snap.orphans().count() as u64,
+        free_bytes: snap.info.vg_free.0,
+        free_slots: crate::cli::views::free_slots(snap) as u64,
+    }
+}
+
+/// Scans `vg` once and records what it saw (a failure is logged and counted).
+pub async fn scan(agent: &Arc<Agent>, vg: &str) {
+    let worker = agent.clone();
+    let name = vg.to_string();
+    let snap = tokio::task::spawn_blocking(move || {
+        let d = worker
+            .domains
+            .open(&name)
+            .map_err(|e| super::errors::ApiError::from(e).message)?;
+        d.scan().map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match snap {
+        Ok(snap) => agent.metrics.domain_scanned(vg, Some(counts(&snap))),
+        Err(e) => {
+            tracing::warn!(vg, "cannot scan the domain: {e}");
+            agent.metrics.domain_scanned(vg, None);
+        }
+    }
+}
+
+/// Scans every served domain every [`SCAN_INTERVAL`] until `stop` turns true.
+pub async fn schedule(agent: Arc<Agent>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let worker = agent.clone();
+        match tokio::task::spawn_blocking(move || worker.domains.list()).await {
+            Ok(Ok(list)) => {
+                for vg in list {
+                    scan(&agent, &vg).await;
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("cannot list the domains: {e}"),
+            Err(e) => tracing::warn!("cannot list the domains: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SCAN_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}

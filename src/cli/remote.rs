@@ -1,0 +1,682 @@
+//! The CLI as a client of the host agent: when the agent answers on its socket, a command that
+//! has a route is sent to it (HTTP/1.1 + JSON over the unix socket) and its answer is read back
+//! into the views of `views.rs`, which the CLI prints exactly as it prints them in-process;
+//! an error the agent answers is the engine's message, printed the same way (exit 1).
+//!
+//! In-process instead (the caller runs the command itself): `--direct`; no socket or nobody
+//! listening (quietly, at debug level); a socket that does not answer the probe within
+//! [`PROBE_TIMEOUT`] or an agent of another version (a warning); an environment that sets the
+//! in-process engine ([`ENGINE_ENV`]: those settings cannot reach the agent); a command the
+//! API has no route for, or whose arguments only this process can read (relative paths, a VG
+//! name that is not one); a domain the agent does not serve (`domain_not_served`).
+//! Once a request is sent, the agent owns it: a connection lost then is an error whose outcome
+//! is unknown, never a second run in-process.
+//! Owns no storage logic and no output format.
+
+use super::views::{MessageView, VolumeView};
+use super::{Cli, Command, DomainCmd, ImageCmd, VolumeCmd};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The environment variable naming the agent's socket (`--agent-socket` wins).
+pub const SOCKET_ENV: &str = "LVCHAIN_AGENT_SOCKET";
+
+/// How long the agent has to answer the probe (connect, request, answer) before the command
+/// runs in-process.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often a copy job's state is asked for.
+const JOB_POLL: Duration = Duration::from_millis(200);
+
+/// Settings of the in-process engine read from the environment: a command run with one of
+/// them set runs in-process (the agent has its own environment).
+pub const ENGINE_ENV: &[&str] = &[
+    "LVCHAIN_DEVICES",
+    "LVCHAIN_LVM",
+    "LVCHAIN_LVM_TIMEOUT",
+    "LVCHAIN_LOCK_TIMEOUT",
+    "LVCHAIN_QEMU_IMG",
+    "LVCHAIN_COPY_TIMEOUT",
+    "LVCHAIN_RUN_DIR",
+    "LVCHAIN_CRASH_AT",
+    "LVCHAIN_PAUSE_AT",
+    "LVCHAIN_PAUSE_FILE",
+];
+
+/// A failure of a command sent to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The agent refused or failed the request; `message` is the engine's, as in-process.
+    #[error("{message}")]
+    Answered { kind: String, message: String },
+    /// The connection failed after the request was sent: the agent may have done it.
+    #[error(
+        "the agent on {} went away while {what}: {source}; the outcome is unknown",
+        socket.display()
+    )]
+    Lost {
+        socket: PathBuf,
+        what: String,
+        source: std::io::Error,
+    },
+    /// The agent's answer could not be read.
+    #[error("the agent on {} answered what this lvchain cannot read: {detail}", socket.display())]
+    Garbled { socket: PathBuf, detail: String },
+}
+
+/// What the agent made of a command.
+pub enum Ran {
+    /// The agent ran it (or refused it); the CLI ends with this.
+    Done(std::result::Result<(), super::CliError>),
+    /// Run it in this process.
+    InProcess,
+}
+
+/// The socket the CLI talks to: `--agent-socket`, else `$LVCHAIN_AGENT_SOCKET`, else the
+/// agent's default.
+pub fn socket(cli: &Cli) -> PathBuf {
+    cli.agent_socket
+        .clone()
+        .or_else(|| std::env::var_os(SOCKET_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(crate::agent::config::DEFAULT_SOCKET))
+}
+
+/// How the agent's answer is printed: which view it is, and which of the CLI's printers.
+enum Show {
+    Created,
+    Volume,
+    Volumes,
+    Prepared,
+    DomainCreated,
+    DomainInfo,
+    Check,
+    Gc,
+    Status,
+    Message,
+    /// A copy: the answer is a job, whose result is a volume.
+    CopyJob,
+}
+
+/// One request to the agent.
+struct Plan {
+    method: &'static str,
+    path: String,
+    body: Option<Value>,
+    show: Show,
+}
+
+fn plan(method: &'static str, path: String, body: Option<Value>, show: Show) -> Option<Plan> {
+    Some(Plan {
+        method,
+        path,
+        body,
+        show,
+    })
+}
+
+/// A VG name the agent can be asked about (else the command runs in-process, which refuses it
+/// with the engine's message).
+fn vg_ok(vg: &str) -> bool {
+    crate::format::ids::VgName::new(vg).is_ok()
+}
+
+/// The request for a command, or None: no route, or arguments only this process can read.
+fn request(cmd: &Command) -> Option<Plan> {
+    let vg_of = |vg: &str| vg_ok(vg).then(|| format!("/v1/domains/{vg}"));
+    match cmd {
+        Command::Domain(c) => match c {
+            DomainCmd::Create {
+                vg,
+                pvs,
+                max_volumes,
+                lock_manager,
+                wipe,
+            } => {
+                vg_of(vg)?;
+                let mut paths = Vec::new();
+                for p in pvs {
+                    // A relative path names a file in this process's directory.
+                    paths.push(p.is_absolute().then(|| p.to_str())??);
+                }
+                plan(
+                    "POST",
+                    "/v1/domains".into(),
+                    Some(json!({
+                        "vg": vg, "pvs": paths, "max_volumes": max_volumes,
+                        "lock_manager": lock_manager.to_string(), "wipe": wipe.to_string(),
+                    })),
+                    Show::DomainCreated,
+                )
+            }
+            DomainCmd::Info { vg } => plan("GET", vg_of(vg)?, None, Show::DomainInfo),
+            DomainCmd::Set { vg, wipe } => plan(
+                "PATCH",
+                vg_of(vg)?,
+                Some(json!({ "wipe": wipe.to_string() })),
+                Show::Message,
+            ),
+            DomainCmd::Check { vg } => {
+                plan("GET", format!("{}/check", vg_of(vg)?), None, Show::Check)
+            }
+            DomainCmd::Remove { vg, force } => plan(
+                "DELETE",
+                format!("{}?force={force}", vg_of(vg)?),
+                None,
+                Show::Message,
+            ),
+        },
+        Command::Volume(c) => match c {
+            VolumeCmd::Create {
+                vg,
+                image,
+                size,
+                format,
+                parent,
+                id,
+                description,
+                wipe,
+            } => plan(
+                "POST",
+                format!("{}/volumes", vg_of(vg)?),
+                Some(json!({
+                    "image": image, "size": size.map(|s| s.0),
+                    "format": format.map(|f| f.to_string()), "parent": parent, "id": id,
+                    "description": description, "wipe": wipe.map(|w| w.to_string()),
+                })),
+                Show::Created,
+            ),
+            VolumeCmd::List { vg, image } => {
+                let query = image.map(|i| format!("?image={i}")).unwrap_or_default();
+                plan(
+                    "GET",
+                    format!("{}/volumes{query}", vg_of(vg)?),
+                    None,
+                    Show::Volumes,
+                )
+            }
+            VolumeCmd::Info { vg, volume } => plan(
+                "GET",
+                format!("{}/volumes/{volume}", vg_of(vg)?),
+                None,
+                Show::Volume,
+            ),
+            VolumeCmd::Remove { vg, volume } => plan(
+                "DELETE",
+                format!("{}/volumes/{volume}", vg_of(vg)?),
+                None,
+                Show::Message,
+            ),
+            VolumeCmd::Extend {
+                vg,
+                volume,
+                size,
+                generation,
+            } => plan(
+                "POST",
+                format!("{}/volumes/{volume}/extend", vg_of(vg)?),
+                Some(json!({ "size": size.0, "generation": generation.map(|g| g.get()) })),
+                Show::Volume,
+            ),
+            VolumeCmd::Copy {
+                vg,
+                volume,
+                from,
+                from_format,
+                generation,
+            } => {
+                let path = PathBuf::from(from);
+                // The same choice the in-process command makes (see `run`).
+                let source = match from.parse::<crate::format::ids::VolumeId>() {
+                    Ok(id) if !path.exists() => json!({ "from_volume": id }),
+                    _ if path.is_absolute() => json!({
+                        "from_file": path.to_str()?, "from_format": from_format.to_string(),
+                    }),
+                    // A relative path names a file in this process's directory.
+                    _ => return None,
+                };
+                let mut body = source;
+                body["generation"] = json!(generation.get());
+                plan(
+                    "POST",
+                    format!("{}/volumes/{volume}/copy", vg_of(vg)?),
+                    Some(body),
+                    Show::CopyJob,
+                )
+            }
+            VolumeCmd::Update {
+                vg,
+                volume,
+                generation,
+                description,
+                legality,
+            } => plan(
+                "POST",
+                format!("{}/volumes/{volume}/update", vg_of(vg)?),
+                Some(json!({
+                    "generation": generation.get(), "description": description,
+                    "legality": legality.map(|l| l.to_string()),
+                })),
+                Show::Volume,
+            ),
+            VolumeCmd::Status {
+                vg,
+                volume,
+                generation,
+            } => plan(
+                "GET",
+                format!(
+                    "{}/volumes/{volume}/status?generation={}",
+                    vg_of(vg)?,
+                    generation.get()
+                ),
+                None,
+                Show::Status,
+            ),
+            VolumeCmd::Fence {
+                vg,
+                volume,
+                generation,
+            } => plan(
+                "POST",
+                format!("{}/volumes/{volume}/fence", vg_of(vg)?),
+                Some(json!({ "generation": generation.get() })),
+                Show::Volume,
+            ),
+        },
+        Command::Image(c) => match c {
+            ImageCmd::Chain { vg, image } => plan(
+                "GET",
+                format!("{}/images/{image}", vg_of(vg)?),
+                None,
+                Show::Volumes,
+            ),
+            ImageCmd::Prepare {
+                vg,
+                image,
+                allow_illegal,
+            } => plan(
+                "POST",
+                format!("{}/images/{image}/prepare", vg_of(vg)?),
+                Some(json!({ "allow_illegal": allow_illegal })),
+                Show::Prepared,
+            ),
+            ImageCmd::Teardown { vg, image } => plan(
+                "POST",
+                format!("{}/images/{image}/teardown", vg_of(vg)?),
+                None,
+                Show::Message,
+            ),
+            ImageCmd::Remove { vg, image } => plan(
+                "DELETE",
+                format!("{}/images/{image}", vg_of(vg)?),
+                None,
+                Show::Message,
+            ),
+        },
+        Command::Gc { vg, dry_run } => plan(
+            "POST",
+            format!("{}/gc", vg_of(vg)?),
+            Some(json!({ "dry_run": dry_run })),
+            Show::Gc,
+        ),
+        Command::Host(_) | Command::Agent(_) | Command::Debug(_) => None,
+    }
+}
+
+/// Runs `cli`'s command through the agent when it can (see the module doc).
+pub fn run(cli: &Cli, out: &super::output::Out) -> Ran {
+    if cli.direct {
+        return Ran::InProcess;
+    }
+    let Some(plan) = request(&cli.command) else {
+        tracing::debug!("no agent route for this command: in-process");
+        return Ran::InProcess;
+    };
+    if let Some(var) = ENGINE_ENV.iter().find(|v| std::env::var_os(v).is_some()) {
+        tracing::debug!("{var} is set: in-process");
+        return Ran::InProcess;
+    }
+    let agent = Agent {
+        socket: socket(cli),
+    };
+    if !agent.answers() {
+        return Ran::InProcess;
+    }
+    match agent.perform(&plan, out) {
+        Err(super::CliError::Agent(AgentError::Answered { kind, .. }))
+            if kind == "domain_not_served" =>
+        {
+            tracing::debug!("the agent does not serve this domain: in-process");
+            Ran::InProcess
+        }
+        r => Ran::Done(r),
+    }
+}
+
+/// The agent's error body.
+#[derive(Deserialize)]
+struct ErrorBody {
+    kind: String,
+    message: String,
+}
+
+/// A job as the CLI reads it.
+#[derive(Deserialize)]
+struct Job {
+    id: uuid::Uuid,
+    state: String,
+    result: Option<Value>,
+    error: Option<ErrorBody>,
+}
+
+/// `GET /v1/agent`.
+#[derive(Deserialize)]
+struct About {
+    version: String,
+}
+
+struct Agent {
+    socket: PathBuf,
+}
+
+impl Agent {
+    /// Whether the agent answers the probe (logged why not).
+    fn answers(&self) -> bool {
+        let s = self.socket.display();
+        match exchange(&self.socket, "GET", "/v1/agent", None, Some(PROBE_TIMEOUT)) {
+            Err(Exchange::Connect(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                tracing::debug!("no agent on {s} ({e}): in-process");
+                false
+            }
+            Err(e) => {
+                tracing::warn!("the agent on {s} does not answer ({e}): running in this process");
+                false
+            }
+            Ok((200, body)) => match serde_json::from_slice::<About>(&body) {
+                Ok(a) if a.version == env!("CARGO_PKG_VERSION") => true,
+                Ok(a) => {
+                    tracing::warn!(
+                        "the agent on {s} is version {} (this lvchain: {}): running in this process",
+                        a.version,
+                        env!("CARGO_PKG_VERSION")
+                    );
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "the agent on {s} answered the probe with {e}: running in this process"
+                    );
+                    false
+                }
+            },
+            Ok((status, _)) => {
+                tracing::warn!(
+                    "the agent on {s} answered the probe with {status}: running in this process"
+                );
+                false
+            }
+        }
+    }
+
+    /// One request whose answer is `T` (2xx) or the agent's error.
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, AgentError> {
+        tracing::debug!(method, path, "request to the agent");
+        let (status, bytes) =
+            exchange(&self.socket, method, path, body, None).map_err(|e| AgentError::Lost {
+                socket: self.socket.clone(),
+                what: format!("answering {method} {path}"),
+                source: e.into_io(),
+            })?;
+        let garbled = |detail: String| AgentError::Garbled {
+            socket: self.socket.clone(),
+            detail,
+        };
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| garbled(format!("{method} {path}: {status} {e}")));
+        }
+        let e: ErrorBody = serde_json::from_slice(&bytes).map_err(|e| {
+            garbled(format!(
+                "{method} {path}: {status} {e}: {}",
+                String::from_utf8_lossy(&bytes)
+            ))
+        })?;
+        Err(AgentError::Answered {
+            kind: e.kind,
+            message: e.message,
+        })
+    }
+
+    /// Sends the command and prints its answer with the CLI's printers.
+    fn perform(&self, p: &Plan, out: &super::output::Out) -> Result<(), super::CliError> {
+        let v: Value = self.call(p.method, &p.path, p.body.as_ref())?;
+        match p.show {
+            Show::Created => out.created(&self.view(v)?)?,
+            Show::Volume => out.volume(&self.view(v)?)?,
+            Show::Volumes => out.volumes(&self.view::<Vec<VolumeView>>(v)?)?,
+            Show::Prepared => out.prepared(&self.view(v)?)?,
+            Show::DomainCreated => out.domain_created(&self.view(v)?)?,
+            Show::DomainInfo => out.domain_info(&self.view(v)?)?,
+            Show::Check => super::show_check(out, &self.view(v)?)?,
+            Show::Gc => super::show_gc(out, &self.view(v)?)?,
+            Show::Status => out.status(&self.view(v)?)?,
+            Show::Message => out.message(&self.view::<MessageView>(v)?.result)?,
+            Show::CopyJob => {
+                let result = self.wait(self.view(v)?)?;
+                out.volume(&self.view(result)?)?
+            }
+        }
+        Ok(())
+    }
+
+    /// An answer read as the view `T`.
+    fn view<T: DeserializeOwned>(&self, v: Value) -> Result<T, AgentError> {
+        serde_json::from_value(v).map_err(|e| AgentError::Garbled {
+            socket: self.socket.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Waits for a job to end; its result, or its error.
+    fn wait(&self, mut job: Job) -> Result<Value, AgentError> {
+        let path = format!("/v1/jobs/{}", job.id);
+        loop {
+            match job.state.as_str() {
+                "running" => {}
+                "succeeded" => {
+                    return job.result.ok_or_else(|| AgentError::Garbled {
+                        socket: self.socket.clone(),
+                        detail: format!("job {} succeeded without a result", job.id),
+                    })
+                }
+                _ => {
+                    let e = job.error.unwrap_or(ErrorBody {
+                        kind: "internal".into(),
+                        message: format!("job {} failed", job.id),
+                    });
+                    return Err(AgentError::Answered {
+                        kind: e.kind,
+                        message: e.message,
+                    });
+                }
+            }
+            std::thread::sleep(JOB_POLL);
+            job = self.call("GET", &path, None)?;
+        }
+    }
+}
+
+/// Why an exchange failed: connecting (nothing was sent), or afterwards.
+#[derive(Debug)]
+enum Exchange {
+    Connect(std::io::Error),
+    Io(std::io::Error),
+    Malformed(String),
+}
+
+impl Exchange {
+    fn into_io(self) -> std::io::Error {
+        match self {
+            Exchange::Connect(e) | Exchange::Io(e) => e,
+            Exchange::Malformed(m) => std::io::Error::new(std::io::ErrorKind::InvalidData, m),
+        }
+    }
+}
+
+impl std::fmt::Display for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exchange::Connect(e) => write!(f, "connecting: {e}"),
+            Exchange::Io(e) => write!(f, "{e}"),
+            Exchange::Malformed(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+/// One HTTP/1.1 request on a new connection (`Connection: close`): the status and the body.
+/// `bound` limits every read and write (None: the answer may take as long as the work).
+fn exchange(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    bound: Option<Duration>,
+) -> Result<(u16, Vec<u8>), Exchange> {
+    let mut s = UnixStream::connect(socket).map_err(Exchange::Connect)?;
+    s.set_read_timeout(bound).map_err(Exchange::Io)?;
+    s.set_write_timeout(bound).map_err(Exchange::Io)?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: lvchain-agent\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .and_then(|()| s.write_all(body.as_bytes()))
+        .map_err(Exchange::Io)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(Exchange::Io)?;
+    parse_response(&raw).map_err(Exchange::Malformed)
+}
+
+/// The status and body of a complete HTTP/1.1 response (Content-Length, chunked, or up to
+/// the end of the connection).
+fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP answer ({} bytes)", raw.len()))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| format!("no HTTP status in {head:?}"))?;
+    let mut length = None;
+    let mut chunked = false;
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "content-length" => length = v.trim().parse::<usize>().ok(),
+            "transfer-encoding" => chunked = v.to_ascii_lowercase().contains("chunked"),
+            _ => {}
+        }
+    }
+    let rest = &raw[split + 4..];
+    let body = if chunked {
+        dechunk(rest)?
+    } else if let Some(n) = length {
+        rest.get(..n)
+            .ok_or_else(|| format!("the answer ends after {} of {n} bytes", rest.len()))?
+            .to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("a chunk without its size")?;
+        let text = String::from_utf8_lossy(&rest[..eol]);
+        let size_text = text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let data = rest
+            .get(eol + 2..eol + 2 + size)
+            .ok_or("a chunk shorter than its size")?;
+        out.extend_from_slice(data);
+        rest = rest
+            .get(eol + 2 + size + 2..)
+            .ok_or("a chunk without its end")?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_read_with_a_length_chunked_or_to_the_end() {
+        let plain = b"HTTP/1.1 201 Created\r\ncontent-length: 4\r\n\r\n{}xx";
+        assert_eq!(parse_response(plain), Ok((201, b"{}xx".to_vec())));
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked), Ok((200, b"abcde".to_vec())));
+        let to_end = b"HTTP/1.1 404 Not Found\r\n\r\n{\"kind\":\"x\"}";
+        assert_eq!(parse_response(to_end).map(|r| r.0), Ok(404));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nab").is_err());
+        assert!(parse_response(b"garbage").is_err());
+    }
+
+    /// Every `LVCHAIN_*` variable the engine reads is one that keeps the CLI in-process: a new
+    /// one must be added to [`ENGINE_ENV`] (or the agent would silently ignore it).
+    #[test]
+    fn every_engine_environment_variable_keeps_the_cli_in_process() {
+        let re = regex::Regex::new(r#""(LVCHAIN_[A-Z_]+)""#).unwrap_or_else(|e| panic!("{e}"));
+        let mut missing = Vec::new();
+        let mut dirs = vec![PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    for c in re.captures_iter(&text) {
+                        let name = &c[1];
+                        if name != SOCKET_ENV && !ENGINE_ENV.contains(&name) {
+                            missing.push(format!("{}: {name}", p.display()));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "not in ENGINE_ENV: {missing:#?}");
+    }
+}
