@@ -472,28 +472,37 @@ struct Copy {
 /// Starts a copy as a job: 202 and the job; its result is the volume's view.
 async fn copy_volume(
     State(agent): St,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path((vg, id)): Path<(String, Uuid)>,
     Body(b): Body<Copy>,
 ) -> Answer<(StatusCode, Json<JobView>)> {
     let id = VolumeId::from_uuid(id);
     let generation = start_generation(b.generation)?;
-    let source = match (b.from_file, b.from_volume) {
-        (Some(path), None) => Source::File {
-            path,
-            format: parse_opt::<Format>("from_format", &b.from_format)?.unwrap_or(Format::Raw),
-        },
-        (None, Some(v)) if b.from_format.is_none() => Source::Volume(VolumeId::from_uuid(v)),
-        (None, Some(_)) => {
-            return Err(ApiError::bad_request(
-                "from_format is for a file source; a volume is read in its own format",
-            ))
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "give exactly one of from_file and from_volume",
-            ))
-        }
-    };
+    let source =
+        match (b.from_file, b.from_volume) {
+            // The agent opens the file with root's rights: a member of the agent's group must
+            // not get, through a volume, what the file system would not let it read.
+            (Some(_), None) if peer.uid != Some(0) => return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only root may copy from a file on the agent's host (the agent reads it as root)",
+            )),
+            (Some(path), None) => Source::File {
+                path,
+                format: parse_opt::<Format>("from_format", &b.from_format)?.unwrap_or(Format::Raw),
+            },
+            (None, Some(v)) if b.from_format.is_none() => Source::Volume(VolumeId::from_uuid(v)),
+            (None, Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "from_format is for a file source; a volume is read in its own format",
+                ))
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "give exactly one of from_file and from_volume",
+                ))
+            }
+        };
     // Refuse an unserved domain now rather than in the job.
     agent.domains.open(&vg)?;
     let worker = agent.clone();

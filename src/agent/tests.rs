@@ -170,6 +170,10 @@ struct SimAgent {
 
 impl SimAgent {
     fn new() -> SimAgent {
+        SimAgent::with_access(Access::default())
+    }
+
+    fn with_access(access: Access) -> SimAgent {
         let dir = tempfile::tempdir().unwrap();
         let sim = Arc::new(SimLvm::new(&dir.path().join("sim")).unwrap());
         let pv = dir.path().join("pv0");
@@ -189,7 +193,7 @@ impl SimAgent {
         std::fs::write(&source, [0x5au8; 4096]).unwrap();
         let agent = Arc::new(Agent::new(
             Domains::on(sim, vec![vg.clone()], locks),
-            Access::default(),
+            access,
             None,
             Arc::new(Metrics::new()),
         ));
@@ -476,4 +480,41 @@ async fn bad_requests_get_json_errors_with_their_status() {
     assert_eq!((st, e["kind"].as_str()), (403, Some("forbidden")));
     let (_, list) = s.call("GET", &volumes, "").await;
     assert_eq!(list, serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn a_group_member_may_not_copy_from_a_file_the_agent_reads_as_root() {
+    let group = 4242;
+    let s = SimAgent::with_access(Access {
+        group: Some(nix::unistd::Gid::from_raw(group)),
+    });
+    let vg = &s.vg;
+    let volumes = format!("/v1/domains/{vg}/volumes");
+    let image = uuid::Uuid::new_v4();
+    // The group member may create volumes...
+    let (st, v) = s
+        .call_as(
+            group,
+            "POST",
+            &volumes,
+            &format!(r#"{{"image": "{image}", "size": 1048576}}"#),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    // ...but not have root read a file into one.
+    let src = s.source.display();
+    let (st, e) = s
+        .call_as(
+            group,
+            "POST",
+            &format!("{volumes}/{id}/copy"),
+            &format!(r#"{{"generation": 0, "from_file": "{src}"}}"#),
+        )
+        .await;
+    assert_eq!((st, e["kind"].as_str()), (403, Some("forbidden")), "{e}");
+    let (_, after) = s.call("GET", &format!("{volumes}/{id}"), "").await;
+    assert_eq!(after, v, "a refused copy changed the volume");
+    let (_, jobs) = s.call("GET", "/v1/jobs", "").await;
+    assert_eq!(jobs, serde_json::json!([]), "a refused copy started a job");
 }
