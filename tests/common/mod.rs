@@ -20,7 +20,7 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether real LVM with device-mapper can run here; panics when it is required but missing.
 pub fn lvm_available(test: &str) -> bool {
-    let ok = Path::new("/dev/mapper/control").exists()
+    let ok = lvchain::lvm::device_mapper_in_kernel()
         // SAFETY: geteuid has no preconditions.
         && unsafe { libc::geteuid() } == 0
         && Path::new("/sbin/lvm").exists();

@@ -65,7 +65,7 @@ impl LvmConfig {
             lvm_path,
             devices,
             udev: Path::new("/run/udev/control").exists(),
-            driver_loaded: Path::new("/dev/mapper/control").exists(),
+            driver_loaded: device_mapper_in_kernel(),
             timeout,
         })
     }
@@ -106,6 +106,15 @@ impl LvmConfig {
         };
         format!("devices {{ {devices} }}{udev} global {{ {global} }}")
     }
+}
+
+/// Whether this kernel has device-mapper: `/proc/misc` lists its control device. (The
+/// `/dev/mapper/control` node alone proves nothing: libdevmapper makes it when it is missing.)
+pub fn device_mapper_in_kernel() -> bool {
+    std::fs::read_to_string("/proc/misc").is_ok_and(|misc| {
+        misc.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("device-mapper"))
+    })
 }
 
 /// Whether a command changes VG metadata (and so takes the mutating defaults), or must not
