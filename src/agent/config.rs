@@ -47,7 +47,7 @@ pub struct AgentArgs {
     /// creations is released (default 0.2; 0: every creation takes and releases it).
     #[arg(long)]
     pub burst_idle: Option<f64>,
-    /// Seconds the domain lock is held at most at a time by a burst (default 5).
+    /// Seconds a burst holds the lock of a sanlock domain at most at a time (default 5).
     #[arg(long)]
     pub burst_max_hold: Option<f64>,
 }

@@ -7,8 +7,11 @@
 //!
 //! The lock is released when the burst ends (no creation for `idle`), when another holder wants
 //! it (a process of this host waiting for the local lock says so, see
-//! [`crate::lock::local::LocalLock::wanted`]; other hosts of a sanlock domain cannot, so the
-//! lock is never held longer than `max_hold` at a time), and when a burst is dropped. On
+//! [`crate::lock::local::LocalLock::wanted`]; other hosts of a sanlock domain cannot, so there
+//! the lock is never held longer than `max_hold` at a time), and when a burst is dropped.
+//!
+//! The LVM writes of a burst run one at a time: lvm serializes them on its VG lock anyway, and
+//! each of many waiting lvm processes would read the VG again once it got that lock. On
 //! release the VG's sequence number is read (one `vgs`), and the snapshot kept with it; the
 //! next acquisition reads the sequence number again and uses the snapshot only when it did not
 //! move (same VG uuid, same seqno), and makes the full report otherwise. Nothing cached is used
@@ -28,7 +31,8 @@ use std::time::{Duration, Instant};
 pub struct BurstSettings {
     /// Released after this long without a creation.
     pub idle: Duration,
-    /// Never held longer than this at a time (other hosts cannot ask for it).
+    /// A domain shared with other hosts (sanlock) is never held longer than this at a time:
+    /// they cannot ask for it. (This host's processes ask: a local domain has no bound.)
     pub max_hold: Duration,
     /// How long a creation ready to commit waits for others still making theirs.
     pub commit_wait: Duration,
@@ -74,6 +78,8 @@ struct Held {
     snap: Option<Snapshot>,
     /// The VG's sequence number when it was last known to match `snap`; None after changes.
     seq: Option<Seq>,
+    /// Held at most `max_hold` (other hosts share the domain).
+    bounded: bool,
 }
 
 #[derive(Default)]
@@ -101,6 +107,8 @@ pub struct Burst {
     settings: BurstSettings,
     state: Mutex<State>,
     changed: Condvar,
+    /// Held around each creation's LVM writes and each commit.
+    writer: Mutex<()>,
     stats: [AtomicU64; 6],
 }
 
@@ -113,6 +121,7 @@ impl Burst {
             settings,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
+            writer: Mutex::new(()),
             stats: Default::default(),
         });
         let weak = Arc::downgrade(&burst);
@@ -207,7 +216,10 @@ impl Burst {
         st.making += 1;
         drop(st);
 
-        let made = create::make(&self.domain, &store, vg_free, plan, req.wipe);
+        let made = {
+            let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            create::make(&self.domain, &store, vg_free, plan, req.wipe)
+        };
 
         let mut st = self.lock_state();
         st.making -= 1;
@@ -233,7 +245,10 @@ impl Burst {
                 let batch = std::mem::take(&mut st.queue);
                 st.committing = true;
                 drop(st);
-                let results = create::commit(&self.domain, &batch);
+                let results = {
+                    let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+                    create::commit(&self.domain, &batch)
+                };
                 self.count(3, 1);
                 st = self.lock_state();
                 st.committing = false;
@@ -308,6 +323,7 @@ impl Burst {
             }
         };
         self.domain.check_kind(&snap)?;
+        let bounded = self.domain.locks()?.has_hosts();
         self.count(0, 1);
         st.held = Some(Held {
             _guard: guard,
@@ -315,6 +331,7 @@ impl Burst {
             last: now,
             snap: Some(snap),
             seq,
+            bounded,
         });
         Ok(())
     }
@@ -327,7 +344,7 @@ impl Burst {
             return;
         };
         let wanted = self.domain.local.lock.wanted(&self.domain.vg);
-        let over = held.since.elapsed() >= self.settings.max_hold;
+        let over = held.bounded && held.since.elapsed() >= self.settings.max_hold;
         if st.users > 0 {
             if wanted || over {
                 st.yielding = true;
