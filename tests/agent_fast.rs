@@ -342,9 +342,12 @@ fn lvm_agent_fast_kill_9_mid_burst_leaves_what_gc_repairs() {
     let vg = d.name().to_string();
     let mut agent = Agent::start(&d, &["--gc-interval", "0", "--burst-idle", "5"]);
     agent.ok("POST", &format!("/v1/domains/{vg}/volumes"), create_body());
+    // A first wave is answered; the second is killed in the middle of its lvcreates.
+    let first = concurrent_creates(&agent, &vg, 6);
+    assert!(first.iter().all(|(status, _)| *status == 201), "{first:?}");
     let socket = agent.socket.clone();
     let answers: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..12)
+        let hs: Vec<_> = (0..6)
             .map(|_| {
                 let socket = socket.clone();
                 let vg = vg.clone();
@@ -361,12 +364,20 @@ fn lvm_agent_fast_kill_9_mid_burst_leaves_what_gc_repairs() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(2500));
+        let start = Instant::now();
+        while lvm_commands(&agent).get("lvcreate").copied().unwrap_or(0) < 1 + 6 + 3 {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         agent.signal(libc::SIGKILL);
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(agent.wait(Duration::from_secs(10)), None, "killed");
-    let committed: Vec<String> = answers
+    let mut committed: Vec<String> = answers
         .iter()
         .flatten()
         .filter(|(status, _)| *status == 201)
@@ -376,8 +387,17 @@ fn lvm_agent_fast_kill_9_mid_burst_leaves_what_gc_repairs() {
         })
         .collect();
     eprintln!(
-        "{} of 12 creations answered before the kill",
+        "{} of the second wave's 6 creations answered before the kill",
         committed.len()
+    );
+    assert!(
+        d.state().contains("LVC_CREATING"),
+        "the kill left creations in flight"
+    );
+    committed.extend(
+        first
+            .iter()
+            .map(|(_, v)| v["id"].as_str().unwrap().to_string()),
     );
     d.ok(&["gc", &vg]);
     let check = d.json(&["domain", "check", &vg]);
