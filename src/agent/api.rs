@@ -354,7 +354,15 @@ async fn create_volume(
         description: b.description.unwrap_or_default(),
         wipe: parse_opt::<Wipe>("wipe", &b.wipe)?,
     };
-    let v = on_domain(&agent, vg, move |d| d.create_volume(&req)).await?;
+    let worker = agent.clone();
+    let v = tokio::task::spawn_blocking(move || {
+        worker
+            .domains
+            .create_volume(&vg, &req)
+            .map_err(ApiError::from)
+    })
+    .await
+    .unwrap_or_else(|e| Err(worker_failed(e)))?;
     Ok((StatusCode::CREATED, Json(VolumeView::from(&v))))
 }
 

@@ -1,6 +1,7 @@
 //! The agent's settings: the command line (`lvchain agent ...`) over the config file (TOML)
 //! over the defaults. Resolved once at start-up into [`Settings`].
 
+use crate::domain::burst::BurstSettings;
 use crate::error::{Error, Result};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -42,6 +43,13 @@ pub struct AgentArgs {
     /// Seconds SIGTERM waits for in-flight requests and jobs before they fail (default 30).
     #[arg(long)]
     pub shutdown_timeout: Option<u64>,
+    /// Seconds without a creation after which the domain lock kept across a burst of
+    /// creations is released (default 0.2; 0: every creation takes and releases it).
+    #[arg(long)]
+    pub burst_idle: Option<f64>,
+    /// Seconds a burst holds the lock of a sanlock domain at most at a time (default 5).
+    #[arg(long)]
+    pub burst_max_hold: Option<f64>,
 }
 
 /// The config file. Unknown keys are refused (a typo must not pass silently).
@@ -54,6 +62,8 @@ pub struct FileConfig {
     pub metrics_address: Option<SocketAddr>,
     pub group: Option<String>,
     pub shutdown_timeout: Option<u64>,
+    pub burst_idle: Option<f64>,
+    pub burst_max_hold: Option<f64>,
 }
 
 /// The resolved settings.
@@ -68,6 +78,8 @@ pub struct Settings {
     pub metrics_address: Option<SocketAddr>,
     pub group: Option<String>,
     pub shutdown_timeout: Duration,
+    /// How creations hold the domain lock across bursts; None: one-shot creations.
+    pub burst: Option<BurstSettings>,
 }
 
 impl FileConfig {
@@ -109,7 +121,31 @@ impl Settings {
             .gc_interval
             .or(file.gc_interval)
             .unwrap_or(DEFAULT_GC_INTERVAL);
+        let seconds = |name: &str, v: f64| {
+            if v.is_finite() && (0.0..=3600.0).contains(&v) {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(Error::InvalidInput(format!(
+                    "{name} must be 0 to 3600 seconds, not {v}"
+                )))
+            }
+        };
+        let defaults = BurstSettings::default();
+        let idle = match args.burst_idle.or(file.burst_idle) {
+            Some(v) => seconds("burst_idle", v)?,
+            None => defaults.idle,
+        };
+        let max_hold = match args.burst_max_hold.or(file.burst_max_hold) {
+            Some(v) => seconds("burst_max_hold", v)?,
+            None => defaults.max_hold,
+        };
+        let burst = (!idle.is_zero() && !max_hold.is_zero()).then_some(BurstSettings {
+            idle,
+            max_hold,
+            ..defaults
+        });
         Ok(Settings {
+            burst,
             socket: args
                 .socket
                 .clone()

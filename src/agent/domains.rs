@@ -2,14 +2,18 @@
 //! (every request and every gc round gets a fresh handle on the shared backend, as a CLI
 //! process would). Never acts on a domain itself.
 
+use crate::domain::burst::{Burst, BurstSettings};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::format::ids::{BadVgName, VgName};
 use crate::lock::local::{Local, LocalLock};
 use crate::lvm::{Backend, Lvm};
 use crate::tags::Tag;
+use crate::volume::{CreateRequest, Volume};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// How long a periodic gc waits for the domain lock before it skips the round.
@@ -24,6 +28,10 @@ pub struct Domains {
     served: Option<Vec<String>>,
     /// Local lock and lease files elsewhere than /run/lock/lvchain (tests without root).
     lock_dir: Option<PathBuf>,
+    /// How creations keep the domain lock across bursts (None: one-shot creations).
+    burst: Option<BurstSettings>,
+    /// Each domain's burst, made by its first creation.
+    bursts: Mutex<HashMap<String, Arc<Burst>>>,
 }
 
 /// Why a request's domain cannot be opened: the engine's error, or a VG outside the
@@ -49,6 +57,8 @@ impl Domains {
             host: Some(lvm),
             served,
             lock_dir: None,
+            burst: None,
+            bursts: Mutex::default(),
         }
     }
 
@@ -59,7 +69,46 @@ impl Domains {
             host: None,
             served: Some(served),
             lock_dir: Some(lock_dir),
+            burst: None,
+            bursts: Mutex::default(),
         }
+    }
+
+    /// Creations keep the domain lock across bursts with these settings.
+    pub fn with_bursts(mut self, burst: Option<BurstSettings>) -> Domains {
+        self.burst = burst;
+        self
+    }
+
+    /// Creates a volume in `vg`: within the domain's burst (the lock kept across creations,
+    /// no report while it is held) when bursts are on, else as a one-shot creation.
+    pub fn create_volume(&self, vg: &str, req: &CreateRequest) -> Result<Volume, OpenError> {
+        let Some(settings) = self.burst else {
+            return Ok(self.open(vg)?.create_volume(req)?);
+        };
+        let name = VgName::new(vg).map_err(OpenError::BadName)?;
+        self.check_served(vg)?;
+        let burst = {
+            let mut bursts = self.bursts.lock().unwrap_or_else(|p| p.into_inner());
+            match bursts.get(vg) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = Domain::with_local(name, self.backend.clone(), self.local(None))
+                        .burst(settings);
+                    bursts.insert(vg.to_string(), b.clone());
+                    b
+                }
+            }
+        };
+        Ok(burst.create_volume(req)?)
+    }
+
+    /// Ends every burst: their domain locks are released (shutdown).
+    pub fn end_bursts(&self) {
+        self.bursts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     fn local(&self, lock_wait: Option<Duration>) -> Local {

@@ -128,7 +128,7 @@ async fn serve(settings: Settings, lvm: Arc<Lvm>) -> Result<()> {
     let observer = metrics.clone();
     crate::exec::set_observer(Box::new(move |o| observer.command(o)));
     let agent = Arc::new(Agent::new(
-        Domains::host(lvm, settings.domains.clone()),
+        Domains::host(lvm, settings.domains.clone()).with_bursts(settings.burst),
         access.clone(),
         settings.gc_interval,
         metrics,
@@ -185,6 +185,7 @@ async fn serve(settings: Settings, lvm: Arc<Lvm>) -> Result<()> {
             "shutdown timeout: work still running ends with the agent"
         );
     }
+    agent.domains.end_bursts();
     if let Err(e) = std::fs::remove_file(&settings.socket) {
         tracing::warn!(
             "cannot remove the socket {}: {e}",

@@ -2,6 +2,7 @@
 //! tests and any other client call these (they only translate requests and answers); the
 //! modules behind them (volume, image, chain, gc, check, operation) are the engine's insides.
 
+use super::burst::{Burst, BurstSettings};
 use super::{format, Domain, DomainInfo, FormatRequest};
 use crate::error::Result;
 use crate::format::ids::{Generation, ImageId, VolumeId};
@@ -54,6 +55,12 @@ impl Domain {
     /// Creates a base volume or a snapshot of a leaf.
     pub fn create_volume(&self, req: &CreateRequest) -> Result<Volume> {
         volume::create(self, req)
+    }
+
+    /// Holds the domain lock across the creations of bursts (a long-running client's fast
+    /// path): [`Burst::create_volume`] is [`Domain::create_volume`] without the report.
+    pub fn burst(self, settings: BurstSettings) -> std::sync::Arc<Burst> {
+        Burst::start(self, settings)
     }
 
     /// Removes a leaf volume (its data wiped first where the policy says so).

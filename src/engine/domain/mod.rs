@@ -6,6 +6,7 @@
 //! learned from the first scan (host join and leave go through it too). Never changes a volume:
 //! that is the volume layer's job.
 
+pub mod burst;
 mod facade;
 pub mod format;
 mod scan;

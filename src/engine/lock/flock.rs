@@ -2,6 +2,11 @@
 //! domain lock of a local domain and the first part of every other manager's. The lock is held
 //! by the returned guard and released when it drops, or when the process and every child it
 //! started while holding it have exited.
+//!
+//! A process waiting for the lock says so: it holds a shared `flock` on
+//! `/run/lock/lvchain/<VG>.want` while it waits (the kernel drops it if the waiter dies). A
+//! holder that keeps the lock across many requests (the agent's bursts) probes that file with
+//! a non-blocking exclusive `flock` ([`LocalLock::wanted`]) and releases at once when it fails.
 
 use super::{DomainGuard, LockError};
 use std::fs::{File, OpenOptions};
@@ -68,6 +73,8 @@ impl LocalLock {
             .map_err(io)?;
         let start = Instant::now();
         let mut pause = Duration::from_millis(2);
+        // Taken after the first refusal, held until the lock is ours: holders see a waiter.
+        let mut want: Option<File> = None;
         loop {
             // SAFETY: flock on a file descriptor we own.
             let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -84,6 +91,9 @@ impl LocalLock {
             if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
                 return Err(io(e));
             }
+            if want.is_none() {
+                want = self.announce(vg);
+            }
             if start.elapsed() >= self.timeout {
                 return Err(LockError::Busy {
                     vg: vg.to_string(),
@@ -93,6 +103,42 @@ impl LocalLock {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
         }
+    }
+}
+
+impl LocalLock {
+    fn want_path(&self, vg: &str) -> PathBuf {
+        self.dir.join(format!("{vg}.want"))
+    }
+
+    /// Says that this process waits for `vg`'s lock: a shared lock on its want file (None when
+    /// the file cannot be locked now: a holder probing it; the next round tries again).
+    fn announce(&self, vg: &str) -> Option<File> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.want_path(vg))
+            .ok()?;
+        // SAFETY: flock on a file descriptor we own.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        (r == 0).then_some(file)
+    }
+
+    /// Whether another process (or another holder in this one) waits for `vg`'s lock. An error
+    /// reading the want file counts as a waiter: the caller releases rather than hold on.
+    pub fn wanted(&self, vg: &str) -> bool {
+        let Ok(file) = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.want_path(vg))
+        else {
+            return true;
+        };
+        // SAFETY: flock on a file descriptor we own; closing the file drops it.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        r != 0
     }
 }
 
@@ -116,7 +162,32 @@ mod tests {
             Err(LockError::Busy { .. })
         ));
         assert!(lock.lock_domain("other").is_ok());
+        assert!(!lock.wanted("vg"), "nobody waits");
+        let waiter = {
+            let lock = lock.clone();
+            std::thread::spawn(move || {
+                LocalLock {
+                    timeout: Duration::from_secs(30),
+                    ..lock
+                }
+                .lock_domain("vg")
+                .map(drop)
+            })
+        };
+        let start = Instant::now();
+        while !lock.wanted("vg") {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the waiter never showed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         drop(held);
+        assert!(waiter.join().is_ok_and(|r| r.is_ok()));
+        assert!(
+            !lock.wanted("vg"),
+            "the waiter got the lock and stopped waiting"
+        );
         // The lock passes into children: one that another test of this process started while
         // it was held keeps it until it ends (within its deadline).
         let patient = LocalLock {

@@ -170,8 +170,9 @@ pub struct Holder {
     pub alive: bool,
 }
 
-/// A held domain lock; dropping it releases the lock.
-pub trait DomainGuard {}
+/// A held domain lock; dropping it releases the lock (a long-running client may hold it on
+/// any thread).
+pub trait DomainGuard: Send {}
 
 /// A domain lock held in two parts: the part beyond this host, then this host's local lock
 /// (released in that order).

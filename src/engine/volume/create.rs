@@ -14,10 +14,11 @@
 
 use super::{outcome, undo, Catalog, Volume};
 use crate::crash::{self, CrashPoint};
-use crate::domain::Domain;
+use crate::domain::{Domain, LvEntry};
 use crate::error::{Error, Result};
 use crate::format::ids::{Generation, ImageId, VolumeId};
 use crate::links;
+use crate::lock::LeaseGuard;
 use crate::lvm::{Activation, LvmError, NewLv};
 use crate::metadata::{check_description, FenceRecord, Format, Legality, Role, VolumeMeta};
 use crate::qemu;
@@ -37,7 +38,7 @@ pub struct CreateRequest {
 }
 
 /// What validation decided, before anything changes.
-struct Plan {
+pub(crate) struct Plan {
     meta: VolumeMeta,
     slot: u32,
     lv_size: Bytes,
@@ -45,7 +46,7 @@ struct Plan {
     prepared: bool,
 }
 
-fn plan(domain: &Domain, cat: &Catalog, req: &CreateRequest) -> Result<Plan> {
+pub(crate) fn plan(domain: &Domain, cat: &Catalog, req: &CreateRequest) -> Result<Plan> {
     let vg = &domain.vg;
     check_description(&req.description).map_err(Error::InvalidInput)?;
     let parent = match &req.parent {
@@ -152,7 +153,54 @@ pub(crate) fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
     let cat = Catalog::load_for_change(domain)?;
     let plan = plan(domain, &cat, req)?;
     let store = domain.slots(&cat.snap)?;
-    let _parent_lease = match &plan.parent {
+    let made = make(domain, &store, cat.snap.info.vg_free, plan, req.wipe)?;
+    let names = [made.name.clone()];
+    commit(domain, &names).pop().unwrap_or(Ok(()))?;
+    Ok(finish(domain, made))
+}
+
+/// A creation up to its commit: the LV exists, carries `LVC_CREATING`, and everything else
+/// (slot, lease area, header, parent's role, link) is written. Holds the parent's lease.
+pub(crate) struct Made {
+    plan: Plan,
+    pub(crate) name: String,
+    activate: bool,
+    wipe: Option<Wipe>,
+    _parent_lease: Option<Box<dyn LeaseGuard>>,
+}
+
+impl Plan {
+    /// The LV the creation will make, as a report would show it while it is marked.
+    pub(crate) fn marked_entry(&self, wipe: Option<Wipe>) -> LvEntry {
+        LvEntry {
+            name: self.meta.id.to_string(),
+            id: Some(self.meta.id),
+            size: self.lv_size,
+            active: false,
+            open: false,
+            image: Some(self.meta.image),
+            parent: self.meta.parent,
+            slot: Some(self.slot),
+            creating: true,
+            removing: false,
+            special: false,
+            member: false,
+            wipe,
+            bad_tags: vec![],
+        }
+    }
+}
+
+/// Steps 2 to 4 (the parent's lease first): the marked `lvcreate`, then the contents; a
+/// failure after the `lvcreate` rolls back from what the VG says then.
+pub(crate) fn make(
+    domain: &Domain,
+    store: &crate::metadata::SlotStore,
+    vg_free: Bytes,
+    plan: Plan,
+    wipe: Option<Wipe>,
+) -> Result<Made> {
+    let parent_lease = match &plan.parent {
         Some(p) => Some(domain.lease(&p.id, p.slot)?),
         None => None,
     };
@@ -168,7 +216,7 @@ pub(crate) fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
         tags.push(Tag::Parent(p.id));
     }
     // Only an explicit choice is recorded, so a domain without overrides has no such tag.
-    if let Some(w) = req.wipe {
+    if let Some(w) = wipe {
         tags.push(Tag::Wipe(w));
     }
     // qcow2 needs the device to write its header; a prepared image keeps its volumes active.
@@ -204,7 +252,7 @@ pub(crate) fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
         LvmError::NoSpace { .. } => Error::NoSpace {
             vg: domain.vg.to_string(),
             need: plan.lv_size,
-            free: cat.snap.info.vg_free,
+            free: vg_free,
             source: Box::new(e),
         },
         LvmError::AlreadyExists { .. } => Error::VolumeExists {
@@ -215,7 +263,7 @@ pub(crate) fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
     })?;
     crash::point(CrashPoint::CreateAfterLvcreate);
 
-    if let Err(original) = prepare_contents(domain, &store, &plan, header) {
+    if let Err(original) = prepare_contents(domain, store, &plan, header) {
         // Roll back from what the VG says now (the LV exists and carries its marker).
         let rollback = domain.scan().and_then(|snap| {
             let lv = snap.lv_named(&name).cloned();
@@ -224,7 +272,7 @@ pub(crate) fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
                 Some(lv) => undo::release(
                     domain,
                     &snap,
-                    &store,
+                    store,
                     &lv,
                     &held,
                     undo::Points::default(),
@@ -241,49 +289,77 @@ pub(crate) fn create(domain: &Domain, req: &CreateRequest) -> Result<Volume> {
             },
         });
     }
+    Ok(Made {
+        plan,
+        name,
+        activate,
+        wipe,
+        _parent_lease: parent_lease,
+    })
+}
 
-    // The commit point: one metadata commit removes the marker. A command that may have
-    // committed all the same (timed out, killed) is judged by the VG as it is now.
+/// Step 5, the commit point, for the creations `names` made under the domain lock: ONE
+/// `lvchange --deltag LVC_CREATING` over all of them (lvm commits each LV on its own, so a
+/// crash between two leaves the others marked, each rolled back by the collector alone). A
+/// command that may have committed all the same (timed out, killed) is judged by the VG as it
+/// is now. One result per name, in order: `LeftForGc` when that LV surely keeps its marker.
+pub(crate) fn commit(domain: &Domain, names: &[String]) -> Vec<Result<()>> {
     let creating = tags::strings(&[Tag::Creating]);
-    if let Err(e) = domain.lvm.lvchange_tags(&domain.vg, &name, &creating, &[]) {
-        let names = [name.clone()];
-        match outcome::done_despite(domain, &e, &names, &Tag::Creating, false) {
-            Ok(done) if done.is_empty() => {
-                return Err(Error::LeftForGc {
-                    original: Box::new(Error::Lvm(e)),
-                })
-            }
-            Ok(_) => {}
-            Err(reread) => return Err(outcome::unknown(e, reread)),
+    let run = match names {
+        [one] => domain.lvm.lvchange_tags(&domain.vg, one, &creating, &[]),
+        many => {
+            let paths: Vec<String> = many.iter().map(|n| domain.lv_path(n)).collect();
+            domain.lvm.lvchange_tags_many(&paths, &creating, &[])
         }
+    };
+    let Err(e) = run else {
+        return names.iter().map(|_| Ok(())).collect();
+    };
+    let judged = outcome::done_despite(domain, &e, names, &Tag::Creating, false);
+    if let [_] = names {
+        // One creation: its own error, as it was.
+        return vec![match judged {
+            Ok(done) if !done.is_empty() => Ok(()),
+            Ok(_) => Err(Error::LeftForGc {
+                original: Box::new(Error::Lvm(e)),
+            }),
+            Err(reread) => Err(outcome::unknown(e, reread)),
+        }];
     }
+    names
+        .iter()
+        .map(|n| match &judged {
+            Ok(done) if done.contains(n) => Ok(()),
+            Ok(_) => Err(Error::LeftForGc {
+                original: Box::new(Error::Lvm(outcome::copy(&e))),
+            }),
+            Err(reread) => Err(outcome::unknown(
+                outcome::copy(&e),
+                Error::Lvm(outcome::copy_text("lvs", reread)),
+            )),
+        })
+        .collect()
+}
+
+/// After the commit: the volume as committed (a new LV that only the header needed active is
+/// deactivated again, best effort). Releases the parent's lease.
+pub(crate) fn finish(domain: &Domain, made: Made) -> Volume {
     crash::point(CrashPoint::CreateAfterCommit);
-    if activate && !plan.prepared {
+    let plan = &made.plan;
+    if made.activate && !plan.prepared {
         // Best effort: the volume is committed; an active LV is harmless.
         if let Err(e) = domain
             .lvm
-            .lvchange_activation(&[domain.lv_path(&name)], Activation::Deactivate)
+            .lvchange_activation(&[domain.lv_path(&made.name)], Activation::Deactivate)
         {
-            tracing::warn!(volume = %id, error = %e, "could not deactivate the new volume");
+            tracing::warn!(volume = %plan.meta.id, error = %e, "could not deactivate the new volume");
         }
     }
-    let lv = crate::domain::LvEntry {
-        name,
-        id: Some(id),
-        size: plan.lv_size,
-        active: plan.prepared,
-        open: false,
-        image: Some(plan.meta.image),
-        parent: plan.meta.parent,
-        slot: Some(plan.slot),
-        creating: false,
-        removing: false,
-        special: false,
-        member: true,
-        wipe: req.wipe,
-        bad_tags: vec![],
-    };
-    Ok(Volume::from_parts(&lv, plan.slot, &plan.meta))
+    let mut lv = plan.marked_entry(made.wipe);
+    lv.creating = false;
+    lv.member = true;
+    lv.active = plan.prepared;
+    Volume::from_parts(&lv, plan.slot, &plan.meta)
 }
 
 /// Steps 3 and 4: everything between the marked `lvcreate` and the commit.

@@ -4,7 +4,7 @@
 //! Readers never show an LV that carries a transaction marker. The metadata is the truth for
 //! a volume's parent and role; the `LVC_PARENT` tag is an index kept in step with it.
 
-mod create;
+pub(crate) mod create;
 mod extend;
 mod outcome;
 mod remove;

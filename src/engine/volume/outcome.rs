@@ -6,14 +6,46 @@ use crate::domain::Domain;
 use crate::error::{Error, Result};
 
 /// The error for a command whose outcome cannot be learned: `failed`, and the re-read's error.
-pub(super) fn unknown(failed: LvmError, reread: Error) -> Error {
+pub(crate) fn unknown(failed: LvmError, reread: Error) -> Error {
     Error::OutcomeUnknown {
         original: Box::new(Error::Lvm(failed)),
         reread: Box::new(reread),
     }
 }
-use crate::lvm::LvmError;
+use crate::lvm::{Failure, LvmError};
 use crate::tags::Tag;
+
+/// An error of an LVM read that failed, as text (for each of several callers).
+pub(super) fn copy_text(argv: &str, e: &Error) -> LvmError {
+    LvmError::Failed {
+        failure: Failure {
+            argv: argv.into(),
+            code: None,
+            stderr: e.to_string(),
+        },
+    }
+}
+
+/// A copy of `e` for each of several callers (one command done for many): its class as
+/// [`LvmError::maybe_committed`] judges it is kept (a command without lvm's own exit status
+/// reads as killed).
+pub(super) fn copy(e: &LvmError) -> LvmError {
+    let failure = e.failure().cloned().unwrap_or_else(|| Failure {
+        argv: "lvchange".into(),
+        code: None,
+        stderr: e.to_string(),
+    });
+    if e.maybe_committed() || failure.code.is_some() {
+        LvmError::Failed { failure }
+    } else {
+        LvmError::Failed {
+            failure: Failure {
+                code: Some(5),
+                ..failure
+            },
+        }
+    }
+}
 
 /// Of the LVs named `names`, those that carry `tag` in the VG as it is now.
 pub(super) fn carrying(domain: &Domain, names: &[String], tag: &Tag) -> Result<Vec<String>> {

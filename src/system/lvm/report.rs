@@ -60,10 +60,15 @@ pub struct VgRow {
     pub lv_count: u64,
     #[serde(deserialize_with = "flex_tags")]
     pub vg_tags: Vec<String>,
+    /// The VG's metadata sequence number: every metadata commit raises it.
+    #[serde(deserialize_with = "flex_u64")]
+    pub vg_seqno: u64,
+    pub vg_uuid: String,
 }
 
 impl VgRow {
-    pub const FIELDS: &'static str = "vg_name,vg_size,vg_free,vg_extent_size,lv_count,vg_tags";
+    pub const FIELDS: &'static str =
+        "vg_name,vg_size,vg_free,vg_extent_size,lv_count,vg_tags,vg_seqno,vg_uuid";
 }
 
 /// One row of `pvs`.

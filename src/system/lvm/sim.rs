@@ -51,6 +51,10 @@ struct Lv {
 
 #[derive(Debug, Clone)]
 struct Vg {
+    /// Raised by every change (activations too: more often than lvm, never less).
+    seqno: u64,
+    /// Differs between VGs made under the same name.
+    uuid: String,
     tags: Vec<String>,
     pvs: Vec<PathBuf>,
     lvs: BTreeMap<String, Lv>,
@@ -61,6 +65,8 @@ struct State {
     /// Registered devices and the VG each belongs to (`Some("")`: a PV in no VG).
     devices: BTreeMap<PathBuf, (u64, Option<String>)>,
     vgs: BTreeMap<String, Vg>,
+    /// VGs made so far (their uuids).
+    vgs_made: u64,
 }
 
 #[derive(Debug, Default)]
@@ -293,7 +299,9 @@ fn vg_ref<'a>(s: &'a State, vg: &str, what: &str) -> Result<&'a Vg, LvmError> {
 }
 
 fn vg_mut<'a>(s: &'a mut State, vg: &str, what: &str) -> Result<&'a mut Vg, LvmError> {
-    s.vgs.get_mut(vg).ok_or_else(|| vg_missing(vg, what))
+    let v = s.vgs.get_mut(vg).ok_or_else(|| vg_missing(vg, what))?;
+    v.seqno += 1;
+    Ok(v)
 }
 
 fn lv_mut<'a>(v: &'a mut Vg, vg: &str, lv: &str, what: &str) -> Result<&'a mut Lv, LvmError> {
@@ -349,6 +357,8 @@ impl Backend for SimLvm {
                 vg_extent_size: EXTENT,
                 lv_count: v.lvs.len() as u64,
                 vg_tags: v.tags.clone(),
+                vg_seqno: v.seqno,
+                vg_uuid: v.uuid.clone(),
             })
         })
     }
@@ -413,9 +423,13 @@ impl Backend for SimLvm {
                     }
                 }
             }
+            s.vgs_made += 1;
+            let uuid = format!("sim-{}", s.vgs_made);
             s.vgs.insert(
                 vg.to_string(),
                 Vg {
+                    seqno: 1,
+                    uuid,
                     tags: tags.to_vec(),
                     pvs: pvs.to_vec(),
                     lvs: BTreeMap::new(),

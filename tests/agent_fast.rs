@@ -1,0 +1,410 @@
+//! The agent's fast path for creates on real LVM: creations within a burst skip the report
+//! and share their commit `lvchange`; a VG changed by another process between two bursts is
+//! seen (the cached snapshot is not used after a release); another process waiting for the
+//! domain lock gets it at once; `kill -9` of the agent in the middle of a burst leaves nothing
+//! that gc cannot repair, and no volume whose creation was answered is lost.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{lvm_available, Domain, BIN};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `lvchain agent` serving one domain; killed on drop.
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(d: &Domain, extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let mut c = Command::new(BIN.as_str());
+        c.args(["agent", "--socket", socket.to_str().unwrap()])
+            .args(["--domain", d.name()])
+            .args(extra)
+            .env("RUST_LOG", "lvchain=info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in d.vg.env() {
+            c.env(k, v);
+        }
+        let child = c.spawn().unwrap();
+        let a = Agent { child, socket, dir };
+        let start = Instant::now();
+        while UnixStream::connect(&a.socket).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the agent did not answer: {}",
+                a.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        a
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// One request; the status and the body (JSON when it parses, else a string).
+    fn call(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+        let (status, text) = request(&self.socket, method, path, body);
+        let v = serde_json::from_slice(&text)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&text).into()));
+        (status, v)
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Value) -> Value {
+        let (status, v) = self.call(method, path, body.to_string().as_bytes());
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}"
+        );
+        v
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the agent to exit (at most `limit`); its exit code.
+    fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the agent did not exit: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A hand-written HTTP/1.1 request over the unix socket (`Connection: close`); the body is
+/// written from another thread so that a server refusing it early is seen, not a blocked
+/// write.
+fn request(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut w = s.try_clone().unwrap();
+    let body = body.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = w
+            .write_all(head.as_bytes())
+            .and_then(|()| w.write_all(&body));
+    });
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let _ = writer.join();
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> (u16, Vec<u8>) {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
+                .unwrap();
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            rest = &rest[eol + 2 + size + 2..];
+        }
+        body = out;
+    }
+    (status, body)
+}
+
+/// LVM commands the agent ran so far, by verb (its metrics).
+fn lvm_commands(agent: &Agent) -> HashMap<String, u64> {
+    let (_, m) = agent.call("GET", "/metrics", b"");
+    let mut out = HashMap::new();
+    for line in m.as_str().unwrap_or_default().lines() {
+        let Some(rest) = line.strip_prefix("lvchain_commands_total{") else {
+            continue;
+        };
+        if !rest.contains("program=\"lvm\"") {
+            continue;
+        }
+        let verb = rest
+            .split("verb=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        *out.entry(verb.to_string()).or_default() += n as u64;
+    }
+    out
+}
+
+fn delta(after: &HashMap<String, u64>, before: &HashMap<String, u64>, verb: &str) -> u64 {
+    after.get(verb).copied().unwrap_or(0) - before.get(verb).copied().unwrap_or(0)
+}
+
+fn create_body() -> Value {
+    json!({"image": common::uuid(), "size": 4 << 20})
+}
+
+/// `n` creations issued at once; their answers.
+fn concurrent_creates(agent: &Agent, vg: &str, n: usize) -> Vec<(u16, Value)> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    agent.call(
+                        "POST",
+                        &format!("/v1/domains/{vg}/volumes"),
+                        create_body().to_string().as_bytes(),
+                    )
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn listed(d: &Domain) -> Vec<String> {
+    d.json(&["volume", "list", d.name()])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn lvm_agent_fast_concurrent_creates_share_commits_without_reports() {
+    if !lvm_available("lvm_agent_fast_concurrent_creates_share_commits_without_reports") {
+        return;
+    }
+    let d = Domain::new("fastconc");
+    let vg = d.name();
+    let agent = Agent::start(&d, &["--gc-interval", "0", "--burst-idle", "2"]);
+    // The first creation takes the lock (one report).
+    agent.ok("POST", &format!("/v1/domains/{vg}/volumes"), create_body());
+    let before = lvm_commands(&agent);
+    let answers = concurrent_creates(&agent, vg, 16);
+    let after = lvm_commands(&agent);
+    for (status, v) in &answers {
+        assert_eq!(*status, 201, "{v}\n{}", agent.log());
+    }
+    let total: u64 = after.keys().map(|k| delta(&after, &before, k)).sum();
+    eprintln!(
+        "16 concurrent creates: {total} lvm commands ({:.2} per create): {after:?} - {before:?}",
+        total as f64 / 16.0
+    );
+    assert_eq!(delta(&after, &before, "lvcreate"), 16);
+    assert_eq!(
+        delta(&after, &before, "lvs"),
+        0,
+        "no report within the burst"
+    );
+    let commits = delta(&after, &before, "lvchange");
+    assert!(
+        (1..16).contains(&commits),
+        "{commits} commit lvchanges for 16 creations"
+    );
+    let ids = listed(&d);
+    for (_, v) in &answers {
+        assert!(ids.contains(&v["id"].as_str().unwrap().to_string()), "{v}");
+    }
+    assert_eq!(ids.len(), 17);
+    assert_eq!(d.json(&["domain", "check", vg])["clean"], true);
+}
+
+#[test]
+fn lvm_agent_fast_sees_the_vg_changed_between_bursts_and_yields_to_waiters() {
+    if !lvm_available("lvm_agent_fast_sees_the_vg_changed_between_bursts_and_yields_to_waiters") {
+        return;
+    }
+    let d = Domain::new("fastchg");
+    let vg = d.name();
+    let agent = Agent::start(&d, &["--gc-interval", "0", "--burst-idle", "0.3"]);
+    let first = agent.ok("POST", &format!("/v1/domains/{vg}/volumes"), create_body());
+    std::thread::sleep(Duration::from_secs(2));
+    // Between two bursts another process creates a volume (the next free slot) and tags one.
+    let outside = d.create(&["--image", &common::uuid(), "--size", "4M"]);
+    let first_id = first["id"].as_str().unwrap();
+    let lvm = d.vg.lvm.config.config_string();
+    let f = lvchain::exec::Cmd::new("/sbin/lvm", Duration::from_secs(60))
+        .args(["lvchange", "--config", &lvm, "--addtag", "OTHER_TOOL"])
+        .arg(format!("{vg}/{first_id}"))
+        .run()
+        .unwrap();
+    assert!(f.success(), "{f:?}");
+    let outside_slot = d.json(&["volume", "info", vg, &outside])["slot"].clone();
+    let before = lvm_commands(&agent);
+    let second = agent.ok("POST", &format!("/v1/domains/{vg}/volumes"), create_body());
+    let after = lvm_commands(&agent);
+    assert_ne!(second["slot"], outside_slot, "the stale snapshot was used");
+    assert_eq!(delta(&after, &before, "vgs"), 1, "{after:?}");
+    assert_eq!(
+        delta(&after, &before, "lvs"),
+        1,
+        "the changed VG is read again"
+    );
+    // Unchanged between bursts: the seqno check alone, no report.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = lvm_commands(&agent);
+    agent.ok("POST", &format!("/v1/domains/{vg}/volumes"), create_body());
+    let after = lvm_commands(&agent);
+    assert_eq!(delta(&after, &before, "lvs"), 0, "{after:?}");
+    assert_eq!(delta(&after, &before, "vgs"), 1, "{after:?}");
+    assert_eq!(d.json(&["domain", "check", vg])["clean"], true);
+    assert_eq!(listed(&d).len(), 4);
+}
+
+#[test]
+fn lvm_agent_fast_releases_the_lock_at_once_to_another_process() {
+    if !lvm_available("lvm_agent_fast_releases_the_lock_at_once_to_another_process") {
+        return;
+    }
+    let d = Domain::new("fastwait");
+    let vg = d.name();
+    // A burst that would keep the lock for a minute when nobody asked for it.
+    let agent = Agent::start(
+        &d,
+        &[
+            "--gc-interval",
+            "0",
+            "--burst-idle",
+            "60",
+            "--burst-max-hold",
+            "120",
+        ],
+    );
+    agent.ok("POST", &format!("/v1/domains/{vg}/volumes"), create_body());
+    let start = Instant::now();
+    let outside = d.create(&["--image", &common::uuid(), "--size", "4M"]);
+    let waited = start.elapsed();
+    assert!(
+        waited < Duration::from_secs(30),
+        "the CLI waited {waited:?} for the burst's lock"
+    );
+    // The agent's next creation takes the lock again and sees the new volume.
+    let v = agent.ok("POST", &format!("/v1/domains/{vg}/volumes"), create_body());
+    assert_ne!(
+        v["slot"],
+        d.json(&["volume", "info", vg, &outside])["slot"],
+        "{v}"
+    );
+    assert_eq!(d.json(&["domain", "check", vg])["clean"], true);
+}
+
+#[test]
+fn lvm_agent_fast_kill_9_mid_burst_leaves_what_gc_repairs() {
+    if !lvm_available("lvm_agent_fast_kill_9_mid_burst_leaves_what_gc_repairs") {
+        return;
+    }
+    let d = Domain::new("fastkill");
+    let vg = d.name().to_string();
+    let mut agent = Agent::start(&d, &["--gc-interval", "0", "--burst-idle", "5"]);
+    agent.ok("POST", &format!("/v1/domains/{vg}/volumes"), create_body());
+    // A first wave is answered; the second is killed in the middle of its lvcreates.
+    let first = concurrent_creates(&agent, &vg, 6);
+    assert!(first.iter().all(|(status, _)| *status == 201), "{first:?}");
+    let socket = agent.socket.clone();
+    let answers: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..6)
+            .map(|_| {
+                let socket = socket.clone();
+                let vg = vg.clone();
+                s.spawn(move || {
+                    std::panic::catch_unwind(|| {
+                        request(
+                            &socket,
+                            "POST",
+                            &format!("/v1/domains/{vg}/volumes"),
+                            create_body().to_string().as_bytes(),
+                        )
+                    })
+                    .ok()
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        while lvm_commands(&agent).get("lvcreate").copied().unwrap_or(0) < 1 + 6 + 3 {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent.signal(libc::SIGKILL);
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(agent.wait(Duration::from_secs(10)), None, "killed");
+    let mut committed: Vec<String> = answers
+        .iter()
+        .flatten()
+        .filter(|(status, _)| *status == 201)
+        .map(|(_, body)| {
+            let v: Value = serde_json::from_slice(body).unwrap();
+            v["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    eprintln!(
+        "{} of the second wave's 6 creations answered before the kill",
+        committed.len()
+    );
+    assert!(
+        d.state().contains("LVC_CREATING"),
+        "the kill left creations in flight"
+    );
+    committed.extend(
+        first
+            .iter()
+            .map(|(_, v)| v["id"].as_str().unwrap().to_string()),
+    );
+    d.ok(&["gc", &vg]);
+    let check = d.json(&["domain", "check", &vg]);
+    assert_eq!(check["clean"], true, "{check}");
+    let ids = listed(&d);
+    for id in &committed {
+        assert!(ids.contains(id), "answered volume {id} lost");
+    }
+    assert!(!d.state().contains("LVC_CREATING"));
+}
