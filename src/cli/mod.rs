@@ -272,6 +272,11 @@ pub enum ImageCmd {
         /// Prepare even a chain with an illegal volume (partial data), for recovery work.
         #[arg(long)]
         allow_illegal: bool,
+        /// Prepare in this process although the domain is shared by hosts (sanlock), for
+        /// recovery work: no shared leases are held, so other hosts are NOT kept from removing
+        /// or changing the chain while it is in use (normally the host agent prepares).
+        #[arg(long)]
+        without_agent: bool,
     },
     /// Remove the links and deactivate the chain.
     Teardown {
@@ -434,7 +439,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                 out.created(&v)
             }
             VolumeCmd::List { vg, image } => out.volumes(&domain(vg)?.volumes(image.as_ref())?),
-            VolumeCmd::Info { vg, volume } => out.volume(&domain(vg)?.volume(volume)?),
+            VolumeCmd::Info { vg, volume } => out.volume(&domain(vg)?.volume_info(volume)?),
             VolumeCmd::Remove { vg, volume } => {
                 domain(vg)?.remove_volume(volume, &mut wipe_progress(tty(cli)))?;
                 out.message(&views::MessageView::removed_volume(volume).result)
@@ -491,8 +496,14 @@ pub fn run(cli: &Cli) -> Result<()> {
                 vg,
                 image,
                 allow_illegal,
+                without_agent,
             } => {
-                let chain = domain(vg)?.prepare(image, *allow_illegal)?;
+                let d = domain(vg)?;
+                let chain = if *without_agent {
+                    d.prepare_without_agent(image, *allow_illegal)?
+                } else {
+                    d.prepare(image, *allow_illegal)?
+                };
                 out.prepared(vg, image, &chain)
             }
             ImageCmd::Teardown { vg, image } => {
