@@ -72,7 +72,9 @@ impl Agent {
         )
         .unwrap();
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
+        if let Err(e) = s.read_to_end(&mut raw) {
+            panic!("{method} {path}: {e}; the agent's log:\n{}", self.log());
+        }
         let text = String::from_utf8_lossy(&raw).to_string();
         let (head, rest) = text.split_once("\r\n\r\n").unwrap();
         let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -381,6 +383,8 @@ fn sanlock_inuse_prepared_images_are_held_in_shared_mode_by_the_agent() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut agent = Agent::start(&d, dir.path());
+    agent.prepare(&d, &img);
+    // Prepared again (as after a snapshot): the new leases are taken before the old go.
     agent.prepare(&d, &img);
     assert_eq!(prepared_on(&d, &leaf), json!([3]));
     assert_eq!(prepared_on(&d, &base), json!([3]));

@@ -177,7 +177,10 @@ pub(crate) fn refresh(domain: &Domain, images: &[ImageId]) -> Result<Vec<VolumeI
                 continue;
             };
             match device_size(&domain.volume_device(&id)) {
-                Ok(size) if size != lv.size => stale.push(id),
+                Ok(size) if size != lv.size => {
+                    tracing::info!(volume = %id, mapped = size, lv_size = lv.size, "the LV's size differs from its mapping here");
+                    stale.push(id)
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(volume = %id, error = %e, "cannot read the device size"),
             }

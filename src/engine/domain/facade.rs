@@ -116,12 +116,21 @@ impl Domain {
         operation::fence(self, id, generation)
     }
 
-    /// One committed volume, with the hosts that hold it prepared (`prepared_on`).
+    /// One committed volume, with the hosts that hold it prepared (`prepared_on`; left out,
+    /// with a warning, where the leases cannot be read: no sanlock daemon on this host).
     pub fn volume_info(&self, id: &VolumeId) -> Result<Volume> {
         let cat = self.catalog()?;
         let mut v = cat.get(&self.vg, id)?.clone();
-        self.activate_lease_lvs(&cat.snap)?;
-        v.prepared_on = Some(self.locks()?.shared_holders(&self.vg, id, v.slot)?);
+        let holders = self
+            .activate_lease_lvs(&cat.snap)
+            .and_then(|()| Ok(self.locks()?.shared_holders(&self.vg, id, v.slot)?));
+        v.prepared_on = match holders {
+            Ok(hosts) => Some(hosts),
+            Err(e) => {
+                tracing::warn!(volume = %id, error = %e, "cannot read where the volume is prepared");
+                None
+            }
+        };
         Ok(v)
     }
 
