@@ -36,7 +36,7 @@ impl Agent {
         let mut c = Command::new(BIN.as_str());
         c.args(["agent", "--socket", socket.to_str().unwrap()])
             .args(["--domain", d.name(), "--gc-interval", "0"])
-            .env("RUST_LOG", "lvchain=info")
+            .env("RUST_LOG", "lvchain=debug")
             .stdout(Stdio::null())
             .stderr(out);
         for (k, v) in d.vg.env() {
@@ -314,8 +314,9 @@ fn lvm_inuse_a_prepared_raw_volume_grows_and_the_agent_refreshes_its_mapping() {
     assert_eq!(device_size(&link), 128 << 20);
 
     // Another host's extend changes the VG metadata only (here: lvm told there is no
-    // device-mapper); the agent sees the LV larger than its mapping and refreshes it within
-    // its interval (5 s) plus one report.
+    // device-mapper). Without the agent nothing reloads the mapping: it stays small.
+    let mut agent = agent;
+    agent.kill();
     let cfg = d.vg.lvm.config.config_string();
     let f = lvchain::exec::Cmd::new("/sbin/lvm", Duration::from_secs(60))
         .args([
@@ -331,7 +332,11 @@ fn lvm_inuse_a_prepared_raw_volume_grows_and_the_agent_refreshes_its_mapping() {
         .run()
         .unwrap();
     assert!(f.success(), "{f:?}");
-    assert_eq!(device_size(&link), 128 << 20, "not refreshed yet");
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(device_size(&link), 128 << 20, "refreshed without the agent");
+    // The agent (held again at its start) sees the LV larger than its mapping and refreshes
+    // it within its interval (5 s) plus one report.
+    let agent = Agent::start(&d, dir.path());
     let start = Instant::now();
     while device_size(&link) != 192 << 20 {
         assert!(
@@ -342,11 +347,11 @@ fn lvm_inuse_a_prepared_raw_volume_grows_and_the_agent_refreshes_its_mapping() {
         std::thread::sleep(Duration::from_millis(200));
     }
     eprintln!("refreshed after {:?}", start.elapsed());
-    assert!(
-        agent.log().contains("refreshed the mapping"),
-        "{}",
-        agent.log()
-    );
+    let logged = Instant::now();
+    while !agent.log().contains("refreshed the mapping") {
+        assert!(logged.elapsed() < Duration::from_secs(5), "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mut back = vec![0; 1 << 20];
     std::fs::File::open(&link)
         .unwrap()
