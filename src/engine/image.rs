@@ -174,9 +174,12 @@ pub(crate) fn refresh(domain: &Domain, images: &[ImageId]) -> Result<Vec<VolumeI
     for image in images {
         for id in linked(&domain.vg, image)? {
             let Some(lv) = snap.volume(&id).filter(|l| l.active) else {
+                tracing::debug!(volume = %id, "a linked volume is not an active volume here");
                 continue;
             };
-            match device_size(&domain.volume_device(&id)) {
+            let mapped = device_size(&domain.volume_device(&id));
+            tracing::debug!(volume = %id, lv_size = lv.size, mapped = ?mapped.as_ref().ok(), "checking the mapping");
+            match mapped {
                 Ok(size) if size != lv.size => {
                     tracing::info!(volume = %id, mapped = size, lv_size = lv.size, "the LV's size differs from its mapping here");
                     stale.push(id)
