@@ -74,7 +74,7 @@ fn sanlock_a_sanlock_domain_serves_leases_and_status_from_shared_storage() {
         "0",
     ]);
     assert_eq!(status(&d, &vol, 0)["state"], "succeeded");
-    d.ok(&["image", "prepare", d.name(), &img]);
+    d.ok(&["image", "prepare", d.name(), &img, "--without-agent"]);
     let data = std::fs::read(format!("/run/lvchain/{}/{img}/{vol}", d.name())).unwrap();
     d.ok(&["image", "teardown", d.name(), &img]);
     assert!(
@@ -306,7 +306,7 @@ fn sanlock_domain_on_4k_sector_disks_works_end_to_end() {
     ]);
     assert_eq!(status(&d, &vol, 0)["state"], "succeeded");
     assert_eq!(status_without_daemon(&d, &vol, 0)["state"], "succeeded");
-    d.ok(&["image", "prepare", d.name(), &img]);
+    d.ok(&["image", "prepare", d.name(), &img, "--without-agent"]);
     let data = std::fs::read(format!("/run/lvchain/{}/{img}/{vol}", d.name())).unwrap();
     d.ok(&["image", "teardown", d.name(), &img]);
     assert!(data[..3 << 20].iter().all(|&b| b == 0x42));

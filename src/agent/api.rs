@@ -371,7 +371,7 @@ async fn volume_info(
     Path((vg, id)): Path<(String, Uuid)>,
 ) -> Answer<Json<VolumeView>> {
     let id = VolumeId::from_uuid(id);
-    let v = on_domain(&agent, vg, move |d| d.volume(&id)).await?;
+    let v = on_domain(&agent, vg, move |d| d.volume_info(&id)).await?;
     Ok(Json(VolumeView::from(&v)))
 }
 
@@ -549,7 +549,13 @@ async fn prepare_image(
     let image = ImageId::from_uuid(image);
     let name = vg.clone();
     let allow = b.allow_illegal.unwrap_or(false);
-    let chain = on_domain(&agent, vg, move |d| d.prepare(&image, allow)).await?;
+    let holder = agent.clone();
+    let chain = on_domain(&agent, vg, move |d| {
+        let (chain, held) = d.prepare_held(&image, allow)?;
+        holder.prepared.keep(&d.vg, image, held);
+        Ok(chain)
+    })
+    .await?;
     Ok(Json(PreparedView::new(&name, &image, &chain)))
 }
 
@@ -558,7 +564,14 @@ async fn teardown_image(
     Path((vg, image)): Path<(String, Uuid)>,
 ) -> Answer<Json<MessageView>> {
     let image = ImageId::from_uuid(image);
-    on_domain(&agent, vg, move |d| d.teardown(&image)).await?;
+    // Refused (the image still open): the leases stay held.
+    let holder = agent.clone();
+    on_domain(&agent, vg, move |d| {
+        d.teardown(&image)?;
+        holder.prepared.release(&d.vg, &image);
+        Ok(())
+    })
+    .await?;
     Ok(Json(MessageView::torn_down(&image)))
 }
 

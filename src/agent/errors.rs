@@ -117,6 +117,8 @@ pub fn from_engine(e: &Error) -> ApiError {
         Error::Illegal { .. } => (S::CONFLICT, "illegal"),
         Error::IllegalMember { .. } => (S::CONFLICT, "illegal_member"),
         Error::InUse { .. } => (S::CONFLICT, "in_use"),
+        Error::NeedsAgent { .. } => (S::CONFLICT, "needs_agent"),
+        Error::ResizeInUse { .. } => (S::LOCKED, "prepared"),
         Error::WrongGeneration { .. } => (S::CONFLICT, "wrong_generation"),
         Error::WrongLockManager { .. } => (S::CONFLICT, "wrong_lock_manager"),
         Error::UnsupportedFormat { .. } => (S::CONFLICT, "unsupported_format"),
@@ -137,6 +139,7 @@ pub fn from_engine(e: &Error) -> ApiError {
         },
         Error::Lease(l) => match l {
             LeaseError::Held { .. } => (S::LOCKED, "lease_held"),
+            LeaseError::Prepared { .. } => (S::LOCKED, "prepared"),
             LeaseError::NoLockspace { .. } => (S::CONFLICT, "not_joined"),
             LeaseError::NoDaemon { .. } => (S::SERVICE_UNAVAILABLE, "no_lock_daemon"),
             LeaseError::Io { .. } | LeaseError::Sanlock { .. } => {

@@ -3,6 +3,9 @@
 //! collector per served domain and metrics. A client like the CLI: it owns no storage logic,
 //! every request becomes a call of the engine's `Domain` facade (see `api.rs`).
 //!
+//! Images prepared through the agent are held by it (`prepared.rs`): their shared leases live
+//! as long as this process, and are taken again at start for images still prepared here.
+//!
 //! Life cycle: bind the socket (refused while another agent answers on it; a stale socket
 //! file is replaced), tell systemd it is ready (`READY=1` when `NOTIFY_SOCKET` is set), serve;
 //! on SIGTERM or SIGINT stop accepting, wait up to the shutdown timeout for in-flight requests,
@@ -21,6 +24,7 @@ pub mod jobs;
 pub mod metrics;
 mod notify;
 pub mod peer;
+pub mod prepared;
 
 pub use config::{AgentArgs, Settings};
 
@@ -43,6 +47,8 @@ pub struct Agent {
     pub metrics: Arc<Metrics>,
     pub inflight: Arc<InFlight>,
     pub access: Access,
+    /// The shared leases of the images prepared through this agent.
+    pub prepared: prepared::Prepared,
 }
 
 impl Agent {
@@ -61,6 +67,7 @@ impl Agent {
             metrics,
             inflight,
             access,
+            prepared: prepared::Prepared::default(),
         }
     }
 }
@@ -135,6 +142,11 @@ async fn serve(settings: Settings, lvm: Arc<Lvm>) -> Result<()> {
     ));
     // Signals are caught before the socket exists: a SIGTERM right after start is handled.
     let signals = tokio::spawn(terminated());
+    // The images still prepared here are held again before any request is served.
+    let holder = agent.clone();
+    tokio::task::spawn_blocking(move || prepared::reacquire(&holder))
+        .await
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
     let listener = bind(&settings.socket, &access)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -152,6 +164,7 @@ async fn serve(settings: Settings, lvm: Arc<Lvm>) -> Result<()> {
             }
         });
     }
+    tokio::spawn(prepared::refresh_loop(agent.clone(), stopped.clone()));
     if let Some(interval) = settings.gc_interval {
         tokio::spawn(gc::schedule(agent.clone(), interval, stopped.clone()));
     }

@@ -280,6 +280,11 @@ pub enum ImageCmd {
         /// Prepare even a chain with an illegal volume (partial data), for recovery work.
         #[arg(long)]
         allow_illegal: bool,
+        /// Prepare in this process although the domain is shared by hosts (sanlock), for
+        /// recovery work: no shared leases are held, so other hosts are NOT kept from removing
+        /// or changing the chain while it is in use (normally the host agent prepares).
+        #[arg(long)]
+        without_agent: bool,
     },
     /// Remove the links and deactivate the chain.
     Teardown {
@@ -490,7 +495,7 @@ fn run_here(cli: &Cli, out: &output::Out) -> Result<()> {
                 out.volumes(&views::volumes(&domain(vg)?.volumes(image.as_ref())?))
             }
             VolumeCmd::Info { vg, volume } => {
-                out.volume(&VolumeView::from(&domain(vg)?.volume(volume)?))
+                out.volume(&VolumeView::from(&domain(vg)?.volume_info(volume)?))
             }
             VolumeCmd::Remove { vg, volume } => {
                 domain(vg)?.remove_volume(volume, &mut wipe_progress(tty(cli)))?;
@@ -554,8 +559,14 @@ fn run_here(cli: &Cli, out: &output::Out) -> Result<()> {
                 vg,
                 image,
                 allow_illegal,
+                without_agent,
             } => {
-                let chain = domain(vg)?.prepare(image, *allow_illegal)?;
+                let d = domain(vg)?;
+                let chain = if *without_agent {
+                    d.prepare_without_agent(image, *allow_illegal)?
+                } else {
+                    d.prepare(image, *allow_illegal)?
+                };
                 out.prepared(&PreparedView::new(vg, image, &chain))
             }
             ImageCmd::Teardown { vg, image } => {

@@ -295,10 +295,12 @@ fn request(cmd: &Command) -> Option<Plan> {
                 None,
                 Show::Volumes,
             ),
+            // The agent holds the prepared image's leases: through it, no override is needed.
             ImageCmd::Prepare {
                 vg,
                 image,
                 allow_illegal,
+                without_agent: _,
             } => plan(
                 "POST",
                 format!("{}/images/{image}/prepare", vg_of(vg)?),

@@ -27,6 +27,9 @@ pub struct VolumeView {
     pub active: bool,
     pub ctime: u64,
     pub description: String,
+    /// `volume info` only: the hosts holding the volume prepared (0: this host, local domain).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepared_on: Option<Vec<u64>>,
 }
 
 impl From<&Volume> for VolumeView {
@@ -45,6 +48,7 @@ impl From<&Volume> for VolumeView {
             active: v.active,
             ctime: v.ctime,
             description: v.description.clone(),
+            prepared_on: v.prepared_on.clone(),
         }
     }
 }
@@ -315,6 +319,7 @@ mod tests {
             active: false,
             ctime: 0,
             description: String::new(),
+            prepared_on: None,
         };
         let v = VolumeView::from(&vol);
         assert_eq!(

@@ -6,6 +6,7 @@ use super::burst::{Burst, BurstSettings};
 use super::{format, Domain, DomainInfo, FormatRequest};
 use crate::error::Result;
 use crate::format::ids::{Generation, ImageId, VolumeId};
+use crate::image::{HeldImage, Holding};
 use crate::metadata::Legality;
 use crate::operation::{self, Source, Status, Work};
 use crate::units::Bytes;
@@ -122,9 +123,64 @@ impl Domain {
         operation::fence(self, id, generation)
     }
 
-    /// Activates `image`'s chain on this host and links it; the chain, base first.
+    /// One committed volume, with the hosts that hold it prepared (`prepared_on`; left out,
+    /// with a warning, where the leases cannot be read: no sanlock daemon on this host).
+    pub fn volume_info(&self, id: &VolumeId) -> Result<Volume> {
+        let cat = self.catalog()?;
+        let mut v = cat.get(&self.vg, id)?.clone();
+        let holders = self
+            .activate_lease_lvs(&cat.snap)
+            .and_then(|()| Ok(self.locks()?.shared_holders(&self.vg, id, v.slot)?));
+        v.prepared_on = match holders {
+            Ok(hosts) => Some(hosts),
+            Err(e) => {
+                tracing::warn!(volume = %id, error = %e, "cannot read where the volume is prepared");
+                None
+            }
+        };
+        Ok(v)
+    }
+
+    /// Activates `image`'s chain on this host and links it; the chain, base first. Nothing
+    /// holds it: refused on a domain shared by hosts (sanlock), where images are prepared
+    /// through the host agent ([`Domain::prepare_held`]).
     pub fn prepare(&self, image: &ImageId, allow_illegal: bool) -> Result<Vec<Volume>> {
-        crate::image::prepare(self, image, allow_illegal)
+        crate::image::prepare(self, image, allow_illegal, Holding::None).map(|(c, _)| c)
+    }
+
+    /// [`Domain::prepare`] without a holder even on a sanlock domain (recovery work).
+    pub fn prepare_without_agent(
+        &self,
+        image: &ImageId,
+        allow_illegal: bool,
+    ) -> Result<Vec<Volume>> {
+        crate::image::prepare(self, image, allow_illegal, Holding::NoneForRecovery).map(|(c, _)| c)
+    }
+
+    /// Prepares `image` holding a shared lease on every chain member (the host agent keeps the
+    /// returned [`HeldImage`] until teardown); the chain, base first.
+    pub fn prepare_held(
+        &self,
+        image: &ImageId,
+        allow_illegal: bool,
+    ) -> Result<(Vec<Volume>, HeldImage)> {
+        match crate::image::prepare(self, image, allow_illegal, Holding::Leases)? {
+            (chain, Some(held)) => Ok((chain, held)),
+            (_, None) => Err(crate::error::Error::InvalidInput(
+                "prepare held no leases".into(),
+            )),
+        }
+    }
+
+    /// Takes again the shared leases of `image`, still prepared on this host (its links exist).
+    pub fn hold_prepared(&self, image: &ImageId) -> Result<HeldImage> {
+        crate::image::hold_prepared(self, image)
+    }
+
+    /// Refreshes the mapping of the volumes of `images` (prepared here) whose LV grew
+    /// elsewhere; the volumes refreshed.
+    pub fn refresh_prepared(&self, images: &[ImageId]) -> Result<Vec<VolumeId>> {
+        crate::image::refresh(self, images)
     }
 
     /// Removes `image`'s links and deactivates its volumes on this host.

@@ -33,7 +33,9 @@ impl LockManager for Local {
         volume: &VolumeId,
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
-        self.leases.acquire(vg, volume, slot)
+        self.leases
+            .acquire(vg, volume, slot)
+            .map_err(|e| super::explain_held(e, || self.leases.shared_holders(vg, volume, slot)))
     }
 
     fn acquire_shared(
@@ -43,6 +45,15 @@ impl LockManager for Local {
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
         self.leases.acquire_shared(vg, volume, slot)
+    }
+
+    fn shared_holders(
+        &self,
+        vg: &str,
+        volume: &VolumeId,
+        slot: u32,
+    ) -> Result<Vec<u64>, LeaseError> {
+        self.leases.shared_holders(vg, volume, slot)
     }
 
     fn holder(&self, vg: &str, volume: &VolumeId, slot: u32) -> Result<Option<Holder>, LeaseError> {
@@ -128,6 +139,33 @@ impl LocalLeases {
         volume: &VolumeId,
         _slot: u32,
     ) -> Result<Option<Holder>, LeaseError> {
+        Ok(
+            (self.conflicting(vg, volume)? == libc::F_WRLCK as libc::c_short).then_some(Holder {
+                host_id: 0,
+                alive: true,
+            }),
+        )
+    }
+
+    /// `[0]` (this host) while a process holds the lease in shared mode.
+    pub fn shared_holders(
+        &self,
+        vg: &str,
+        volume: &VolumeId,
+        _slot: u32,
+    ) -> Result<Vec<u64>, LeaseError> {
+        Ok(
+            if self.conflicting(vg, volume)? == libc::F_RDLCK as libc::c_short {
+                vec![0]
+            } else {
+                Vec::new()
+            },
+        )
+    }
+
+    /// The type of a lock another open file description holds on the lease file (`F_UNLCK`:
+    /// none): `F_OFD_GETLK` for a write lock reports any conflicting one without taking it.
+    fn conflicting(&self, vg: &str, volume: &VolumeId) -> Result<libc::c_short, LeaseError> {
         let f = self.open(vg, volume)?;
         let mut fl = whole_file_lock(libc::F_WRLCK as libc::c_short);
         // SAFETY: as above; F_OFD_GETLK fills `fl` with a conflicting lock, if any.
@@ -138,12 +176,7 @@ impl LocalLeases {
                 reason: std::io::Error::last_os_error().to_string(),
             });
         }
-        Ok(
-            (fl.l_type == libc::F_WRLCK as libc::c_short).then_some(Holder {
-                host_id: 0,
-                alive: true,
-            }),
-        )
+        Ok(fl.l_type)
     }
 }
 
@@ -239,7 +272,17 @@ mod tests {
             leases.acquire("vg", &v, 0),
             Err(LeaseError::Held { .. })
         ));
+        assert_eq!(leases.shared_holders("vg", &v, 0)?, vec![0]);
+        let manager = Local {
+            leases: leases.clone(),
+            ..Local::default()
+        };
+        assert!(matches!(
+            manager.acquire("vg", &v, 0),
+            Err(LeaseError::Prepared { ref hosts, .. }) if hosts == &[0]
+        ));
         drop((a, b));
+        assert_eq!(leases.shared_holders("vg", &v, 0)?, Vec::<u64>::new());
         let x = leases.acquire("vg", &v, 0)?;
         assert!(matches!(
             leases.acquire_shared("vg", &v, 0),

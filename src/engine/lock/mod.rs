@@ -144,6 +144,8 @@ pub enum LockError {
 pub enum LeaseError {
     #[error("the lease of volume {volume} is held by {holder}")]
     Held { volume: VolumeId, holder: String },
+    #[error("volume {volume} is prepared on {} (its image is in use there, holding the volume's lease in shared mode); tear the image down there first", describe_hosts(.hosts))]
+    Prepared { volume: VolumeId, hosts: Vec<u64> },
     #[error("this host has not joined the lockspace of domain {vg}; run `lvchain host join {vg} --host-id N`")]
     NoLockspace { vg: String },
     #[error("the sanlock daemon does not answer on this host ({source}); start it, then `lvchain host join`")]
@@ -159,6 +161,18 @@ pub enum LeaseError {
         #[source]
         source: SanlockError,
     },
+}
+
+/// Names the hosts of a shared holding: sanlock host ids; 0 is this host (a local domain).
+pub fn describe_hosts(hosts: &[u64]) -> String {
+    match hosts {
+        [0] => "this host".to_string(),
+        [one] => format!("host {one}"),
+        many => {
+            let ids: Vec<String> = many.iter().map(u64::to_string).collect();
+            format!("hosts {}", ids.join(", "))
+        }
+    }
 }
 
 /// Who holds a lease, as read from shared storage.
@@ -182,8 +196,9 @@ pub struct Both {
 }
 impl DomainGuard for Both {}
 
-/// A held lease; dropping it releases the lease.
-pub trait LeaseGuard {
+/// A held lease; dropping it releases the lease. Sendable: the agent keeps the shared leases
+/// of prepared images across its threads.
+pub trait LeaseGuard: Send {
     /// Lets the lease's descriptor pass into every child started from now on while it is
     /// held (a data writer such as qemu-img): the lease is then free only once this process
     /// and those children are all gone, never while a writer it started still runs.
@@ -230,7 +245,8 @@ pub trait LockManager: Send + Sync {
         Ok(None)
     }
 
-    /// Takes the volume's lease for this process, or fails at once when someone holds it.
+    /// Takes the volume's lease for this process, or fails at once when someone holds it
+    /// (with [`LeaseError::Prepared`] naming the hosts when they hold it in shared mode).
     fn acquire(
         &self,
         vg: &str,
@@ -245,6 +261,15 @@ pub trait LockManager: Send + Sync {
         volume: &VolumeId,
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError>;
+    /// The hosts holding the volume's lease in shared mode (images prepared there), read
+    /// without taking it; hosts known to be dead are left out. The local manager answers `[0]`
+    /// (this host) or nothing.
+    fn shared_holders(
+        &self,
+        vg: &str,
+        volume: &VolumeId,
+        slot: u32,
+    ) -> Result<Vec<u64>, LeaseError>;
     /// Reads who holds the lease, without taking it and without having joined.
     fn holder(&self, vg: &str, volume: &VolumeId, slot: u32) -> Result<Option<Holder>, LeaseError>;
     /// Prepares the lease area of a new volume (sanlock writes its paxos lease).
@@ -291,9 +316,31 @@ pub fn manager(kind: LockKind, local: &local::Local) -> Box<dyn LockManager> {
     }
 }
 
+/// Turns a refused exclusive acquire into [`LeaseError::Prepared`] when the lease is held in
+/// shared mode (read afterwards: a reader that cannot tell keeps the original error).
+fn explain_held(
+    e: LeaseError,
+    shared: impl FnOnce() -> Result<Vec<u64>, LeaseError>,
+) -> LeaseError {
+    match e {
+        LeaseError::Held { volume, .. } => match shared() {
+            Ok(hosts) if !hosts.is_empty() => LeaseError::Prepared { volume, hosts },
+            _ => e,
+        },
+        e => e,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_holders_are_named() {
+        assert_eq!(describe_hosts(&[0]), "this host");
+        assert_eq!(describe_hosts(&[2]), "host 2");
+        assert_eq!(describe_hosts(&[2, 5]), "hosts 2, 5");
+    }
 
     #[test]
     fn lock_kinds_read_and_write_their_tag_values() {

@@ -275,6 +275,7 @@ impl LockManager for Sanlock {
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
         acquire_mode(vg, volume, slot, false)
+            .map_err(|e| super::explain_held(e, || self.shared_holders(vg, volume, slot)))
     }
 
     fn acquire_shared(
@@ -284,6 +285,42 @@ impl LockManager for Sanlock {
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
         acquire_mode(vg, volume, slot, true)
+    }
+
+    /// Reads the resource's shared owners (the daemon reads its mode blocks) and keeps those
+    /// whose host this host's daemon does not know to be gone: dead, or joined again since
+    /// (a later generation). A host it cannot judge counts as holding.
+    fn shared_holders(
+        &self,
+        vg: &str,
+        volume: &VolumeId,
+        slot: u32,
+    ) -> Result<Vec<u64>, LeaseError> {
+        let res = volume_resource(vg, volume, slot).map_err(|e| lease_error(vg, volume, e))?;
+        let owners = sanlock::read_resource_owners(&res).map_err(|e| lease_error(vg, volume, e))?;
+        if !owners.shared {
+            return Ok(Vec::new());
+        }
+        let mut hosts: Vec<u64> = owners
+            .owners
+            .iter()
+            .filter(|o| {
+                let seen = sanlock::get_hosts(vg, o.host_id)
+                    .ok()
+                    .and_then(|v| v.into_iter().find(|h| h.host_id == o.host_id));
+                match seen {
+                    Some(h) if h.generation > o.generation => false,
+                    Some(h) => {
+                        !matches!(h.state, sanlock::HostState::Dead | sanlock::HostState::Free)
+                    }
+                    None => true,
+                }
+            })
+            .map(|o| o.host_id)
+            .collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        Ok(hosts)
     }
 
     fn holder(&self, vg: &str, volume: &VolumeId, slot: u32) -> Result<Option<Holder>, LeaseError> {

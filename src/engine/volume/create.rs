@@ -8,9 +8,10 @@
 //! `lvchange --deltag LVC_CREATING`: the commit point. A failure before the commit rolls back
 //! what it can; whatever it cannot stays marked for the collector.
 //!
-//! A snapshot holds its parent's lease from before the `lvcreate` until after the commit: no
-//! operation can start writing into the parent while it turns internal (a busy lease refuses
-//! the creation before anything changes).
+//! A snapshot holds its parent's lease in shared mode from before the `lvcreate` until after
+//! the commit: no operation can start writing into the parent while it turns internal (a busy
+//! lease refuses the creation before anything changes), while hosts that have the image
+//! prepared (shared holders too) keep it: a snapshot of an image in use is the live flow.
 
 use super::{outcome, undo, Catalog, Volume};
 use crate::crash::{self, CrashPoint};
@@ -201,7 +202,7 @@ pub(crate) fn make(
     wipe: Option<Wipe>,
 ) -> Result<Made> {
     let parent_lease = match &plan.parent {
-        Some(p) => Some(domain.lease(&p.id, p.slot)?),
+        Some(p) => Some(domain.lease_shared(&p.id, p.slot)?),
         None => None,
     };
     let held: Vec<VolumeId> = plan.parent.iter().map(|p| p.id).collect();

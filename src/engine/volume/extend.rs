@@ -6,18 +6,33 @@ use crate::crash::{self, CrashPoint};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::format::ids::VolumeId;
+use crate::lock::LeaseError;
 use crate::lvm::Activation;
 use crate::metadata::Format;
 use crate::qemu;
 use crate::units::Bytes;
 
-/// Grows volume `id` to `size` bytes of capacity (takes the domain lock and the volume lease).
+/// Grows volume `id` to `size` bytes of capacity (takes the domain lock and the volume lease;
+/// shared when the volume is prepared somewhere, where only a raw volume may grow).
 pub(crate) fn extend(domain: &Domain, id: &VolumeId, size: Bytes) -> Result<Volume> {
     let _guard = domain.lock()?;
     let cat = Catalog::load_for_change(domain)?;
     let mut vol = cat.get(&domain.vg, id)?.clone();
     let store = domain.slots(&cat.snap)?;
-    let _lease = domain.lease(id, vol.slot)?;
+    // An image prepared on some host holds the lease shared: its LV may grow (the holders
+    // refresh their mapping), but its qcow2 header belongs to the qemu that has it open. The
+    // shared lease keeps operations out as the exclusive one would.
+    let _lease = match domain.lease(id, vol.slot) {
+        Ok(lease) => lease,
+        Err(Error::Lease(LeaseError::Prepared { hosts, .. })) => {
+            if vol.format == Format::Qcow2 && size > vol.capacity {
+                return Err(Error::ResizeInUse { id: *id, hosts });
+            }
+            tracing::info!(volume = %id, hosts = ?hosts, "extending a volume prepared elsewhere: its holders refresh their mapping");
+            domain.lease_shared(id, vol.slot)?
+        }
+        Err(e) => return Err(e),
+    };
     vol.lv_size = grow_storage(domain, &cat, &vol, size)?;
     let mut meta = store.read(vol.slot)?;
     meta.capacity = size;

@@ -40,6 +40,9 @@ pub struct Volume {
     pub active: bool,
     pub ctime: u64,
     pub description: String,
+    /// The hosts holding the volume prepared (shared lease holders; 0 is this host on a local
+    /// domain), when read ([`crate::domain::Domain::volume_info`]).
+    pub prepared_on: Option<Vec<u64>>,
 }
 
 impl Volume {
@@ -58,6 +61,7 @@ impl Volume {
             active: lv.active,
             ctime: meta.ctime,
             description: meta.description.clone(),
+            prepared_on: None,
         }
     }
 }
