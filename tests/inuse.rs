@@ -136,7 +136,7 @@ fn refused(d: &Domain, args: &[&str], want: &[&str]) -> String {
 /// naming `host`, and changes nothing.
 fn all_refused(d: &Domain, img: &str, base: &str, vol: &str, host: &str) {
     let vg = d.name();
-    let prepared = ["is prepared on", host];
+    let prepared = ["is in use on", host];
     refused(d, &["volume", "remove", vg, vol], &prepared);
     refused(d, &["image", "remove", vg, img], &prepared);
     let (_dir, file) = common::dir_file(&[0x55; 1 << 20]);
@@ -269,7 +269,7 @@ fn lvm_inuse_the_collector_does_not_undo_under_a_prepared_image() {
     let before = d.state();
     let gc = d.run(&["gc", vg, "--json"]);
     assert!(!gc.success(), "{gc:?}");
-    assert!(gc.stdout.contains("is prepared on this host"), "{gc:?}");
+    assert!(gc.stdout.contains("is in use on this host"), "{gc:?}");
     assert_eq!(d.state(), before, "the refused undo changed the domain");
     let (status, e) = agent.teardown(&d, &img);
     assert_eq!(status, 200, "{e}");
@@ -306,7 +306,7 @@ fn lvm_inuse_a_prepared_raw_volume_grows_and_the_agent_refreshes_its_mapping() {
     refused(
         &d,
         &["volume", "extend", vg, &qvol, "--size", "128M"],
-        &["is prepared on this host", "qcow2 virtual size"],
+        &["is in use on this host", "qcow2 virtual size"],
     );
     // A raw volume grows under its holders.
     let v = d.json(&["volume", "extend", vg, &vol, "--size", "128M"]);
@@ -406,7 +406,7 @@ fn sanlock_inuse_prepared_images_are_held_in_shared_mode_by_the_agent() {
     refused(
         &d,
         &["volume", "remove", vg, &leaf],
-        &["is prepared on host 3"],
+        &["is in use on host 3"],
     );
     let (status, e) = agent.teardown(&d, &img);
     assert_eq!(status, 200, "{e}");

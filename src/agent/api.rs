@@ -93,11 +93,34 @@ pub fn router(agent: Arc<Agent>) -> Router {
             super::config::BODY_LIMIT,
         ))
         .layer(axum::middleware::from_fn_with_state(agent.clone(), measure))
+        .layer(axum::middleware::from_fn(read_whole_body))
         .layer(axum::middleware::from_fn_with_state(
             agent.clone(),
             check_peer,
         ))
         .with_state(agent)
+}
+
+/// Reads every request's body (up to the limit) before routing, whether its handler takes one
+/// or not: a connection closed with a request's bytes unread reaches the client as a reset
+/// instead of the answer.
+async fn read_whole_body(req: axum::extract::Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, super::config::BODY_LIMIT).await {
+        Ok(bytes) => {
+            next.run(axum::extract::Request::from_parts(parts, bytes.into()))
+                .await
+        }
+        Err(_) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the request body is larger than {} bytes",
+                super::config::BODY_LIMIT
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// Only `/metrics`, for the optional TCP address (no peer credentials there).

@@ -60,7 +60,7 @@ pub enum Error {
     InUse { id: VolumeId },
     #[error("domain {vg} is shared by hosts (sanlock): an image prepared here must be held by the host agent (`lvchain agent`), whose shared leases keep other hosts from removing or changing its volumes while it is in use; prepare it through the agent, or pass --without-agent for recovery work")]
     NeedsAgent { vg: String },
-    #[error("volume {id} is prepared on {}: growing its qcow2 virtual size belongs to the qemu that has it open there", crate::lock::describe_hosts(.hosts))]
+    #[error("volume {id} is in use on {}: growing its qcow2 virtual size belongs to the qemu that has it open there", crate::lock::describe_hosts(.hosts))]
     ResizeInUse { id: VolumeId, hosts: Vec<u64> },
     #[error("no free metadata slot: the domain holds its maximum of {max} volumes")]
     NoFreeSlot { max: u32 },

@@ -144,7 +144,7 @@ pub enum LockError {
 pub enum LeaseError {
     #[error("the lease of volume {volume} is held by {holder}")]
     Held { volume: VolumeId, holder: String },
-    #[error("volume {volume} is prepared on {} (its image is in use there, holding the volume's lease in shared mode); tear the image down there first", describe_hosts(.hosts))]
+    #[error("volume {volume} is in use on {}: its lease is held in shared mode there (its image prepared, or a copy or snapshot reading it); tear the image down there, or wait for the reader", describe_hosts(.hosts))]
     Prepared { volume: VolumeId, hosts: Vec<u64> },
     #[error("this host has not joined the lockspace of domain {vg}; run `lvchain host join {vg} --host-id N`")]
     NoLockspace { vg: String },
