@@ -236,10 +236,11 @@ fn lvm_agent_fast_concurrent_creates_share_commits_without_reports() {
         total as f64 / 16.0
     );
     assert_eq!(delta(&after, &before, "lvcreate"), 16);
-    assert_eq!(
-        delta(&after, &before, "lvs"),
-        0,
-        "no report within the burst"
+    // No report for the creates; the agent's census (one report per domain every 30 s, for
+    // the gauges) may fall inside the burst once.
+    assert!(
+        delta(&after, &before, "lvs") <= 1,
+        "no report within the burst: {after:?} - {before:?}"
     );
     let commits = delta(&after, &before, "lvchange");
     assert!(
