@@ -1,13 +1,16 @@
 //! Test fixtures: real LVM volume groups on loop devices backed by sparse files, a domain
 //! driven through the `lvchain` binary ([`Domain`]) or through the engine's facade
 //! ([`EngineDomain`]); and one helper per job: [`qemu_io`], [`check`], [`poll`] /
-//! [`wait_until`], [`sanlock_client_status`].
+//! [`wait_until`], [`sanlock_client_status`]; [`agent`]: a running `lvchain agent` and an HTTP
+//! client for its socket.
 //!
 //! Each fixture has a unique VG name and its own loop devices, and lvm is restricted to those
 //! devices, so tests run in parallel. Everything is removed on drop, also when a test fails.
 //! Tests that need device-mapper skip with a message where it is missing, unless
 //! `LVCHAIN_TEST_REQUIRE_LVM=1` (set by scripts/test in the VM) makes that a failure.
 #![allow(dead_code, clippy::unwrap_used)]
+
+pub mod agent;
 
 use lvchain::exec::Cmd;
 use lvchain::lvm::{Lvm, LvmConfig};

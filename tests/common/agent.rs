@@ -1,0 +1,150 @@
+//! The host agent for tests: `lvchain agent` serving one loop-device domain on a socket in a
+//! temporary directory ([`Agent`], killed on drop), and a plain HTTP/1.1 client over the
+//! socket ([`request`]).
+
+use super::{Domain, BIN};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `lvchain agent` serving one domain; killed on drop.
+pub struct Agent {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Agent {
+    pub fn start(d: &Domain, extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let mut c = Command::new(BIN.as_str());
+        c.args(["agent", "--socket", socket.to_str().unwrap()])
+            .args(["--domain", d.name()])
+            .args(extra)
+            .env("RUST_LOG", "lvchain=info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in d.vg.env() {
+            c.env(k, v);
+        }
+        let child = c.spawn().unwrap();
+        let a = Agent { child, socket, dir };
+        let start = Instant::now();
+        while UnixStream::connect(&a.socket).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the agent did not answer: {}",
+                a.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        a
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// One request; the status and the body (JSON when it parses, else a string).
+    pub fn call(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+        let (status, text) = request(&self.socket, method, path, body);
+        let v = serde_json::from_slice(&text)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&text).into()));
+        (status, v)
+    }
+
+    pub fn ok(&self, method: &str, path: &str, body: Value) -> Value {
+        let (status, v) = self.call(method, path, body.to_string().as_bytes());
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}"
+        );
+        v
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the agent to exit (at most `limit`); its exit code.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the agent did not exit: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A hand-written HTTP/1.1 request over the unix socket (`Connection: close`); the body is
+/// written from another thread so that a server refusing it early is seen, not a blocked
+/// write.
+pub fn request(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut w = s.try_clone().unwrap();
+    let body = body.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = w
+            .write_all(head.as_bytes())
+            .and_then(|()| w.write_all(&body));
+    });
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let _ = writer.join();
+    parse_response(&raw)
+}
+
+pub fn parse_response(raw: &[u8]) -> (u16, Vec<u8>) {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
+                .unwrap();
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            rest = &rest[eol + 2 + size + 2..];
+        }
+        body = out;
+    }
+    (status, body)
+}
