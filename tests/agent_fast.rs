@@ -79,7 +79,17 @@ fn lvm_agent_fast_concurrent_creates_share_commits_without_reports() {
     }
     let d = Domain::new("fastconc");
     let vg = d.name();
-    let agent = Agent::start(&d, &["--gc-interval", "0", "--burst-idle", "2"]);
+    let agent = Agent::start(
+        &d,
+        &[
+            "--gc-interval",
+            "0",
+            "--census-interval",
+            "0",
+            "--burst-idle",
+            "2",
+        ],
+    );
     // The first creation takes the lock (one report).
     agent.ok("POST", &format!("/v1/domains/{vg}/volumes"), create_body());
     let before = lvm_commands(&agent);
@@ -94,11 +104,10 @@ fn lvm_agent_fast_concurrent_creates_share_commits_without_reports() {
         total as f64 / 16.0
     );
     assert_eq!(delta(&after, &before, "lvcreate"), 16);
-    // No report for the creates; the agent's census (one report per domain every 30 s, for
-    // the gauges) may fall inside the burst once.
-    assert!(
-        delta(&after, &before, "lvs") <= 1,
-        "no report within the burst: {after:?} - {before:?}"
+    assert_eq!(
+        delta(&after, &before, "lvs"),
+        0,
+        "no report within the burst"
     );
     let commits = delta(&after, &before, "lvchange");
     assert!(
@@ -120,7 +129,17 @@ fn lvm_agent_fast_sees_the_vg_changed_between_bursts_and_yields_to_waiters() {
     }
     let d = Domain::new("fastchg");
     let vg = d.name();
-    let agent = Agent::start(&d, &["--gc-interval", "0", "--burst-idle", "0.3"]);
+    let agent = Agent::start(
+        &d,
+        &[
+            "--gc-interval",
+            "0",
+            "--census-interval",
+            "0",
+            "--burst-idle",
+            "0.3",
+        ],
+    );
     let first = agent.ok("POST", &format!("/v1/domains/{vg}/volumes"), create_body());
     std::thread::sleep(Duration::from_secs(2));
     // Between two bursts another process creates a volume (the next free slot) and tags one.
@@ -199,7 +218,17 @@ fn lvm_agent_fast_kill_9_mid_burst_leaves_what_gc_repairs() {
     }
     let d = Domain::new("fastkill");
     let vg = d.name().to_string();
-    let mut agent = Agent::start(&d, &["--gc-interval", "0", "--burst-idle", "5"]);
+    let mut agent = Agent::start(
+        &d,
+        &[
+            "--gc-interval",
+            "0",
+            "--census-interval",
+            "0",
+            "--burst-idle",
+            "5",
+        ],
+    );
     agent.ok("POST", &format!("/v1/domains/{vg}/volumes"), create_body());
     // A first wave is answered; the second is killed in the middle of its lvcreates.
     let first = concurrent_creates(&agent, &vg, 6);

@@ -43,8 +43,13 @@ pub async fn scan(agent: &Arc<Agent>, vg: &str) {
     }
 }
 
-/// Scans every served domain every [`SCAN_INTERVAL`] until `stop` turns true.
-pub async fn schedule(agent: Arc<Agent>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Scans every served domain every `interval` (by default [`SCAN_INTERVAL`]) until `stop`
+/// turns true.
+pub async fn schedule(
+    agent: Arc<Agent>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         let worker = agent.clone();
         match tokio::task::spawn_blocking(move || worker.domains.list()).await {
@@ -57,7 +62,7 @@ pub async fn schedule(agent: Arc<Agent>, mut stop: tokio::sync::watch::Receiver<
             Err(e) => tracing::warn!("cannot list the domains: {e}"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(SCAN_INTERVAL) => {}
+            _ = tokio::time::sleep(interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

@@ -50,6 +50,9 @@ pub struct AgentArgs {
     /// Seconds a burst holds the lock of a sanlock domain at most at a time (default 5).
     #[arg(long)]
     pub burst_max_hold: Option<f64>,
+    /// Seconds between the scans behind the per-domain gauges (default 30; 0: only after gc).
+    #[arg(long)]
+    pub census_interval: Option<u64>,
 }
 
 /// The config file. Unknown keys are refused (a typo must not pass silently).
@@ -64,6 +67,7 @@ pub struct FileConfig {
     pub shutdown_timeout: Option<u64>,
     pub burst_idle: Option<f64>,
     pub burst_max_hold: Option<f64>,
+    pub census_interval: Option<u64>,
 }
 
 /// The resolved settings.
@@ -80,6 +84,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// How creations hold the domain lock across bursts; None: one-shot creations.
     pub burst: Option<BurstSettings>,
+    /// How often the gauges' census scans the domains; None: only after each gc run.
+    pub census_interval: Option<Duration>,
 }
 
 impl FileConfig {
@@ -144,8 +150,13 @@ impl Settings {
             max_hold,
             ..defaults
         });
+        let census = args
+            .census_interval
+            .or(file.census_interval)
+            .unwrap_or(super::census::SCAN_INTERVAL.as_secs());
         Ok(Settings {
             burst,
+            census_interval: (census > 0).then(|| Duration::from_secs(census)),
             socket: args
                 .socket
                 .clone()

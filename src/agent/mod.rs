@@ -168,7 +168,9 @@ async fn serve(settings: Settings, lvm: Arc<Lvm>) -> Result<()> {
     if let Some(interval) = settings.gc_interval {
         tokio::spawn(gc::schedule(agent.clone(), interval, stopped.clone()));
     }
-    tokio::spawn(census::schedule(agent.clone(), stopped.clone()));
+    if let Some(interval) = settings.census_interval {
+        tokio::spawn(census::schedule(agent.clone(), interval, stopped.clone()));
+    }
     let server = axum::serve(
         listener,
         api::router(agent.clone()).into_make_service_with_connect_info::<Peer>(),
