@@ -173,13 +173,17 @@ pub(crate) fn refresh(domain: &Domain, images: &[ImageId]) -> Result<Vec<VolumeI
     let mut stale = Vec::new();
     for image in images {
         for id in linked(&domain.vg, image)? {
-            let Some(lv) = snap.volume(&id).filter(|l| l.active) else {
-                tracing::debug!(volume = %id, "a linked volume is not an active volume here");
+            let Some(lv) = snap.volume(&id) else {
+                tracing::debug!(volume = %id, "a linked volume is not a volume of the domain");
                 continue;
             };
+            // Whether this host maps the LV is what its device node says: the report's state
+            // character is not trusted here, since lvm judges it against metadata that
+            // another host has just changed.
             let mapped = device_size(&domain.volume_device(&id));
-            tracing::debug!(volume = %id, lv_size = lv.size.0, mapped = ?mapped.as_ref().ok(), "checking the mapping");
+            tracing::debug!(volume = %id, lv_size = lv.size.0, attr_active = lv.active, mapped = ?mapped.as_ref().ok(), "checking the mapping");
             match mapped {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Ok(size) if size != lv.size.0 => {
                     tracing::info!(volume = %id, mapped = size, lv_size = lv.size.0, "the LV's size differs from its mapping here");
                     stale.push(id)
@@ -206,7 +210,7 @@ pub(crate) fn teardown(domain: &Domain, image: &ImageId) -> Result<()> {
     links::remove_image(&domain.vg, image).map_err(Error::io("removing the links"))?;
     let active: Vec<String> = members
         .iter()
-        .filter(|l| l.active)
+        .filter(|l| l.active || domain.device(&l.name).exists())
         .map(|l| domain.lv_path(&l.name))
         .collect();
     domain
