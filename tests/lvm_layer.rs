@@ -7,7 +7,7 @@ mod common;
 use common::{lvm_available, TestVg};
 use lvchain::directio::{AlignedBuf, DirectFile};
 use lvchain::ids::{ImageId, VolumeId};
-use lvchain::lvm::{Activation, Lvm, LvmConfig, LvmError, NewLv};
+use lvchain::lvm::{Activation, Backend, Lvm, LvmConfig, LvmError, NewLv};
 use lvchain::tags::{self, Tag};
 use lvchain::units::{Bytes, GIB, MIB};
 use std::path::Path;
@@ -301,4 +301,51 @@ fn lvm_a_hanging_command_is_killed_at_its_deadline() {
         !ps.contains(&format!("sleep {marker}")),
         "processes left behind:\n{ps}"
     );
+}
+
+#[test]
+fn lvm_metadata_stamp_changes_with_every_metadata_commit_and_not_with_activation() {
+    if !lvm_available("metadata_stamp_changes_with_every_metadata_commit_and_not_with_activation") {
+        return;
+    }
+    // Two PVs: the stamp covers the metadata areas of both.
+    let vg = TestVg::new("stamp", 2, Bytes(GIB));
+    let pvs: Vec<std::path::PathBuf> = vg
+        .lvm
+        .pvs(&vg.name)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.pv_name.into())
+        .collect();
+    let stamp = || vg.lvm.metadata_stamp(&vg.name, &pvs).unwrap();
+    let lv = NewLv {
+        name: "lv1",
+        size: Bytes(8 * MIB),
+        tags: vec![],
+        activate: false,
+    };
+    let s0 = stamp();
+    assert_eq!(s0, stamp(), "nothing changed");
+    vg.lvm.lvcreate(&vg.name, &lv).unwrap();
+    let s1 = stamp();
+    assert_ne!(s0, s1, "lvcreate committed new metadata");
+    vg.lvm
+        .lvchange_tags(&vg.name, "lv1", &[], &["OTHER".to_string()])
+        .unwrap();
+    let s2 = stamp();
+    assert_ne!(s1, s2, "a tag change committed new metadata");
+    // Activation and deactivation write no metadata.
+    let path = format!("{}/lv1", vg.name);
+    vg.lvm
+        .lvchange_activation(std::slice::from_ref(&path), Activation::Activate)
+        .unwrap();
+    vg.lvm
+        .lvchange_activation(std::slice::from_ref(&path), Activation::Deactivate)
+        .unwrap();
+    assert_eq!(s2, stamp(), "activation is not a metadata change");
+    // The seqno agrees: it moved with each of the two commits and not with activation.
+    let seq = vg.lvm.vgs(&vg.name).unwrap().vg_seqno;
+    vg.lvm.lvextend(&vg.name, "lv1", Bytes(16 * MIB)).unwrap();
+    assert_eq!(vg.lvm.vgs(&vg.name).unwrap().vg_seqno, seq + 1);
+    assert_ne!(s2, stamp(), "lvextend committed new metadata");
 }

@@ -12,10 +12,12 @@
 //!
 //! The LVM writes of a burst run one at a time: lvm serializes them on its VG lock anyway, and
 //! each of many waiting lvm processes would read the VG again once it got that lock. On
-//! release the VG's sequence number is read (one `vgs`), and the snapshot kept with it; the
-//! next acquisition reads the sequence number again and uses the snapshot only when it did not
-//! move (same VG uuid, same seqno), and makes the full report otherwise. Nothing cached is used
-//! without the lock: a snapshot lives in the held state, and goes with it.
+//! release the VG's metadata stamp is read under the lock (the header sectors of its PVs'
+//! metadata areas, by direct I/O: no lvm command, see [`crate::lvm::label`]), and the snapshot
+//! kept with it; the next acquisition reads the stamp again and uses the snapshot only when it
+//! did not change, and makes the full report otherwise. Where the stamp cannot be read, the
+//! VG's uuid and sequence number (one `vgs`) stand in for it. Nothing cached is used without
+//! the lock: a snapshot lives in the held state, and goes with it.
 
 use super::{Domain, Snapshot};
 use crate::error::{Error, Result};
@@ -56,7 +58,7 @@ impl Default for BurstSettings {
 pub struct BurstStats {
     /// Times the domain lock was taken.
     pub acquired: u64,
-    /// Acquisitions whose kept snapshot was still the VG's (seqno unchanged).
+    /// Acquisitions whose kept snapshot was still the VG's (metadata unchanged).
     pub reused: u64,
     /// Acquisitions that made the full report.
     pub reread: u64,
@@ -67,8 +69,13 @@ pub struct BurstStats {
     pub yielded: u64,
 }
 
-/// The VG's identity and metadata sequence number.
-type Seq = (String, u64);
+/// What says whether the VG's metadata changed: the header sectors of its metadata areas,
+/// or (where they cannot be read) its uuid and sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seq {
+    Headers(Vec<u8>),
+    Seqno(String, u64),
+}
 
 struct Held {
     _guard: Box<dyn DomainGuard>,
@@ -76,7 +83,7 @@ struct Held {
     last: Instant,
     /// Trusted while the lock is held; None when an outcome is not known (re-read first).
     snap: Option<Snapshot>,
-    /// The VG's sequence number when it was last known to match `snap`; None after changes.
+    /// The VG's metadata stamp when it was last known to match `snap`; None after changes.
     seq: Option<Seq>,
     /// Held at most `max_hold` (other hosts share the domain).
     bounded: bool,
@@ -85,8 +92,10 @@ struct Held {
 #[derive(Default)]
 struct State {
     held: Option<Held>,
-    /// The snapshot as of the last release and the seqno then: checked before any use.
+    /// The snapshot as of the last release and the stamp then: checked before any use.
     kept: Option<(Snapshot, Seq)>,
+    /// The VG's PVs (where its metadata areas are), listed once.
+    pvs: Option<Vec<std::path::PathBuf>>,
     /// Creations between their plan and their end (the lock stays held meanwhile).
     users: usize,
     /// Of those, creations making their LV (not yet queued for the commit).
@@ -296,19 +305,44 @@ impl Burst {
         }
     }
 
-    /// Takes the domain lock; the kept snapshot is used only when the VG's seqno says nothing
-    /// changed since it was kept, else the full report is made now.
+    /// The VG's metadata stamp, read under the lock: its metadata-area headers (no lvm
+    /// command once its PVs are known), else its uuid and seqno (one `vgs`).
+    fn stamp(&self, st: &mut State) -> Result<Seq> {
+        let vg = self.domain.vg.as_str();
+        if st.pvs.is_none() {
+            match self.domain.lvm.pvs(vg) {
+                Ok(rows) => {
+                    st.pvs = Some(rows.into_iter().map(|r| r.pv_name.into()).collect());
+                }
+                Err(e) => tracing::debug!(vg, error = %e, "cannot list the VG's PVs"),
+            }
+        }
+        if let Some(pvs) = st.pvs.as_deref() {
+            match self.domain.lvm.metadata_stamp(vg, pvs) {
+                Ok(h) => return Ok(Seq::Headers(h)),
+                Err(e) => {
+                    tracing::debug!(vg, error = %e, "cannot read the metadata-area headers: the seqno instead");
+                    // The PVs may have changed: list them again next time.
+                    st.pvs = None;
+                }
+            }
+        }
+        let row = self
+            .domain
+            .lvm
+            .vgs(vg)
+            .map_err(|e| self.domain.vg_error(e))?;
+        Ok(Seq::Seqno(row.vg_uuid, row.vg_seqno))
+    }
+
+    /// Takes the domain lock; the kept snapshot is used only when the VG's metadata stamp
+    /// says nothing changed since it was kept, else the full report is made now.
     fn acquire(&self, st: &mut State) -> Result<()> {
         let guard = self.domain.lock()?;
         let now = Instant::now();
         let (snap, seq) = match st.kept.take() {
             Some((snap, seq)) => {
-                let row = self
-                    .domain
-                    .lvm
-                    .vgs(&self.domain.vg)
-                    .map_err(|e| self.domain.vg_error(e))?;
-                let current = (row.vg_uuid, row.vg_seqno);
+                let current = self.stamp(st)?;
                 if current == seq {
                     self.count(1, 1);
                     (snap, Some(seq))
@@ -364,18 +398,19 @@ impl Burst {
         self.changed.notify_all();
     }
 
-    /// Releases the lock, keeping the snapshot with the VG's seqno read under it (nothing is
-    /// kept when it cannot be read).
+    /// Releases the lock, keeping the snapshot with the VG's metadata stamp read under it
+    /// (nothing is kept when it cannot be read).
     fn release(&self, st: &mut State) {
         let Some(held) = st.held.take() else {
             return;
         };
+        // The stamp is read before the guard goes (at the end of this function).
         st.kept = match (held.snap, held.seq) {
             (Some(snap), Some(seq)) => Some((snap, seq)),
-            (Some(snap), None) => match self.domain.lvm.vgs(&self.domain.vg) {
-                Ok(row) => Some((snap, (row.vg_uuid, row.vg_seqno))),
+            (Some(snap), None) => match self.stamp(st) {
+                Ok(seq) => Some((snap, seq)),
                 Err(e) => {
-                    tracing::debug!(vg = %self.domain.vg, error = %e, "no seqno: the next burst re-reads");
+                    tracing::debug!(vg = %self.domain.vg, error = %e, "no metadata stamp: the next burst re-reads");
                     None
                 }
             },
@@ -483,7 +518,7 @@ mod tests {
         let v = burst.create_volume(&base()).unwrap();
         assert_ne!(v.slot, outside.slot, "the cached snapshot was not used");
         assert_eq!(burst.stats().reread, 2);
-        // Unchanged between bursts: the seqno check alone.
+        // Unchanged between bursts: the metadata stamp alone, no lvm command.
         while burst.is_held() {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -491,7 +526,12 @@ mod tests {
         burst.create_volume(&base()).unwrap();
         let log = sim.log()[before..].to_vec();
         assert_eq!(count(&log, "lvs"), 0, "{log:#?}");
-        assert_eq!(count(&log, "vgs"), 1, "{log:#?}");
+        assert_eq!(count(&log, "vgs") + count(&log, "pvs"), 0, "{log:#?}");
+        let lvm = log
+            .iter()
+            .filter(|l| ["lv", "vg", "pv"].iter().any(|p| l.starts_with(p)))
+            .count();
+        assert_eq!(lvm, 2, "lvcreate and its commit only: {log:#?}");
         assert_eq!(burst.stats().reused, 1);
         // Another holder waiting makes the burst release at once.
         assert!(burst.is_held());

@@ -19,6 +19,9 @@ pub trait Backend: Send + Sync {
     fn lvs(&self, vg: &str) -> Result<Vec<LvRow>, LvmError>;
     fn vgs(&self, vg: &str) -> Result<VgRow, LvmError>;
     fn pvs(&self, vg: &str) -> Result<Vec<PvRow>, LvmError>;
+    /// A stamp of the VG's committed metadata read from `pvs` (its PVs) without an lvm
+    /// command: equal stamps mean no metadata change in between ([`super::label`]).
+    fn metadata_stamp(&self, vg: &str, pvs: &[PathBuf]) -> std::io::Result<Vec<u8>>;
 
     // Metadata-changing commands: each is one VG metadata commit.
     fn pvcreate(&self, devices: &[PathBuf], metadata_size: Bytes) -> Result<(), LvmError>;
@@ -99,6 +102,19 @@ impl Backend for super::Lvm {
     }
     fn pvs(&self, vg: &str) -> Result<Vec<PvRow>, LvmError> {
         super::Lvm::pvs(self, vg)
+    }
+
+    fn metadata_stamp(&self, _vg: &str, pvs: &[PathBuf]) -> std::io::Result<Vec<u8>> {
+        let start = std::time::Instant::now();
+        let stamp =
+            super::label::metadata_stamp(pvs, |pv, offset, len| self.read_at(pv, offset, len));
+        tracing::debug!(
+            pvs = pvs.len(),
+            ok = stamp.is_ok(),
+            elapsed_us = start.elapsed().as_micros() as u64,
+            "read the VG's metadata-area headers"
+        );
+        stamp
     }
     fn pvcreate(&self, devices: &[PathBuf], metadata_size: Bytes) -> Result<(), LvmError> {
         super::Lvm::pvcreate(self, devices, metadata_size)

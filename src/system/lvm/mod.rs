@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod label;
 pub mod report;
 pub mod sim;
 

@@ -378,6 +378,19 @@ impl Backend for SimLvm {
         })
     }
 
+    fn metadata_stamp(&self, vg: &str, pvs: &[PathBuf]) -> std::io::Result<Vec<u8>> {
+        let s = lock(&self.state);
+        match s.vgs.get(vg) {
+            Some(v) if pvs.iter().any(|p| v.pvs.contains(p)) => {
+                Ok(format!("{}:{}", v.uuid, v.seqno).into_bytes())
+            }
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no metadata area of VG {vg} on these devices"),
+            )),
+        }
+    }
+
     fn pvcreate(&self, devices: &[PathBuf], _metadata_size: Bytes) -> Result<(), LvmError> {
         let what = format!("pvcreate {devices:?}");
         self.lvm_step(&what, |s| {
