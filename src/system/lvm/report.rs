@@ -34,14 +34,17 @@ impl LvRow {
     pub const FIELDS: &'static str =
         "lv_name,vg_name,lv_size,lv_tags,lv_attr,vg_extent_size,vg_free,vg_size,vg_tags";
 
-    /// Whether the LV is active on this host (5th lv_attr character).
+    /// Whether the LV is mapped on this host (5th lv_attr character: active, suspended, or
+    /// `X`: lvm could not tell, as when another host changed the LV under a live mapping
+    /// here; a mapping is assumed then).
     pub fn active(&self) -> bool {
-        self.lv_attr.chars().nth(4) == Some('a')
+        matches!(self.lv_attr.chars().nth(4), Some('a' | 's' | 'X'))
     }
 
-    /// Whether the LV's device is open (6th lv_attr character).
+    /// Whether the LV's device is open (6th lv_attr character; `X`, unknown, counts as open:
+    /// nothing is removed or torn down on a guess).
     pub fn open(&self) -> bool {
-        self.lv_attr.chars().nth(5) == Some('o')
+        matches!(self.lv_attr.chars().nth(5), Some('o' | 'X'))
     }
 }
 
@@ -191,6 +194,19 @@ mod tests {
         assert!(rows[1].lv_tags.is_empty());
         assert_eq!(rows[1].vg_tags, vec!["LVC_DOMAIN"]);
         Ok(())
+    }
+
+    #[test]
+    fn an_unknown_state_counts_as_mapped_and_open() {
+        let row = |attr: &str| LvRow {
+            lv_attr: attr.into(),
+            ..LvRow::default()
+        };
+        assert!(!row("-wi-------").active());
+        assert!(row("-wi-ao----").active() && row("-wi-ao----").open());
+        assert!(row("-wi-XX----").active() && row("-wi-XX----").open());
+        assert!(row("-wi-s-----").active() && !row("-wi-s-----").open());
+        assert!(!row("-wi-d-----").active());
     }
 
     #[test]
