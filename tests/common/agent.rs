@@ -52,7 +52,10 @@ impl Agent {
 
     /// One request; the status and the body (JSON when it parses, else a string).
     pub fn call(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-        let (status, text) = request(&self.socket, method, path, body);
+        let (status, text) = match try_request(&self.socket, method, path, body) {
+            Ok(answer) => answer,
+            Err(e) => panic!("{method} {path}: {e}\nthe agent's log:\n{}", self.log()),
+        };
         let v = serde_json::from_slice(&text)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&text).into()));
         (status, v)
@@ -100,14 +103,29 @@ impl Drop for Agent {
 /// written from another thread so that a server refusing it early is seen, not a blocked
 /// write.
 pub fn request(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut s = UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    try_request(socket, method, path, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// How long a client waits for an answer: a bound against a hung agent, not a performance
+/// assertion (a loaded test VM runs lvm commands many times slower than an idle one).
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(600);
+
+/// [`request`], saying why there is no answer instead of panicking.
+pub fn try_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
+    let mut s = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(ANSWER_WITHIN))
+        .map_err(|e| format!("set_read_timeout: {e}"))?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    let mut w = s.try_clone().unwrap();
+    let mut w = s.try_clone().map_err(|e| format!("clone: {e}"))?;
     let body = body.to_vec();
     let writer = std::thread::spawn(move || {
         let _ = w
@@ -115,9 +133,20 @@ pub fn request(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Ve
             .and_then(|()| w.write_all(&body));
     });
     let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
+    let started = Instant::now();
+    let read = s.read_to_end(&mut raw);
     let _ = writer.join();
-    parse_response(&raw)
+    if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Err(match read {
+            Err(e) => format!("no answer after {:?}: {e}", started.elapsed()),
+            Ok(_) => format!(
+                "the agent closed the connection after {:?} without a complete answer: {:?}",
+                started.elapsed(),
+                String::from_utf8_lossy(&raw)
+            ),
+        });
+    }
+    Ok(parse_response(&raw))
 }
 
 pub fn parse_response(raw: &[u8]) -> (u16, Vec<u8>) {
