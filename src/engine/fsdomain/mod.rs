@@ -41,7 +41,7 @@ pub const IMAGES: &str = "images";
 /// Size of the reserved sanlock areas (`dom_md/ids`, `dom_md/leases`).
 const AREA_SIZE: u64 = 8 << 20;
 /// The `vg` name under which the local lock manager keeps this domain's lease files.
-const LEASE_DIR: &str = "local-leases";
+pub(crate) const LEASE_DIR: &str = "local-leases";
 
 /// Whether a domain argument names a file domain (a path: it contains a `/`).
 pub fn is_file_domain(name: &str) -> bool {

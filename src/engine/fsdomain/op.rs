@@ -95,12 +95,7 @@ pub fn run(fd: &FileDomain, id: &VolumeId, generation: Generation, work: &Work) 
         _ => (None, None),
     };
     if let Work::Extend { size } = work {
-        if *size < vol.capacity {
-            return Err(Error::InvalidInput(format!(
-                "size {} is smaller than the current capacity {}",
-                size.0, vol.capacity.0
-            )));
-        }
+        super::txn::check_growth(&vol, *size)?;
     }
     meta.legality = Legality::Illegal;
     meta.partial |= matches!(work, Work::Copy { .. });

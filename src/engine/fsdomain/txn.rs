@@ -102,7 +102,6 @@ pub fn create(fd: &FileDomain, req: &CreateRequest) -> Result<Volume> {
         let _ = atomic::remove_empty_dir(&dir);
         return Err(io(format!("writing {}", creating.display()))(e));
     }
-    crash::point(CrashPoint::CreateAfterMetadata);
     if let Err(original) = contents(fd, &plan) {
         let entry = Entry {
             id: meta.id,
@@ -157,6 +156,23 @@ pub fn create(fd: &FileDomain, req: &CreateRequest) -> Result<Volume> {
 /// Everything between the marker and the commit: the parent's role, the data file.
 fn contents(fd: &FileDomain, plan: &crate::volume::create::Plan) -> Result<()> {
     let meta = &plan.meta;
+    // The volume's lease area (the local manager's lease file), made with the volume as on
+    // block domains, so taking the lease later never creates anything.
+    let lease = fd.lease_path(&meta.id);
+    let made = lease
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&lease)
+        })
+        .and_then(|f| f.sync_all())
+        .and_then(|()| atomic::fsync_dir(&fd.dom_md().join(super::LEASE_DIR)));
+    made.map_err(io(format!("creating {}", lease.display())))?;
+    crash::point(CrashPoint::CreateAfterMetadata);
     if let Some(p) = &plan.parent {
         let path = fd.meta_path(&p.image, &p.id, Marker::None);
         let mut pm =
@@ -554,6 +570,7 @@ pub fn extend(fd: &FileDomain, id: &VolumeId, size: Bytes) -> Result<Volume> {
     let _guard = fd.lock()?;
     let cat = store::scan(fd)?.catalog;
     let vol = cat.get(&fd.name, id)?.clone();
+    check_growth(&vol, size)?;
     let _lease = fd.lease(id)?;
     grow(fd, &vol, size)?;
     let path = fd.meta_path(&vol.image, id, Marker::None);
@@ -565,14 +582,20 @@ pub fn extend(fd: &FileDomain, id: &VolumeId, size: Bytes) -> Result<Volume> {
     Ok(cat.get(&fd.name, id)?.clone())
 }
 
-/// Grows the data of `vol` to `size` (refusing to shrink).
-pub(crate) fn grow(fd: &FileDomain, vol: &Volume, size: Bytes) -> Result<()> {
+/// Refuses to shrink a volume.
+pub(crate) fn check_growth(vol: &Volume, size: Bytes) -> Result<()> {
     if size < vol.capacity {
         return Err(Error::InvalidInput(format!(
             "size {} is smaller than the current capacity {}",
             size.0, vol.capacity.0
         )));
     }
+    Ok(())
+}
+
+/// Grows the data of `vol` to `size` (refusing to shrink).
+pub(crate) fn grow(fd: &FileDomain, vol: &Volume, size: Bytes) -> Result<()> {
+    check_growth(vol, size)?;
     let data = fd.data_path(&vol.image, &vol.id);
     let what = || format!("growing {}", data.display());
     match vol.format {
