@@ -629,3 +629,57 @@ fn file_random_kill9_mid_create_and_remove_then_gc_is_clean() {
     }
     eprintln!("{killed} of {run} runs killed mid-way");
 }
+
+#[test]
+fn file_check_and_gc_find_every_kind_of_leftover() {
+    let d = Fd::new();
+    let (img, ids) = d.image_with(1);
+    let dir = d.image_dir(&img);
+    // A creation that died after turning its parent internal, a removal that died after its
+    // mark, the temp file of a metadata rewrite that died, a data file without metadata.
+    let dead = uuid();
+    let o = d.cmd(
+        &[
+            "volume", "create", &d.path, "--parent", &ids[1], "--id", &dead,
+        ],
+        &[("LVCHAIN_CRASH_AT", "create.after-parent-update")],
+    );
+    assert!(crashed(&o));
+    let stray = uuid();
+    std::fs::write(dir.join(format!(".{}.meta.tmp", ids[0])), b"torn").unwrap();
+    std::fs::write(dir.join(&stray), b"data").unwrap();
+    // Readers never show the uncommitted volume; its parent is still the leaf for them.
+    assert_eq!(
+        d.chain(&img).last().unwrap(),
+        &(ids[1].clone(), "leaf".into())
+    );
+    let o = d.run(&["--json", "domain", "check", &d.path]);
+    assert_eq!(o.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let kinds: Vec<(&str, &str)> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["kind"].as_str().unwrap(), p["subject"].as_str().unwrap()))
+        .collect();
+    assert!(kinds.contains(&("orphan", dead.as_str())), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|(k, _)| *k == "stray-file").count(),
+        2,
+        "{kinds:?}"
+    );
+    // A dry run changes nothing; the collection takes everything out and fixes the parent.
+    let before = d.listing();
+    let dry = d.json(&["gc", &d.path, "--dry-run"]);
+    assert_eq!(dry["orphans"].as_array().unwrap().len(), 3, "{dry}");
+    assert_eq!(d.listing(), before);
+    let report = d.gc();
+    assert_eq!(report["orphans"].as_array().unwrap().len(), 3, "{report}");
+    assert!(!dir.join(&stray).exists());
+    assert!(!dir.join(format!("{dead}.meta.creating")).exists());
+    assert!(!dir.join(&dead).exists());
+    let meta = std::fs::read_to_string(dir.join(format!("{}.meta", ids[1]))).unwrap();
+    assert!(meta.contains("ROLE=leaf\n"), "{meta}");
+    d.check_clean();
+    d.assert_intact(&img, &ids);
+}

@@ -260,7 +260,7 @@ fn catalog(info: crate::domain::DomainInfo, entries: &[Entry]) -> Catalog {
     let mut volumes = HashMap::new();
     let mut bad = Vec::new();
     for e in entries {
-        if !snap.volume(&e.id).is_some() {
+        if snap.volume(&e.id).is_none() {
             continue;
         }
         match &e.meta {
