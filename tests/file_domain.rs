@@ -683,3 +683,28 @@ fn file_check_and_gc_find_every_kind_of_leftover() {
     d.check_clean();
     d.assert_intact(&img, &ids);
 }
+
+#[test]
+fn file_half_formatted_domain_is_refused_until_create_completes_it() {
+    let d = Fd::new();
+    let record = Path::new(&d.path).join("dom_md/metadata");
+    let text = std::fs::read_to_string(&record).unwrap();
+    let body =
+        text[..text.rfind("CHECKSUM=").unwrap()].replace("STATE=complete", "STATE=formatting");
+    let half = format!("{body}CHECKSUM={:08x}\n", crc32fast::hash(body.as_bytes()));
+    std::fs::write(&record, half).unwrap();
+    let o = d.run(&["volume", "list", &d.path]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("a format did not finish"), "{err}");
+    // The same id, completed.
+    d.ok(&["domain", "create", "--path", &d.path]);
+    let now = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(
+        now.lines().nth(1),
+        text.lines().nth(1),
+        "the domain id is kept"
+    );
+    assert!(now.contains("STATE=complete\n"));
+    d.check_clean();
+}
