@@ -476,12 +476,15 @@ fn file_crash_matrix_every_point_then_gc_is_clean_and_data_intact() {
         if *point == "create.after-commit" {
             ids.push(id);
         }
+        // Before gc, readers see the committed chain only (the parent is still the leaf).
+        d.assert_intact(&img, &ids);
         settle(&ids);
     }
     for point in FILE_POINTS.iter().filter(|p| p.starts_with("remove.")) {
         let leaf = d.create(&["--parent", ids.last().unwrap()]);
         crash(&["volume", "remove", &d.path, &leaf], point);
-        // Past its mark, a removal is completed by gc.
+        // Past its mark the volume is gone for readers, and gc completes its removal.
+        d.assert_intact(&img, &ids);
         settle(&ids);
         assert!(!d.image_dir(&img).join(&leaf).exists());
     }
