@@ -711,3 +711,59 @@ fn file_half_formatted_domain_is_refused_until_create_completes_it() {
     assert!(now.contains("STATE=complete\n"));
     d.check_clean();
 }
+
+#[test]
+fn file_concurrent_creations_take_turns_under_the_domain_lock() {
+    let d = Fd::new();
+    let (img, ids) = d.image_with(0);
+    // Eight processes snapshot the same leaf at once: exactly one wins, the others are
+    // refused (no longer a leaf) and leave nothing behind.
+    let children: Vec<std::process::Child> = (0..8)
+        .map(|_| {
+            Command::new(bin())
+                .args(["--direct", "volume", "create", &d.path, "--parent", &ids[0]])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let won = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap().status.success())
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(won, 1);
+    assert_eq!(d.chain(&img).len(), 2);
+    d.check_clean();
+    // Eight base volumes of eight images at once: all of them.
+    let children: Vec<std::process::Child> = (0..8)
+        .map(|_| {
+            Command::new(bin())
+                .args([
+                    "--direct",
+                    "volume",
+                    "create",
+                    &d.path,
+                    "--image",
+                    &uuid(),
+                    "--size",
+                    "1M",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        assert!(c.wait_with_output().unwrap().status.success());
+    }
+    assert_eq!(
+        d.json(&["volume", "list", &d.path])
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
+    d.check_clean();
+}
