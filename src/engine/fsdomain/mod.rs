@@ -15,13 +15,13 @@
 //!
 //! The seam: a [`crate::domain::Domain`] whose name is a path carries a [`FileDomain`], and
 //! every facade method sends its call here. Below the facade the two kinds share what is not
-//! storage: the readers' [`Catalog`] (chains, roles, listings, views), creation's validation
+//! storage: the readers' [`crate::volume::Catalog`] (chains, roles, listings, views), creation's validation
 //! ([`crate::volume::create`]'s plan), the committed-role rule, the status verdicts
 //! ([`crate::operation`]), the gc and check reports, and the crash-point names; each kind keeps
 //! its own storage steps (LV tags and slots there; file names, renames and fsyncs here), so
 //! the block engine, proven on real LVM, is untouched.
 //!
-//! What owns what: [`store`] scans the directory into the engine's [`Catalog`] (the same view
+//! What owns what: [`store`] scans the directory into the engine's [`crate::volume::Catalog`] (the same view
 //! block domains give readers, so chains, listings and JSON views are shared);
 //! [`txn`] holds the create / remove / gc / check transactions; [`op`] the lease/generation
 //! protocol; [`atomic`] the durable file-system steps.

@@ -17,7 +17,7 @@
 //!
 //! The collector holds the domain lock, so every marked metadata file belongs to a
 //! transaction that died: a creation is rolled back, a removal completed, with the same
-//! idempotent [`undo`] (crash points `gc.after-parent-update`, `gc.after-links`,
+//! idempotent `undo` (crash points `gc.after-parent-update`, `gc.after-links`,
 //! `gc.after-wipe`, `gc.after-metadata`); temp files of atomic rewrites and data files without
 //! metadata go too.
 
