@@ -16,7 +16,7 @@
 //! The seam: a [`crate::domain::Domain`] whose name is a path carries a [`FileDomain`], and
 //! every facade method sends its call here. Below the facade the two kinds share what is not
 //! storage: the readers' [`crate::volume::Catalog`] (chains, roles, listings, views), creation's validation
-//! ([`crate::volume::create`]'s plan), the committed-role rule, the status verdicts
+//! (`volume::create`'s plan), the committed-role rule, the status verdicts
 //! ([`crate::operation`]), the gc and check reports, and the crash-point names; each kind keeps
 //! its own storage steps (LV tags and slots there; file names, renames and fsyncs here), so
 //! the block engine, proven on real LVM, is untouched.
