@@ -362,7 +362,7 @@ fn lvm_bad_input_gets_a_clear_error_and_changes_nothing() {
     // A VG name lvm would refuse is bad usage, refused before any lvm command.
     let pv = d.vg.loops[0].display().to_string();
     for args in [
-        vec!["volume", "list", "no/such/vg"],
+        vec!["volume", "list", "no:such:vg"],
         vec!["domain", "create", "--", "-vg", &pv],
         vec!["domain", "create", "..", &pv],
         vec!["gc", "vg name"],
@@ -375,6 +375,14 @@ fn lvm_bad_input_gets_a_clear_error_and_changes_nothing() {
             f.stderr
         );
     }
+    // An argument with a `/` names a file domain (a directory): one that is none is refused.
+    let f = d.run(&["volume", "list", "no/such/dir"]);
+    assert_eq!(f.code, Some(1), "{f:?}");
+    assert!(
+        f.stderr.contains("is not an lvchain domain"),
+        "{}",
+        f.stderr
+    );
     assert_eq!(d.state(), before, "nothing changed");
 }
 
