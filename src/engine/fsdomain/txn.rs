@@ -96,13 +96,25 @@ pub fn create(fd: &FileDomain, req: &CreateRequest) -> Result<Volume> {
         atomic::fsync_dir(&fd.images_dir()).map_err(io("syncing images/"))?;
     }
     let bytes = store::encode_meta(&meta)?;
+    let header: Option<Header> =
+        (plan.parent.is_some() || meta.format == Format::Qcow2).then(|| {
+            let capacity = meta.capacity.0;
+            let backing = plan
+                .parent
+                .as_ref()
+                .map(|p| (p.id.to_string(), p.format.to_string()));
+            std::thread::spawn(move || {
+                let backing = backing.as_ref().map(|(f, fmt)| (f.as_str(), fmt.as_str()));
+                crate::qemu::qcow2_header(capacity, backing)
+            })
+        });
     if let Err(e) = atomic::write_new(&creating, &bytes) {
         // Nothing of the volume exists but, maybe, a torn marker: take it out again.
         let _ = atomic::remove(&creating);
         let _ = atomic::remove_empty_dir(&dir);
         return Err(io(format!("writing {}", creating.display()))(e));
     }
-    if let Err(original) = contents(fd, &plan) {
+    if let Err(original) = contents(fd, &plan, header) {
         let entry = Entry {
             id: meta.id,
             image: meta.image,
@@ -154,10 +166,25 @@ pub fn create(fd: &FileDomain, req: &CreateRequest) -> Result<Volume> {
 }
 
 /// Everything between the marker and the commit: the parent's role, the data file.
-fn contents(fd: &FileDomain, plan: &crate::volume::create::Plan) -> Result<()> {
+/// The qcow2 header `qemu-img create` writes for the new volume (backed by the parent's bare
+/// id), made in memory on another thread while the marker and the parent are written, as
+/// block creations make it while their `lvcreate` runs.
+type Header = std::thread::JoinHandle<std::result::Result<Vec<u8>, crate::qemu::QemuError>>;
+
+fn io_panic(what: &str) -> crate::qemu::QemuError {
+    crate::qemu::QemuError::Scratch(std::io::Error::other(what.to_string()))
+}
+
+fn contents(
+    fd: &FileDomain,
+    plan: &crate::volume::create::Plan,
+    header: Option<Header>,
+) -> Result<()> {
     let meta = &plan.meta;
     // The volume's lease area (the local manager's lease file), made with the volume as on
-    // block domains, so taking the lease later never creates anything.
+    // block domains, so taking the lease later never creates anything. An empty file whose
+    // only use is to carry OFD locks: it needs no fsync (one lost in a crash is made again by
+    // the first lease taken).
     let lease = fd.lease_path(&meta.id);
     let made = lease
         .parent()
@@ -168,9 +195,7 @@ fn contents(fd: &FileDomain, plan: &crate::volume::create::Plan) -> Result<()> {
                 .create(true)
                 .truncate(false)
                 .open(&lease)
-        })
-        .and_then(|f| f.sync_all())
-        .and_then(|()| atomic::fsync_dir(&fd.dom_md().join(super::LEASE_DIR)));
+        });
     made.map_err(io(format!("creating {}", lease.display())))?;
     crash::point(CrashPoint::CreateAfterMetadata);
     if let Some(p) = &plan.parent {
@@ -196,22 +221,18 @@ fn contents(fd: &FileDomain, plan: &crate::volume::create::Plan) -> Result<()> {
                 .map_err(io(what()))?;
             f.set_len(meta.capacity.0).map_err(io(what()))?;
             f.sync_all().map_err(io(what()))?;
+            atomic::fsync_dir(&fd.image_dir(&meta.image)).map_err(io(what()))?;
         }
-        parent => {
-            let backing = parent
-                .as_ref()
-                .map(|p| (p.id.to_string(), p.format.to_string()));
-            crate::qemu::create_qcow2(
-                &data,
-                meta.capacity.0,
-                backing.as_ref().map(|(f, fmt)| (f.as_str(), fmt.as_str())),
-            )?;
-            std::fs::File::open(&data)
-                .and_then(|f| f.sync_all())
-                .map_err(io(what()))?;
+        _ => {
+            let header = match header {
+                Some(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(io_panic("the qemu-img thread panicked")))?,
+                None => return Err(Error::InvalidInput("no qcow2 header was made".into())),
+            };
+            atomic::write_new(&data, &header).map_err(io(what()))?;
         }
     }
-    atomic::fsync_dir(&fd.image_dir(&meta.image)).map_err(io(what()))?;
     crash::point(CrashPoint::CreateAfterQemuImg);
     crash::point(CrashPoint::CreateAfterLinks);
     Ok(())
