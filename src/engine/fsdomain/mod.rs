@@ -325,8 +325,15 @@ impl FileDomain {
     }
 
     /// Removes the domain (with `force`, its volumes first, the way image removal goes);
-    /// how many volumes went.
+    /// how many volumes went. Order: `images/`, the record (from then on the directory is no
+    /// domain), `dom_md`; a removal that died is finished by running it again.
     pub fn remove(&self, force: bool) -> Result<usize> {
+        // A removal that died after the record went: only `dom_md` is left to remove.
+        if !self.record_path().exists() && !self.images_dir().exists() && self.dom_md().is_dir() {
+            std::fs::remove_dir_all(self.dom_md())
+                .map_err(Error::io(format!("removing {}/dom_md", self.name)))?;
+            return Ok(0);
+        }
         let mut removed = 0;
         if force {
             let report = txn::gc(self, false)?;
