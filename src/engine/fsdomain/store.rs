@@ -226,7 +226,7 @@ pub fn scan(fd: &FileDomain) -> Result<Scan> {
 
 /// The entry as the engine's LV view has it (the metadata file stands for the LV and its
 /// tags): image, parent and markers, slot 0 (file domains have no slots).
-fn lv_entry(e: &Entry) -> LvEntry {
+pub(crate) fn lv_entry(e: &Entry) -> LvEntry {
     let meta = e.meta.as_ref().ok();
     LvEntry {
         name: e.id.to_string(),

@@ -141,28 +141,14 @@ pub fn create(fd: &FileDomain, req: &CreateRequest) -> Result<Volume> {
     crash::point(CrashPoint::CreateAfterCommit);
     drop(parent_lease);
     let size = std::fs::metadata(fd.data_path(&meta.image, &meta.id)).map_or(0, |m| m.len());
-    let mut v = Volume::from_parts(
-        &crate::domain::LvEntry {
-            name: meta.id.to_string(),
-            id: Some(meta.id),
-            size: Bytes(size),
-            active: false,
-            open: false,
-            image: Some(meta.image),
-            parent: meta.parent,
-            slot: Some(0),
-            creating: false,
-            removing: false,
-            special: false,
-            member: true,
-            wipe: None,
-            bad_tags: vec![],
-        },
-        0,
-        &meta,
-    );
-    v.lv_size = Bytes(size);
-    Ok(v)
+    let entry = Entry {
+        id: meta.id,
+        image: meta.image,
+        marker: Marker::None,
+        meta: Ok(meta.clone()),
+        data: Some(size),
+    };
+    Ok(Volume::from_parts(&store::lv_entry(&entry), 0, &meta))
 }
 
 /// Everything between the marker and the commit: the parent's role, the data file.
@@ -454,7 +440,7 @@ pub fn gc(fd: &FileDomain, dry_run: bool) -> Result<GcReport> {
         let removable = matches!(s.kind, StrayKind::Temp | StrayKind::DataWithoutMetadata);
         let mut o = Orphan {
             lv: s.path.display().to_string(),
-            marker: crate::gc::Marker::Creating,
+            marker: crate::gc::Marker::Stray,
             image: None,
             parent: None,
             slot: None,
@@ -480,7 +466,7 @@ pub fn gc(fd: &FileDomain, dry_run: bool) -> Result<GcReport> {
             }
             drop(lease);
         } else {
-            o.actions.push(GcAction::WouldRollBack);
+            o.actions.push(GcAction::WouldRemoveFile);
         }
         out.push(o);
     }
