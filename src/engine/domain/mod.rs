@@ -163,6 +163,8 @@ impl Domain {
     }
 
     fn read(&self) -> Result<Snapshot> {
+        // Every block path starts with this report: none may run on a file domain.
+        self.refuse_file("an LVM report")?;
         let rows = self.lvm.lvs(&self.vg).map_err(|e| self.vg_error(e))?;
         if rows.is_empty() {
             // No LV: maybe a VG that is not (or not yet) a domain; its tags tell.
