@@ -5,6 +5,9 @@
 //! returns the domain to clean and the committed data reads back intact through the chain.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/scenario.rs"]
+mod scenario;
+
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -780,4 +783,20 @@ fn file_concurrent_creations_take_turns_under_the_domain_lock() {
         10
     );
     d.check_clean();
+}
+
+/// The end-to-end scenario whose body the block tier runs too
+/// (`lvm_end_to_end_scenario_the_same_as_on_a_file_domain` in tests/volumes.rs).
+#[test]
+fn file_end_to_end_scenario_the_same_as_on_a_block_domain() {
+    let d = Fd::new();
+    let run = |args: &[&str]| {
+        let o = d.run(args);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    scenario::end_to_end(&d.path, d._tmp.path(), &run);
 }

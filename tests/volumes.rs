@@ -465,3 +465,19 @@ fn lvm_extend_grows_lv_qcow2_and_capacity() {
     assert_eq!(info["virtual-size"], 48 << 20);
     d.ok(&["image", "teardown", d.name(), &img]);
 }
+
+/// The end-to-end scenario whose body the file-domain tier runs too
+/// (`file_end_to_end_scenario_the_same_as_on_a_block_domain` in tests/file_domain.rs).
+#[test]
+fn lvm_end_to_end_scenario_the_same_as_on_a_file_domain() {
+    if !lvm_available("scenario") {
+        return;
+    }
+    let d = Domain::new("scenario");
+    let scratch = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let f = d.run(args);
+        (f.code, f.stdout, f.stderr)
+    };
+    common::scenario::end_to_end(d.name(), scratch.path(), &run);
+}
