@@ -12,6 +12,8 @@ pub mod engine;
 pub mod format;
 pub mod system;
 
-pub use engine::{chain, check, crash, domain, error, gc, image, lock, operation, volume};
+pub use engine::{
+    chain, check, crash, domain, error, fsdomain, gc, image, lock, operation, volume,
+};
 pub use format::{ids, metadata, tags};
 pub use system::{directio, exec, links, lvm, qemu, units, wipe};

@@ -362,7 +362,7 @@ fn lvm_bad_input_gets_a_clear_error_and_changes_nothing() {
     // A VG name lvm would refuse is bad usage, refused before any lvm command.
     let pv = d.vg.loops[0].display().to_string();
     for args in [
-        vec!["volume", "list", "no/such/vg"],
+        vec!["volume", "list", "no:such:vg"],
         vec!["domain", "create", "--", "-vg", &pv],
         vec!["domain", "create", "..", &pv],
         vec!["gc", "vg name"],
@@ -375,6 +375,14 @@ fn lvm_bad_input_gets_a_clear_error_and_changes_nothing() {
             f.stderr
         );
     }
+    // An argument with a `/` names a file domain (a directory): one that is none is refused.
+    let f = d.run(&["volume", "list", "no/such/dir"]);
+    assert_eq!(f.code, Some(1), "{f:?}");
+    assert!(
+        f.stderr.contains("is not an lvchain domain"),
+        "{}",
+        f.stderr
+    );
     assert_eq!(d.state(), before, "nothing changed");
 }
 
@@ -456,4 +464,20 @@ fn lvm_extend_grows_lv_qcow2_and_capacity() {
     let info: Value = serde_json::from_str(&f.stdout).unwrap();
     assert_eq!(info["virtual-size"], 48 << 20);
     d.ok(&["image", "teardown", d.name(), &img]);
+}
+
+/// The end-to-end scenario whose body the file-domain tier runs too
+/// (`file_end_to_end_scenario_the_same_as_on_a_block_domain` in tests/file_domain.rs).
+#[test]
+fn lvm_end_to_end_scenario_the_same_as_on_a_file_domain() {
+    if !lvm_available("scenario") {
+        return;
+    }
+    let d = Domain::new("scenario");
+    let scratch = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let f = d.run(args);
+        (f.code, f.stdout, f.stderr)
+    };
+    common::scenario::end_to_end(d.name(), scratch.path(), &run);
 }

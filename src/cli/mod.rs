@@ -93,10 +93,16 @@ pub enum HostCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum DomainCmd {
-    /// Format a VG as a domain (creating it on PVs, or adopting an empty VG).
+    /// Format a VG as a domain (creating it on PVs, or adopting an empty VG), or a directory
+    /// as a file domain (--path, or a VG argument containing a `/`).
     Create {
         /// The volume group to create (or an existing empty one to adopt).
-        vg: VgName,
+        #[arg(required_unless_present = "path")]
+        vg: Option<VgName>,
+        /// Format this directory (empty, on any POSIX file system: NFS in production) as a
+        /// file domain; commands then take the path as their domain argument.
+        #[arg(long, conflicts_with = "vg")]
+        path: Option<PathBuf>,
         /// Physical volumes (devices) of a new VG; none to adopt an existing VG.
         pvs: Vec<PathBuf>,
         /// Metadata slots and leases to reserve.
@@ -373,6 +379,20 @@ fn domain(vg: &VgName) -> Result<Domain> {
     Ok(Domain::new(vg.clone(), std::sync::Arc::new(lvm)))
 }
 
+/// The domain argument naming the directory `path` (given a `/` where it had none, so every
+/// later command recognizes it as a file domain).
+fn file_domain_arg(path: &std::path::Path) -> Result<VgName> {
+    let s = path
+        .to_str()
+        .ok_or_else(|| Error::InvalidInput(format!("{} is not UTF-8", path.display())))?;
+    let s = if s.contains('/') {
+        s.to_string()
+    } else {
+        format!("./{s}")
+    };
+    VgName::file_domain(&s).ok_or_else(|| Error::InvalidInput(format!("bad path {s:?}")))
+}
+
 fn parse_lock_kind(s: &str) -> std::result::Result<LockKind, String> {
     s.parse()
         .map_err(|e: crate::lock::UnknownLockKind| e.to_string())
@@ -440,12 +460,18 @@ fn run_here(cli: &Cli, out: &output::Out) -> Result<()> {
         Command::Domain(c) => match c {
             DomainCmd::Create {
                 vg,
+                path,
                 pvs,
                 max_volumes,
                 lock_manager,
                 wipe,
             } => {
-                let info = domain(vg)?.format(&FormatRequest {
+                let vg = match (vg, path) {
+                    (_, Some(p)) => file_domain_arg(p)?,
+                    (Some(vg), None) => vg.clone(),
+                    (None, None) => return Err(Error::InvalidInput("a VG or --path".into())),
+                };
+                let info = domain(&vg)?.format(&FormatRequest {
                     pvs: pvs.clone(),
                     max_volumes: *max_volumes,
                     lock_manager: *lock_manager,

@@ -136,8 +136,9 @@ fn request(cmd: &Command) -> Option<Plan> {
                 max_volumes,
                 lock_manager,
                 wipe,
+                ..
             } => {
-                vg_of(vg)?;
+                vg_of(vg.as_deref()?)?;
                 let mut paths = Vec::new();
                 for p in pvs {
                     // A relative path names a file in this process's directory.

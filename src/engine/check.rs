@@ -33,8 +33,10 @@ pub enum ProblemKind {
     Orphan,
     /// A slot owned by more than one LV tag.
     SlotCollision,
-    /// A special LV that is missing.
+    /// A special LV (a file domain: a `dom_md` file) that is missing.
     SpecialLvMissing,
+    /// A file of a file domain that belongs to no volume (a temp file, data without metadata).
+    StrayFile,
     /// Tags that disagree with the metadata.
     TagMismatch,
 }
@@ -198,6 +200,7 @@ mod tests {
             Orphan,
             SlotCollision,
             SpecialLvMissing,
+            StrayFile,
             TagMismatch,
         ];
         let names: Vec<String> = kinds.iter().map(ToString::to_string).collect();
@@ -212,6 +215,7 @@ mod tests {
                 "orphan",
                 "slot-collision",
                 "special-lv-missing",
+                "stray-file",
                 "tag-mismatch"
             ]
         );

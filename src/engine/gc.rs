@@ -34,6 +34,9 @@ pub enum Marker {
     Creating,
     /// `LVC_REMOVING`: a removal that died.
     Removing,
+    /// A file domain's file that belongs to no transaction (a temp file of a metadata rewrite
+    /// that died, a data file without metadata): `stray-file`.
+    Stray,
 }
 
 impl std::fmt::Display for Marker {
@@ -41,6 +44,7 @@ impl std::fmt::Display for Marker {
         match self {
             Marker::Creating => Tag::Creating.fmt(f),
             Marker::Removing => Tag::Removing.fmt(f),
+            Marker::Stray => f.write_str("stray-file"),
         }
     }
 }
@@ -61,6 +65,8 @@ pub enum GcAction {
     Undo(Action),
     /// The LV was gone already when the collector removed the others.
     LvAlreadyGone,
+    /// Dry run: a file domain's stray file would be removed.
+    WouldRemoveFile,
 }
 
 impl std::fmt::Display for GcAction {
@@ -83,6 +89,7 @@ impl std::fmt::Display for GcAction {
             }
             GcAction::Undo(a) => a.fmt(f),
             GcAction::LvAlreadyGone => f.write_str("LV already gone"),
+            GcAction::WouldRemoveFile => f.write_str("remove the file"),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod check;
 pub mod crash;
 pub mod domain;
 pub mod error;
+pub mod fsdomain;
 pub mod gc;
 pub mod image;
 pub mod lock;

@@ -35,7 +35,7 @@ pub fn check_generation(generation: Generation) -> Result<()> {
 }
 
 /// `moved` (a checked step from `generation`), or the error that it is out of range.
-fn moved(generation: Generation, moved: Option<Generation>) -> Result<Generation> {
+pub(crate) fn moved(generation: Generation, moved: Option<Generation>) -> Result<Generation> {
     moved.ok_or_else(|| {
         Error::InvalidInput(format!(
             "generation {generation} cannot move on: out of range"
@@ -469,7 +469,7 @@ pub(crate) fn status(domain: &Domain, id: &VolumeId, generation: Generation) -> 
 /// lease now runs a later operation (or a brief structural change), not the one asked about.
 /// Past generations are told apart by the fence record: a fence moves N to N+3, as three
 /// successful operations do.
-fn decide(
+pub(crate) fn decide(
     generation: Generation,
     meta: &VolumeMeta,
     holder: Option<&crate::lock::Holder>,

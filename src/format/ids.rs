@@ -223,10 +223,25 @@ impl fmt::Display for VgName {
     }
 }
 
+impl VgName {
+    /// A file domain's directory as the domain argument (any path containing a `/`); never a
+    /// VG name, so no lvm command ever gets it.
+    pub fn file_domain(path: &str) -> Option<VgName> {
+        (path.contains('/') && !path.contains('\0')).then(|| VgName(path.to_string()))
+    }
+
+    /// Whether this names a file domain (a directory) rather than a VG.
+    pub fn is_file_domain(&self) -> bool {
+        self.0.contains('/')
+    }
+}
+
+/// How a domain argument is parsed: a path (containing a `/`) is a file domain, anything else
+/// must be a VG name lvm accepts.
 impl FromStr for VgName {
     type Err = BadVgName;
     fn from_str(s: &str) -> Result<Self, BadVgName> {
-        VgName::new(s)
+        VgName::file_domain(s).map_or_else(|| VgName::new(s), Ok)
     }
 }
 

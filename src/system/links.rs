@@ -25,7 +25,14 @@ pub fn set_run_dir(dir: &Path) -> bool {
     RUN_DIR.get_or_init(|| dir.to_path_buf()) == dir
 }
 
+/// The link directory of `image`; for a file domain (a `vg` that is a path) its image
+/// directory itself, where every volume's data file sits under its bare id already.
 pub fn image_dir(vg: &str, image: &ImageId) -> PathBuf {
+    if crate::engine::fsdomain::is_file_domain(vg) {
+        return Path::new(vg)
+            .join(crate::engine::fsdomain::IMAGES)
+            .join(image.to_string());
+    }
     run_dir().join(vg).join(image.to_string())
 }
 

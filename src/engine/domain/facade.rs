@@ -15,11 +15,17 @@ use crate::volume::{self, undo::WipeProgress, Catalog, CreateRequest, Volume};
 impl Domain {
     /// Formats the VG as a domain (creating it on the request's PVs, or adopting it).
     pub fn format(&self, req: &FormatRequest) -> Result<DomainInfo> {
+        if let Some(f) = &self.file {
+            return f.format(req);
+        }
         format(self, req)
     }
 
     /// Every committed volume with its metadata (one report, one read of the slots).
     pub fn catalog(&self) -> Result<Catalog> {
+        if let Some(f) = &self.file {
+            return Ok(crate::fsdomain::store::scan(f)?.catalog);
+        }
         Catalog::load(self)
     }
 
@@ -40,6 +46,9 @@ impl Domain {
 
     /// The read-only consistency report.
     pub fn check(&self) -> Result<crate::check::Report> {
+        if let Some(f) = &self.file {
+            return crate::fsdomain::txn::check(f);
+        }
         crate::check::check(self)
     }
 
@@ -50,11 +59,19 @@ impl Domain {
         progress: &mut dyn FnMut(usize, usize),
         wipe_progress: &mut WipeProgress<'_>,
     ) -> Result<crate::gc::Report> {
+        if let Some(f) = &self.file {
+            let report = crate::fsdomain::txn::gc(f, dry_run)?;
+            progress(report.orphans.len(), report.orphans.len());
+            return Ok(report);
+        }
         crate::gc::collect(self, dry_run, progress, wipe_progress)
     }
 
     /// Creates a base volume or a snapshot of a leaf.
     pub fn create_volume(&self, req: &CreateRequest) -> Result<Volume> {
+        if let Some(f) = &self.file {
+            return crate::fsdomain::txn::create(f, req);
+        }
         volume::create(self, req)
     }
 
@@ -66,11 +83,17 @@ impl Domain {
 
     /// Removes a leaf volume (its data wiped first where the policy says so).
     pub fn remove_volume(&self, id: &VolumeId, progress: &mut WipeProgress<'_>) -> Result<()> {
+        if let Some(f) = &self.file {
+            return crate::fsdomain::txn::remove(f, id);
+        }
         volume::remove(self, id, progress)
     }
 
     /// Removes every volume of `image`; how many there were.
     pub fn remove_image(&self, image: &ImageId, progress: &mut WipeProgress<'_>) -> Result<usize> {
+        if let Some(f) = &self.file {
+            return crate::fsdomain::txn::remove_image(f, image);
+        }
         volume::remove_image(self, image, progress)
     }
 
@@ -81,6 +104,12 @@ impl Domain {
         size: Bytes,
         generation: Option<Generation>,
     ) -> Result<Volume> {
+        if let Some(f) = &self.file {
+            return match generation {
+                Some(g) => crate::fsdomain::op::run(f, id, g, &Work::Extend { size }),
+                None => crate::fsdomain::txn::extend(f, id, size),
+            };
+        }
         match generation {
             Some(g) => operation::run(self, id, g, &Work::Extend { size }),
             None => volume::extend(self, id, size),
@@ -95,6 +124,10 @@ impl Domain {
         from: Source,
         progress: bool,
     ) -> Result<Volume> {
+        if let Some(f) = &self.file {
+            let work = Work::Copy { from, progress };
+            return crate::fsdomain::op::run(f, id, generation, &work);
+        }
         operation::run(self, id, generation, &Work::Copy { from, progress })
     }
 
@@ -110,16 +143,25 @@ impl Domain {
             description,
             legality,
         };
+        if let Some(f) = &self.file {
+            return crate::fsdomain::op::run(f, id, generation, &work);
+        }
         operation::run(self, id, generation, &work)
     }
 
     /// The status of the operation started at `generation`, from shared storage only.
     pub fn status(&self, id: &VolumeId, generation: Generation) -> Result<Status> {
+        if let Some(f) = &self.file {
+            return crate::fsdomain::op::status(f, id, generation);
+        }
         operation::status(self, id, generation)
     }
 
     /// Moves the generation on from `generation` (recorded as a fence).
     pub fn fence(&self, id: &VolumeId, generation: Generation) -> Result<Volume> {
+        if let Some(f) = &self.file {
+            return crate::fsdomain::op::fence(f, id, generation);
+        }
         operation::fence(self, id, generation)
     }
 
@@ -127,6 +169,11 @@ impl Domain {
     /// with a warning, where the leases cannot be read: no sanlock daemon on this host).
     pub fn volume_info(&self, id: &VolumeId) -> Result<Volume> {
         let cat = self.catalog()?;
+        if let Some(f) = &self.file {
+            let mut v = cat.get(&self.vg, id)?.clone();
+            v.prepared_on = Some(f.shared_holders(id)?);
+            return Ok(v);
+        }
         let mut v = cat.get(&self.vg, id)?.clone();
         let holders = self
             .activate_lease_lvs(&cat.snap)
@@ -145,6 +192,9 @@ impl Domain {
     /// holds it: refused on a domain shared by hosts (sanlock), where images are prepared
     /// through the host agent ([`Domain::prepare_held`]).
     pub fn prepare(&self, image: &ImageId, allow_illegal: bool) -> Result<Vec<Volume>> {
+        if let Some(f) = &self.file {
+            return prepare_file(f, image, allow_illegal);
+        }
         crate::image::prepare(self, image, allow_illegal, Holding::None).map(|(c, _)| c)
     }
 
@@ -154,6 +204,9 @@ impl Domain {
         image: &ImageId,
         allow_illegal: bool,
     ) -> Result<Vec<Volume>> {
+        if let Some(f) = &self.file {
+            return prepare_file(f, image, allow_illegal);
+        }
         crate::image::prepare(self, image, allow_illegal, Holding::NoneForRecovery).map(|(c, _)| c)
     }
 
@@ -185,6 +238,29 @@ impl Domain {
 
     /// Removes `image`'s links and deactivates its volumes on this host.
     pub fn teardown(&self, image: &ImageId) -> Result<()> {
+        if let Some(f) = &self.file {
+            // Nothing to undo: a file domain's image directory is its link directory.
+            crate::chain::walk(&crate::fsdomain::store::scan(f)?.catalog, image)?;
+            return Ok(());
+        }
         crate::image::teardown(self, image)
+    }
+}
+
+/// A file domain's image is ready where it lies (its directory is its link directory, the
+/// leaf's qcow2 names its parent's bare id there): the chain, checked as on block domains.
+fn prepare_file(
+    f: &crate::fsdomain::FileDomain,
+    image: &ImageId,
+    allow_illegal: bool,
+) -> Result<Vec<Volume>> {
+    let chain = crate::chain::walk(&crate::fsdomain::store::scan(f)?.catalog, image)?;
+    match chain.iter().find(|v| v.legality != Legality::Legal) {
+        Some(v) if !allow_illegal => Err(crate::error::Error::IllegalMember {
+            image: *image,
+            id: v.id,
+            generation: v.generation,
+        }),
+        _ => Ok(chain),
     }
 }

@@ -47,6 +47,9 @@ pub struct Domain {
     /// whole domain lock: handed to that thread's next [`Domain::scan`] instead of a second
     /// report, and dropped with the lock.
     fresh: Arc<Mutex<Option<(ThreadId, Snapshot)>>>,
+    /// Set when the domain is a file domain (its name is a directory): every facade method
+    /// goes there instead.
+    pub(crate) file: Option<Arc<crate::fsdomain::FileDomain>>,
 }
 
 impl Domain {
@@ -59,11 +62,14 @@ impl Domain {
     /// [`Domain::new`] with other local lock settings (lock file directory, timeout).
     pub fn with_local(vg: VgName, lvm: Arc<dyn Backend>, local: Local) -> Domain {
         Domain {
-            vg,
             lvm,
             local,
             manager: OnceLock::new(),
             fresh: Arc::default(),
+            file: vg
+                .is_file_domain()
+                .then(|| Arc::new(crate::fsdomain::FileDomain::new(&vg))),
+            vg,
         }
     }
 
@@ -157,6 +163,8 @@ impl Domain {
     }
 
     fn read(&self) -> Result<Snapshot> {
+        // Every block path starts with this report: none may run on a file domain.
+        self.refuse_file("an LVM report")?;
         let rows = self.lvm.lvs(&self.vg).map_err(|e| self.vg_error(e))?;
         if rows.is_empty() {
             // No LV: maybe a VG that is not (or not yet) a domain; its tags tell.
@@ -223,6 +231,7 @@ impl Domain {
     /// records the id. Refused, changing nothing, for a domain without hosts (local) and for a
     /// host id outside 1..=2000, or beyond what the lockspace's sectors hold (250 on 4K).
     pub fn join(&self, host_id: u64) -> Result<Joined> {
+        self.refuse_file("host join")?;
         if !(1..=::sanlock::MAX_HOSTS).contains(&host_id) {
             return Err(Error::InvalidInput(format!(
                 "--host-id must be 1 to {}",
@@ -246,9 +255,21 @@ impl Domain {
     /// Leaves the domain's lockspace; returns the host id this host had. Works on a domain
     /// whose removal did not finish (its VG tags name the manager).
     pub fn leave(&self) -> Result<u64> {
+        self.refuse_file("host leave")?;
         let row = self.lvm.vgs(&self.vg).map_err(|e| self.vg_error(e))?;
         let manager = self.learn(scan::lock_kind(&self.vg, &row.vg_tags)?);
         Ok(manager.leave(&self.vg)?)
+    }
+
+    /// Refuses `what` on a file domain (it has no hosts to join: its lock manager is local).
+    fn refuse_file(&self, what: &str) -> Result<()> {
+        match &self.file {
+            Some(f) => Err(Error::InvalidInput(format!(
+                "{what}: {} is a file domain with the local lock manager (no hosts)",
+                f.name
+            ))),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn vg_error(&self, e: LvmError) -> Error {
@@ -310,6 +331,9 @@ impl Domain {
     /// `LVC_WIPE` says otherwise): under the domain lock, ONE vgchange that replaces the VG's
     /// `LVC_WIPE` tag; the default (`zero`) is the tag's absence. Returns the previous policy.
     pub fn set_wipe(&self, wipe: Wipe) -> Result<Wipe> {
+        if let Some(f) = &self.file {
+            return f.set_wipe(wipe);
+        }
         let _guard = self.lock()?;
         let snap = self.scan()?;
         self.check_kind(&snap)?;
@@ -341,6 +365,9 @@ impl Domain {
     /// `LVC_DOMAIN_UNREADY` (one vgchange, under the lock): from then on no host takes it for a
     /// domain, and a removal that dies is finished by running it again.
     pub fn remove(&self, force: bool) -> Result<usize> {
+        if let Some(f) = &self.file {
+            return f.remove(force);
+        }
         if let Some(n) = self.remove_unready()? {
             return Ok(n);
         }

@@ -318,7 +318,7 @@ pub fn manager(kind: LockKind, local: &local::Local) -> Box<dyn LockManager> {
 
 /// Turns a refused exclusive acquire into [`LeaseError::Prepared`] when the lease is held in
 /// shared mode (read afterwards: a reader that cannot tell keeps the original error).
-fn explain_held(
+pub(crate) fn explain_held(
     e: LeaseError,
     shared: impl FnOnce() -> Result<Vec<u64>, LeaseError>,
 ) -> LeaseError {

@@ -40,15 +40,19 @@ pub struct CreateRequest {
 
 /// What validation decided, before anything changes.
 pub(crate) struct Plan {
-    meta: VolumeMeta,
+    pub(crate) meta: VolumeMeta,
     slot: u32,
     lv_size: Bytes,
-    parent: Option<Volume>,
+    pub(crate) parent: Option<Volume>,
     prepared: bool,
 }
 
 pub(crate) fn plan(domain: &Domain, cat: &Catalog, req: &CreateRequest) -> Result<Plan> {
-    let vg = &domain.vg;
+    plan_for(&domain.vg, cat, req)
+}
+
+/// [`plan`] for the domain named `vg` (a VG, or a file domain's directory).
+pub(crate) fn plan_for(vg: &str, cat: &Catalog, req: &CreateRequest) -> Result<Plan> {
     check_description(&req.description).map_err(Error::InvalidInput)?;
     let parent = match &req.parent {
         Some(p) => Some(cat.get(vg, p)?.clone()),
@@ -117,9 +121,14 @@ pub(crate) fn plan(domain: &Domain, cat: &Catalog, req: &CreateRequest) -> Resul
             id,
         });
     }
-    let slot = cat.snap.lowest_free_slot().ok_or(Error::NoFreeSlot {
-        max: cat.snap.info.max_volumes,
-    })?;
+    // A domain without a metadata area (a file domain: one metadata file per volume) has no
+    // slots to choose from.
+    let slot = match cat.snap.info.slot_size {
+        0 => 0,
+        _ => cat.snap.lowest_free_slot().ok_or(Error::NoFreeSlot {
+            max: cat.snap.info.max_volumes,
+        })?,
+    };
     let extent = cat.snap.info.extent_size;
     let lv_size = match format {
         Format::Raw => capacity,

@@ -205,7 +205,11 @@ impl Catalog {
 /// is then leaf: what a reader shows, and what a rollback or the completed removal leaves.
 /// `pending_parents`: the parents named by pending LVs. A volume with a pending child still
 /// takes no data write: see [`Catalog::has_any_child`].
-fn committed_role(snap: &Snapshot, pending_parents: &HashSet<VolumeId>, v: &Volume) -> Role {
+pub(crate) fn committed_role(
+    snap: &Snapshot,
+    pending_parents: &HashSet<VolumeId>,
+    v: &Volume,
+) -> Role {
     if v.role == Role::Internal
         && pending_parents.contains(&v.id)
         && snap.children(&v.id).is_empty()

@@ -42,6 +42,8 @@ pub enum Action {
         lv: String,
         stale_mapping: bool,
     },
+    /// A file of a file domain removed (its path).
+    FileRemoved(String),
 }
 
 impl Action {
@@ -59,6 +61,7 @@ impl std::fmt::Display for Action {
         match self {
             Action::ParentLeaf(p) => write!(f, "parent {p} is a leaf again"),
             Action::LinkRemoved => f.write_str("link removed"),
+            Action::FileRemoved(p) => write!(f, "{p} removed"),
             Action::SlotCleared(n) => write!(f, "slot {n} cleared"),
             Action::Wiped { lv, bytes, seconds } => {
                 write!(f, "LV {lv} wiped ({bytes} in {seconds:.1}s)")

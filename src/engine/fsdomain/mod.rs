@@ -1,0 +1,402 @@
+//! File domains: the same volumes, chains and transactions on a directory of any POSIX file
+//! system (NFS in production), behind the same [`crate::domain::Domain`] facade as block
+//! domains. A domain argument that contains a `/` names one.
+//!
+//! Layout under the domain directory:
+//! - `dom_md/metadata`: the domain's `KEY=VALUE` + `CHECKSUM` record (`ID`, `STATE=formatting`
+//!   while it is being formatted, `complete` once done: the half-formatted marker), `LOCK`,
+//!   `WIPE`; `dom_md/ids` and `dom_md/leases`: the sanlock lockspace and domain-lease areas
+//!   (reserved, zeroed); `dom_md/domain.lock`: the local lock manager's `flock` (the domain
+//!   lock); `dom_md/local-leases/<volume>.lease`: its volume leases (OFD locks).
+//! - `images/<image>/<volume>`: the data (raw, or qcow2 naming its parent's bare id as backing
+//!   file, resolved in the same directory); `<volume>.meta`: the volume's metadata in the
+//!   same codec as a block slot. While a transaction is open the metadata file carries its
+//!   marker in its name: `<volume>.meta.creating`, `<volume>.meta.removing`.
+//!
+//! The seam: a [`crate::domain::Domain`] whose name is a path carries a [`FileDomain`], and
+//! every facade method sends its call here. Below the facade the two kinds share what is not
+//! storage: the readers' [`crate::volume::Catalog`] (chains, roles, listings, views), creation's validation
+//! (`volume::create`'s plan), the committed-role rule, the status verdicts
+//! ([`crate::operation`]), the gc and check reports, and the crash-point names; each kind keeps
+//! its own storage steps (LV tags and slots there; file names, renames and fsyncs here), so
+//! the block engine, proven on real LVM, is untouched.
+//!
+//! What owns what: [`store`] scans the directory into the engine's [`crate::volume::Catalog`] (the same view
+//! block domains give readers, so chains, listings and JSON views are shared);
+//! [`txn`] holds the create / remove / gc / check transactions; [`op`] the lease/generation
+//! protocol; [`atomic`] the durable file-system steps.
+
+pub mod atomic;
+pub mod op;
+pub mod store;
+pub mod txn;
+
+use crate::domain::DomainInfo;
+use crate::error::{Error, Result};
+use crate::format::ids::VolumeId;
+use crate::lock::local::{LocalLeases, LocalLock};
+use crate::lock::{DomainGuard, LeaseGuard, LockKind};
+use crate::tags::Wipe;
+use crate::units::Bytes;
+use std::path::{Path, PathBuf};
+
+pub use store::{Entry, Marker, Scan};
+
+/// The directory of domain metadata, lock and lease files.
+pub const DOM_MD: &str = "dom_md";
+/// The directory of image directories.
+pub const IMAGES: &str = "images";
+/// Size of the reserved sanlock areas (`dom_md/ids`, `dom_md/leases`).
+const AREA_SIZE: u64 = 8 << 20;
+/// The `vg` name under which the local lock manager keeps this domain's lease files.
+pub(crate) const LEASE_DIR: &str = "local-leases";
+
+/// Whether a domain argument names a file domain (a path: it contains a `/`).
+pub fn is_file_domain(name: &str) -> bool {
+    name.contains('/')
+}
+
+/// A file domain: its directory and this host's locks on it.
+#[derive(Debug)]
+pub struct FileDomain {
+    /// The directory as given (what reports show as the domain's name).
+    pub(crate) name: String,
+    pub(crate) root: PathBuf,
+    lock: LocalLock,
+    leases: LocalLeases,
+}
+
+/// The domain record (`dom_md/metadata`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRecord {
+    pub id: uuid::Uuid,
+    pub complete: bool,
+    pub lock: LockKind,
+    pub wipe: Wipe,
+}
+
+impl DomainRecord {
+    fn encode(&self) -> Vec<u8> {
+        let body = format!(
+            "LVC_FILE_DOMAIN=1\nID={}\nSTATE={}\nLOCK={}\nWIPE={}\n",
+            self.id,
+            if self.complete {
+                "complete"
+            } else {
+                "formatting"
+            },
+            self.lock,
+            self.wipe
+        );
+        format!("{body}CHECKSUM={:08x}\n", crc32fast::hash(body.as_bytes())).into_bytes()
+    }
+
+    fn decode(text: &str) -> std::result::Result<DomainRecord, String> {
+        let pos = text.rfind("CHECKSUM=").ok_or("no checksum")?;
+        let (body, tail) = text.split_at(pos);
+        let want = tail
+            .trim_end()
+            .strip_prefix("CHECKSUM=")
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .ok_or("malformed checksum")?;
+        if crc32fast::hash(body.as_bytes()) != want {
+            return Err("checksum mismatch".into());
+        }
+        let kv: std::collections::HashMap<&str, &str> =
+            body.lines().filter_map(|l| l.split_once('=')).collect();
+        let get = |k: &str| kv.get(k).copied().ok_or(format!("no {k}"));
+        if get("LVC_FILE_DOMAIN")? != "1" {
+            return Err("unknown format".into());
+        }
+        Ok(DomainRecord {
+            id: get("ID")?.parse().map_err(|_| "ID is not a UUID")?,
+            complete: match get("STATE")? {
+                "complete" => true,
+                "formatting" => false,
+                s => return Err(format!("unknown STATE {s}")),
+            },
+            lock: get("LOCK")?
+                .parse()
+                .map_err(|e: crate::lock::UnknownLockKind| e.to_string())?,
+            wipe: get("WIPE")?.parse()?,
+        })
+    }
+}
+
+impl FileDomain {
+    /// The file domain at `name` (a path; nothing is read yet).
+    pub fn new(name: &str) -> FileDomain {
+        let root = PathBuf::from(name);
+        let dom_md = root.join(DOM_MD);
+        FileDomain {
+            name: name.to_string(),
+            lock: LocalLock {
+                dir: dom_md.clone(),
+                ..Default::default()
+            },
+            leases: LocalLeases { dir: dom_md },
+            root,
+        }
+    }
+
+    pub(crate) fn dom_md(&self) -> PathBuf {
+        self.root.join(DOM_MD)
+    }
+
+    pub(crate) fn record_path(&self) -> PathBuf {
+        self.dom_md().join("metadata")
+    }
+
+    pub(crate) fn images_dir(&self) -> PathBuf {
+        self.root.join(IMAGES)
+    }
+
+    pub(crate) fn image_dir(&self, image: &crate::format::ids::ImageId) -> PathBuf {
+        self.images_dir().join(image.to_string())
+    }
+
+    /// The domain record, refusing what is not a complete file domain.
+    pub fn record(&self) -> Result<DomainRecord> {
+        let not = |hint: String| Error::NotADomain {
+            vg: self.name.clone(),
+            hint,
+        };
+        if !self.root.is_dir() {
+            return Err(not(" (no such directory)".into()));
+        }
+        let text = match std::fs::read_to_string(self.record_path()) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(not(" (it has no dom_md/metadata)".into()))
+            }
+            Err(e) => return Err(Error::io("reading dom_md/metadata")(e)),
+        };
+        let rec =
+            DomainRecord::decode(&text).map_err(|r| not(format!(" (dom_md/metadata: {r})")))?;
+        if !rec.complete {
+            return Err(not(
+                " (a format did not finish: `lvchain domain create` completes it)".into(),
+            ));
+        }
+        Ok(rec)
+    }
+
+    /// The domain facts in the shape block domains report them (a file domain has no slots
+    /// and no extents: `max_volumes` 0, extent 1 byte; sizes are the file system's).
+    pub fn info(&self, rec: &DomainRecord) -> DomainInfo {
+        let (size, free) = statvfs(&self.root).unwrap_or((0, 0));
+        DomainInfo {
+            vg: self.name.clone(),
+            format: crate::tags::FORMAT_VERSION,
+            lock_manager: rec.lock,
+            slot_size: 0,
+            max_volumes: 0,
+            extent_size: Bytes(1),
+            vg_size: Bytes(size),
+            vg_free: Bytes(free),
+            wipe: rec.wipe,
+        }
+    }
+
+    /// The domain lock: a `flock` on `dom_md/domain.lock` (the local lock manager).
+    pub(crate) fn lock(&self) -> Result<Box<dyn DomainGuard>> {
+        Ok(self.lock.lock_domain("domain")?)
+    }
+
+    pub(crate) fn lease(&self, id: &VolumeId) -> Result<Box<dyn LeaseGuard>> {
+        Ok(self.leases.acquire(LEASE_DIR, id, 0).map_err(|e| {
+            crate::lock::explain_held(e, || self.leases.shared_holders(LEASE_DIR, id, 0))
+        })?)
+    }
+
+    pub(crate) fn lease_shared(&self, id: &VolumeId) -> Result<Box<dyn LeaseGuard>> {
+        Ok(self.leases.acquire_shared(LEASE_DIR, id, 0)?)
+    }
+
+    pub(crate) fn lease_holder(&self, id: &VolumeId) -> Result<Option<crate::lock::Holder>> {
+        Ok(self.leases.holder(LEASE_DIR, id, 0)?)
+    }
+
+    pub(crate) fn shared_holders(&self, id: &VolumeId) -> Result<Vec<u64>> {
+        Ok(self.leases.shared_holders(LEASE_DIR, id, 0)?)
+    }
+
+    /// The lease file of volume `id` (removed with the volume).
+    pub(crate) fn lease_path(&self, id: &VolumeId) -> PathBuf {
+        self.dom_md().join(LEASE_DIR).join(format!("{id}.lease"))
+    }
+
+    /// Formats the directory as a domain: `dom_md/metadata` first with `STATE=formatting`,
+    /// then the areas and `images/`, then ONE atomic rewrite to `STATE=complete`. Refused,
+    /// changing nothing, for a missing directory, one holding other files, a complete domain,
+    /// PVs, and the sanlock lock manager (not yet served on file domains).
+    pub fn format(&self, req: &crate::domain::FormatRequest) -> Result<DomainInfo> {
+        if !req.pvs.is_empty() {
+            return Err(Error::InvalidInput(
+                "a file domain takes no physical volumes".into(),
+            ));
+        }
+        if req.lock_manager != LockKind::Local {
+            return Err(Error::InvalidInput(format!(
+                "file domains support the local lock manager only (not {})",
+                req.lock_manager
+            )));
+        }
+        if !self.root.is_dir() {
+            return Err(Error::InvalidInput(format!(
+                "{} is not a directory",
+                self.name
+            )));
+        }
+        match self.record() {
+            Ok(_) => {
+                return Err(Error::AlreadyDomain {
+                    vg: self.name.clone(),
+                })
+            }
+            Err(Error::NotADomain { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let half = std::fs::read_to_string(self.record_path())
+            .ok()
+            .and_then(|t| DomainRecord::decode(&t).ok())
+            .filter(|r| !r.complete);
+        if half.is_none() {
+            let others: Vec<String> = std::fs::read_dir(&self.root)
+                .map_err(Error::io(format!("reading {}", self.name)))?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != DOM_MD && n != IMAGES)
+                .collect();
+            if !others.is_empty() || self.images_dir().exists() {
+                return Err(Error::InvalidInput(format!(
+                    "{} is not empty ({}): a file domain is formatted in an empty directory",
+                    self.name,
+                    if others.is_empty() {
+                        IMAGES.to_string()
+                    } else {
+                        others.join(", ")
+                    }
+                )));
+            }
+        }
+        let io = |what: &str| Error::io(format!("formatting {}: {what}", self.name));
+        std::fs::create_dir_all(self.dom_md()).map_err(io("dom_md"))?;
+        atomic::fsync_dir(&self.root).map_err(io("dom_md"))?;
+        let _guard = self.lock()?;
+        let mut rec = half.unwrap_or(DomainRecord {
+            id: uuid::Uuid::new_v4(),
+            complete: false,
+            lock: req.lock_manager,
+            wipe: req.wipe,
+        });
+        rec.lock = req.lock_manager;
+        rec.wipe = req.wipe;
+        atomic::replace(&self.record_path(), &rec.encode()).map_err(io("dom_md/metadata"))?;
+        for area in ["ids", "leases"] {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(self.dom_md().join(area))
+                .map_err(io(area))?;
+            f.set_len(AREA_SIZE).map_err(io(area))?;
+            f.sync_all().map_err(io(area))?;
+        }
+        std::fs::create_dir_all(self.images_dir()).map_err(io(IMAGES))?;
+        atomic::fsync_dir(&self.dom_md()).map_err(io("dom_md"))?;
+        atomic::fsync_dir(&self.root).map_err(io(IMAGES))?;
+        rec.complete = true;
+        atomic::replace(&self.record_path(), &rec.encode()).map_err(io("dom_md/metadata"))?;
+        Ok(self.info(&rec))
+    }
+
+    /// Sets the domain's wipe policy (kept in its record; a file domain never wipes: removing
+    /// a file frees its blocks, and a file system never shows them to another file). Returns
+    /// the previous one.
+    pub fn set_wipe(&self, wipe: Wipe) -> Result<Wipe> {
+        let _guard = self.lock()?;
+        let mut rec = self.record()?;
+        let before = rec.wipe;
+        rec.wipe = wipe;
+        atomic::replace(&self.record_path(), &rec.encode())
+            .map_err(Error::io("writing dom_md/metadata"))?;
+        Ok(before)
+    }
+
+    /// Removes the domain (with `force`, its volumes first, the way image removal goes);
+    /// how many volumes went. Order: `images/`, the record (from then on the directory is no
+    /// domain), `dom_md`; a removal that died is finished by running it again.
+    pub fn remove(&self, force: bool) -> Result<usize> {
+        // A removal that died after the record went: only `dom_md` is left to remove.
+        if !self.record_path().exists() && !self.images_dir().exists() && self.dom_md().is_dir() {
+            std::fs::remove_dir_all(self.dom_md())
+                .map_err(Error::io(format!("removing {}/dom_md", self.name)))?;
+            return Ok(0);
+        }
+        let mut removed = 0;
+        if force {
+            let report = txn::gc(self, false)?;
+            if let Some(e) = report.orphans.iter().find_map(|o| o.error.clone()) {
+                return Err(Error::InvalidInput(format!(
+                    "cannot collect the orphans of {} before removing it: {e}",
+                    self.name
+                )));
+            }
+            for image in store::scan(self)?.catalog.snap.images() {
+                removed += txn::remove_image(self, &image)?;
+            }
+        }
+        let guard = self.lock()?;
+        let scan = store::scan(self)?;
+        let count = scan.entries.len() + scan.strays.len();
+        if count > 0 {
+            return Err(Error::DomainNotEmpty {
+                vg: self.name.clone(),
+                count,
+            });
+        }
+        let io = Error::io(format!("removing {}", self.name));
+        let _ = std::fs::remove_dir_all(self.images_dir());
+        // The record goes first: from then on nothing takes the directory for a domain.
+        atomic::remove(&self.record_path()).map_err(io)?;
+        drop(guard);
+        std::fs::remove_dir_all(self.dom_md())
+            .map_err(Error::io(format!("removing {}/dom_md", self.name)))?;
+        Ok(removed)
+    }
+}
+
+/// Size and free bytes of the file system holding `dir`.
+fn statvfs(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills a plain struct from a valid C string.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    let frsize = s.f_frsize as u64;
+    Some((s.f_blocks as u64 * frsize, s.f_bavail as u64 * frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_domain_record_round_trips_and_detects_damage() {
+        let rec = DomainRecord {
+            id: uuid::Uuid::new_v4(),
+            complete: false,
+            lock: LockKind::Local,
+            wipe: Wipe::Zero,
+        };
+        let text = String::from_utf8(rec.encode()).unwrap_or_default();
+        assert_eq!(DomainRecord::decode(&text), Ok(rec.clone()));
+        let torn = text.replace("formatting", "complete");
+        assert!(DomainRecord::decode(&torn).is_err());
+        assert!(is_file_domain("/srv/dom1") && is_file_domain("./d") && !is_file_domain("vg1"));
+    }
+}
