@@ -79,6 +79,14 @@ impl Fixture {
 
     /// The chain is the expected one, ends in its only leaf, and the data reads back.
     fn verify_chain(&self, what: &str, chain: &Value) {
+        self.verify_roles(what, chain);
+        if self.chain.len() > 2 {
+            self.io("read -P 0x5a 1M 64k");
+        }
+    }
+
+    /// The chain is the expected one and ends in its only leaf.
+    fn verify_roles(&self, what: &str, chain: &Value) {
         let ids: Vec<&str> = chain
             .as_array()
             .unwrap()
@@ -98,9 +106,6 @@ impl Fixture {
             1,
             "{what}: one leaf"
         );
-        if self.chain.len() > 2 {
-            self.io("read -P 0x5a 1M 64k");
-        }
     }
 
     /// Re-reads the chain after an operation that may or may not have committed.
@@ -323,7 +328,13 @@ fn lvm_kill_9_at_random_moments_fifty_times() {
         let (clean, report) = check(&f.d);
         assert!(clean, "round {round}: not clean after gc: {report}");
         let chain = f.resync();
-        f.verify_chain(&format!("round {round}"), &chain);
+        // The chain every round; its data (a read through the whole chain) every tenth round
+        // and after the last: damage to data stays, so it is found at the next read.
+        if round % 10 == 9 {
+            f.verify_chain(&format!("round {round}"), &chain);
+        } else {
+            f.verify_roles(&format!("round {round}"), &chain);
+        }
     }
     assert!(
         killed_before_commit > 10,
