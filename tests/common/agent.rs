@@ -19,6 +19,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(d: &Domain, extra: &[&str]) -> Agent {
+        Agent::start_with_env(d, extra, &[])
+    }
+
+    /// As [`Agent::start`], with more environment (`LVCHAIN_LVM`, `LVCHAIN_QEMU_IMG`, ...).
+    pub fn start_with_env(d: &Domain, extra: &[&str], env: &[(&str, &Path)]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
@@ -30,6 +35,9 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(log);
         for (k, v) in d.vg.env() {
+            c.env(k, v);
+        }
+        for (k, v) in env {
             c.env(k, v);
         }
         let child = c.spawn().unwrap();

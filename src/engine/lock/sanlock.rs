@@ -12,8 +12,8 @@
 
 use super::local::Local;
 use super::{
-    lease_offset, Both, DomainGuard, Holder, Joined, LeaseError, LeaseGuard, LockError, LockKind,
-    LockManager, SanlockAction,
+    lease_offset, Both, Descriptors, DomainGuard, Holder, Joined, LeaseError, LeaseGuard,
+    LockError, LockKind, LockManager, SanlockAction,
 };
 use crate::domain::{IDS_LV, LEASES_LV};
 use crate::format::ids::VolumeId;
@@ -21,6 +21,7 @@ use crate::units::MIB;
 use sanlock::{
     AcquireOptions, LeaveMode, Lockspace, Registration, Resource, SanlockError, SectorSize,
 };
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -173,15 +174,11 @@ struct SanlockGuard {
     reg: Registration,
     res: Resource,
 }
-impl LeaseGuard for SanlockGuard {
-    fn inherit_into_children(&self) -> Result<(), LeaseError> {
-        // sanlock releases a registration's leases when its socket closes in every process.
-        self.reg
-            .inherit_into_children()
-            .map_err(|e| LeaseError::Io {
-                what: format!("sanlock registration of {}", self.res.name),
-                reason: e.to_string(),
-            })
+impl LeaseGuard for SanlockGuard {}
+/// sanlock releases a registration's leases when its socket is closed in every process.
+impl Descriptors for SanlockGuard {
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        vec![self.reg.as_fd()]
     }
 }
 impl DomainGuard for SanlockGuard {}
@@ -230,7 +227,7 @@ impl LockManager for Sanlock {
     }
 
     /// The sanlock domain lease, waiting up to the local lock's timeout while another host
-    /// holds it; passed into children like the local lock.
+    /// holds it; handed to the operation's programs like the local lock.
     fn lock_across_hosts(&self, vg: &str) -> Result<Option<Box<dyn DomainGuard>>, LockError> {
         if joined_host_id(vg).is_none() {
             return Err(LockError::NotJoined { vg: vg.to_string() });
@@ -251,7 +248,6 @@ impl LockManager for Sanlock {
                 },
             ) {
                 Ok(()) => {
-                    reg.inherit_into_children().map_err(error)?;
                     return Ok(Some(Box::new(SanlockGuard { reg, res })));
                 }
                 Err(e) if e.is_held() && start.elapsed() < self.local.lock.timeout => {
