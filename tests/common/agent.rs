@@ -15,6 +15,9 @@ pub struct Agent {
     pub child: Child,
     pub socket: PathBuf,
     pub dir: tempfile::TempDir,
+    /// How it was started (for [`Agent::restart`]).
+    args: Vec<String>,
+    env: Vec<(String, PathBuf)>,
 }
 
 impl Agent {
@@ -26,32 +29,47 @@ impl Agent {
     pub fn start_with_env(d: &Domain, extra: &[&str], env: &[(&str, &Path)]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
-        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        let mut c = Command::new(BIN.as_str());
-        c.args(["agent", "--socket", socket.to_str().unwrap()])
-            .args(["--domain", d.name()])
-            .args(extra)
-            .env("RUST_LOG", "lvchain=info")
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (k, v) in d.vg.env() {
-            c.env(k, v);
-        }
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let child = c.spawn().unwrap();
-        let a = Agent { child, socket, dir };
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--socket".into(),
+            socket.to_str().unwrap().into(),
+            "--domain".into(),
+            d.name().into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut env: Vec<(String, PathBuf)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_path_buf()))
+            .collect();
+        env.extend(d.vg.env().into_iter().map(|(k, v)| (k, PathBuf::from(v))));
+        let child = spawn(dir.path(), &args, &env);
+        let a = Agent {
+            child,
+            socket,
+            dir,
+            args,
+            env,
+        };
+        a.wait_for_socket();
+        a
+    }
+
+    /// Starts the agent again as it was started (same socket, log appended), after it ended.
+    pub fn restart(&mut self) {
+        self.child = spawn(self.dir.path(), &self.args, &self.env);
+        self.wait_for_socket();
+    }
+
+    fn wait_for_socket(&self) {
         let start = Instant::now();
-        while UnixStream::connect(&a.socket).is_err() {
+        while UnixStream::connect(&self.socket).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "the agent did not answer: {}",
-                a.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        a
     }
 
     pub fn log(&self) -> String {
@@ -104,11 +122,51 @@ impl Drop for Agent {
     }
 }
 
+/// `lvchain agent` with `args` and `env`, its stderr appended to `dir/agent.log`.
+fn spawn(dir: &Path, args: &[String], env: &[(String, PathBuf)]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("agent.log"))
+        .unwrap();
+    let mut c = Command::new(BIN.as_str());
+    c.args(args)
+        .env("RUST_LOG", "lvchain=info")
+        .stdout(Stdio::null())
+        .stderr(log);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().unwrap()
+}
+
 /// A hand-written HTTP/1.1 request over the unix socket (`Connection: close`); the body is
 /// written from another thread so that a server refusing it early is seen, not a blocked
 /// write.
 pub fn request(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut s = UnixStream::connect(socket).unwrap();
+    match try_request(socket, method, path, body) {
+        Ok(answer) => answer,
+        Err(e) => panic!("{method} {path}: {e:?}"),
+    }
+}
+
+/// Why [`try_request`] got no answer.
+#[derive(Debug)]
+pub enum Unanswered {
+    /// Nobody accepted the connection: the request was not sent.
+    NotSent(std::io::Error),
+    /// Sent, then the connection ended without a whole answer: its outcome is unknown.
+    Lost(String),
+}
+
+/// [`request`] that reports a missing answer instead of panicking.
+pub fn try_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), Unanswered> {
+    let mut s = UnixStream::connect(socket).map_err(Unanswered::NotSent)?;
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
@@ -123,9 +181,19 @@ pub fn request(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Ve
             .and_then(|()| w.write_all(&body));
     });
     let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
+    let read = s.read_to_end(&mut raw);
     let _ = writer.join();
-    parse_response(&raw)
+    if let Err(e) = read {
+        return Err(Unanswered::Lost(format!("{e} after {} bytes", raw.len())));
+    }
+    if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Err(Unanswered::Lost(format!(
+            "{} bytes, no HTTP head",
+            raw.len()
+        )));
+    }
+    std::panic::catch_unwind(|| parse_response(&raw))
+        .map_err(|_| Unanswered::Lost(String::from_utf8_lossy(&raw).into_owned()))
 }
 
 pub fn parse_response(raw: &[u8]) -> (u16, Vec<u8>) {
