@@ -197,3 +197,76 @@ fn lvm_agent_fds_a_copy_started_in_a_burst_keeps_its_lease_not_the_domain_lock()
     let (clean, report) = check(&d);
     assert!(clean, "{report}");
 }
+
+/// The value of the metric line that starts with `prefix` (0 when there is none).
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[test]
+fn lvm_agent_fds_lock_waits_are_in_the_metrics() {
+    if !lvm_available("lvm_agent_fds_lock_waits_are_in_the_metrics") {
+        return;
+    }
+    let d = Domain::new("agentlockwait");
+    let vg = d.name().to_string();
+    let agent = Agent::start(&d, &["--gc-interval", "0", "--census-interval", "0"]);
+    let domain_lock = PathBuf::from(format!("/run/lock/lvchain/{vg}.lock"));
+    let scrape = || {
+        agent
+            .call("GET", "/metrics", b"")
+            .1
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let series = format!("{{domain=\"{vg}\",part=\"local\",outcome=\"acquired\"}}");
+    // Another process holds the domain lock for 2.5 s while a creation waits for it.
+    let held = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&domain_lock)
+        .unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let before = scrape();
+    let (status, v) = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            agent.call(
+                "POST",
+                &format!("/v1/domains/{vg}/volumes"),
+                json!({"image": uuid(), "size": 4 << 20})
+                    .to_string()
+                    .as_bytes(),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(2500));
+        drop(held);
+        h.join().unwrap()
+    });
+    assert_eq!(status, 201, "{v}");
+    let after = scrape();
+    let count = format!("lvchain_lock_wait_seconds_count{series}");
+    let sum = format!("lvchain_lock_wait_seconds_sum{series}");
+    assert_eq!(
+        metric(&after, &count) - metric(&before, &count),
+        1.0,
+        "{after}"
+    );
+    let waited = metric(&after, &sum) - metric(&before, &sum);
+    // The request reaches the lock some time after it was sent (TCG is slow).
+    assert!((1.05..60.0).contains(&waited), "waited {waited}s: {after}");
+    // The histogram puts it above the 1.024 s bucket.
+    let fast = format!(
+        "lvchain_lock_wait_seconds_bucket{{le=\"1.024\",domain=\"{vg}\",part=\"local\",outcome=\"acquired\"}}"
+    );
+    assert!(after.contains(&fast), "{after}");
+    assert_eq!(metric(&after, &fast), metric(&before, &fast), "{after}");
+}

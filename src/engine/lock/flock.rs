@@ -46,7 +46,15 @@ impl Descriptors for FileGuard {
 
 impl LocalLock {
     /// Takes `vg`'s lock, waiting up to `timeout`.
+    /// Every acquisition is reported to the wait observer ([`super::set_wait_observer`]).
     pub fn lock_domain(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError> {
+        let start = Instant::now();
+        let r = self.take(vg);
+        super::observe_wait(vg, super::LockPart::Local, start.elapsed(), &r);
+        r
+    }
+
+    fn take(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError> {
         let path = self.dir.join(format!("{vg}.lock"));
         let io = |source| LockError::Io {
             path: path.display().to_string(),

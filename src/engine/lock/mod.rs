@@ -261,6 +261,84 @@ impl Descriptors for Both {
 /// process and those programs are all gone, never while a writer it started still runs.
 pub trait LeaseGuard: Send + Descriptors {}
 
+/// Which part of a domain lock a wait was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockPart {
+    /// This host's local lock (every manager's first part).
+    Local,
+    /// The part across hosts (sanlock's domain lease).
+    AcrossHosts,
+}
+
+impl LockPart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockPart::Local => "local",
+            LockPart::AcrossHosts => "across_hosts",
+        }
+    }
+}
+
+/// One acquisition of a domain lock's part, as an observer sees it (after it ended).
+#[derive(Debug)]
+pub struct Waited<'a> {
+    pub vg: &'a str,
+    pub part: LockPart,
+    /// From the first try to the lock taken or given up.
+    pub waited: Duration,
+    pub outcome: WaitOutcome,
+}
+
+/// How a wait for a lock ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitOutcome {
+    Acquired,
+    /// Still held by another holder at the timeout.
+    Busy,
+    /// Any other error.
+    Failed,
+}
+
+impl WaitOutcome {
+    pub fn of<T>(r: &Result<T, LockError>) -> WaitOutcome {
+        match r {
+            Ok(_) => WaitOutcome::Acquired,
+            Err(LockError::Busy { .. }) => WaitOutcome::Busy,
+            Err(_) => WaitOutcome::Failed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitOutcome::Acquired => "acquired",
+            WaitOutcome::Busy => "busy",
+            WaitOutcome::Failed => "failed",
+        }
+    }
+}
+
+type WaitObserver = Box<dyn Fn(&Waited<'_>) + Send + Sync>;
+
+static WAIT_OBSERVER: std::sync::OnceLock<WaitObserver> = std::sync::OnceLock::new();
+
+/// Sets the process's one lock-wait observer (a long-running client's metrics); false when one
+/// was set already. It runs on the waiting thread: it must be quick.
+pub fn set_wait_observer(observer: WaitObserver) -> bool {
+    WAIT_OBSERVER.set(observer).is_ok()
+}
+
+/// Tells the observer (if one is set) how an acquisition of `part` of `vg`'s lock ended.
+fn observe_wait<T>(vg: &str, part: LockPart, waited: Duration, r: &Result<T, LockError>) {
+    if let Some(observer) = WAIT_OBSERVER.get() {
+        observer(&Waited {
+            vg,
+            part,
+            waited,
+            outcome: WaitOutcome::of(r),
+        });
+    }
+}
+
 /// Where a volume's lease lives in the leases LV: after the reserved area, 1 MiB per slot.
 pub fn lease_offset(slot: u32) -> u64 {
     LEASES_RESERVED + LEASE_SIZE * u64::from(slot)

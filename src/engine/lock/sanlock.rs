@@ -13,7 +13,7 @@
 use super::local::Local;
 use super::{
     lease_offset, Both, Descriptors, DomainGuard, Holder, Joined, LeaseError, LeaseGuard,
-    LockError, LockKind, LockManager, SanlockAction,
+    LockError, LockKind, LockManager, LockPart, SanlockAction,
 };
 use crate::domain::{IDS_LV, LEASES_LV};
 use crate::format::ids::VolumeId;
@@ -197,38 +197,9 @@ pub struct Sanlock {
     pub local: Local,
 }
 
-impl LockManager for Sanlock {
-    fn kind(&self) -> LockKind {
-        LockKind::Sanlock
-    }
-
-    fn check_vg_name(&self, vg: &str) -> Result<(), LockError> {
-        if vg.len() > sanlock::NAME_LEN {
-            return Err(LockError::NameTooLong {
-                vg: vg.to_string(),
-                max: sanlock::NAME_LEN,
-            });
-        }
-        Ok(())
-    }
-
-    fn lvs(&self) -> &'static [&'static str] {
-        &[LEASES_LV, IDS_LV]
-    }
-
-    fn format(&self, vg: &str) -> Result<(), LockError> {
-        format_domain(vg).map_err(failed(vg, SanlockAction::Format))
-    }
-
-    fn lock_domain(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError> {
-        let local = self.local.lock.lock_domain(vg)?;
-        let lease = self.lock_across_hosts(vg)?;
-        Ok(Box::new(Both { lease, local }))
-    }
-
-    /// The sanlock domain lease, waiting up to the local lock's timeout while another host
-    /// holds it; handed to the operation's programs like the local lock.
-    fn lock_across_hosts(&self, vg: &str) -> Result<Option<Box<dyn DomainGuard>>, LockError> {
+impl Sanlock {
+    /// The sanlock domain lease, waiting up to the local lock's timeout.
+    fn take_across_hosts(&self, vg: &str) -> Result<Option<Box<dyn DomainGuard>>, LockError> {
         if joined_host_id(vg).is_none() {
             return Err(LockError::NotJoined { vg: vg.to_string() });
         }
@@ -262,6 +233,45 @@ impl LockManager for Sanlock {
                 Err(e) => return Err(error(e)),
             }
         }
+    }
+}
+
+impl LockManager for Sanlock {
+    fn kind(&self) -> LockKind {
+        LockKind::Sanlock
+    }
+
+    fn check_vg_name(&self, vg: &str) -> Result<(), LockError> {
+        if vg.len() > sanlock::NAME_LEN {
+            return Err(LockError::NameTooLong {
+                vg: vg.to_string(),
+                max: sanlock::NAME_LEN,
+            });
+        }
+        Ok(())
+    }
+
+    fn lvs(&self) -> &'static [&'static str] {
+        &[LEASES_LV, IDS_LV]
+    }
+
+    fn format(&self, vg: &str) -> Result<(), LockError> {
+        format_domain(vg).map_err(failed(vg, SanlockAction::Format))
+    }
+
+    fn lock_domain(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError> {
+        let local = self.local.lock.lock_domain(vg)?;
+        let lease = self.lock_across_hosts(vg)?;
+        Ok(Box::new(Both { lease, local }))
+    }
+
+    /// The sanlock domain lease, waiting up to the local lock's timeout while another host
+    /// holds it; handed to the operation's programs like the local lock.
+    fn lock_across_hosts(&self, vg: &str) -> Result<Option<Box<dyn DomainGuard>>, LockError> {
+        let start = Instant::now();
+        let r = self.take_across_hosts(vg);
+        super::observe_wait(vg, LockPart::AcrossHosts, start.elapsed(), &r);
+        r
     }
 
     fn acquire(
