@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::agent::{try_request, Agent, Unanswered};
+use common::agent::{try_request_within, Agent, Unanswered};
 use common::{lvm_available, uuid, Domain};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
@@ -100,7 +100,15 @@ impl Client<'_> {
         let start = Instant::now();
         loop {
             let from = Instant::now();
-            match try_request(self.socket, method, path, body.to_string().as_bytes()) {
+            // The agent's lock timeout (300 s) bounds every answer.
+            let answer = try_request_within(
+                self.socket,
+                method,
+                path,
+                body.to_string().as_bytes(),
+                Duration::from_secs(330),
+            );
+            match answer {
                 Ok((status, raw)) => {
                     let body = serde_json::from_slice(&raw).unwrap_or_else(|_| {
                         Value::String(String::from_utf8_lossy(&raw).into_owned())
@@ -109,7 +117,7 @@ impl Client<'_> {
                     return Some(status);
                 }
                 Err(Unanswered::NotSent(e)) => {
-                    self.ledger.refused.push(from);
+                    self.ledger.refused.push(Instant::now());
                     assert!(
                         start.elapsed() < Duration::from_secs(120),
                         "{method} {path}: not accepted for 2 minutes: {e}"
@@ -343,10 +351,36 @@ fn lvm_agent_load_8_clients_400_requests_with_gc_and_a_kill() {
     for (k, n) in &tally {
         eprintln!("  {n:4} {k}");
     }
+    let mut by_op: BTreeMap<&str, (usize, f64)> = BTreeMap::new();
+    for a in &answers {
+        let e = by_op.entry(a.op).or_default();
+        e.0 += 1;
+        e.1 += (a.to - a.from).as_secs_f64();
+    }
+    for (op, (n, total)) in &by_op {
+        eprintln!("  {op}: mean {:.2}s over {n}", total / *n as f64);
+    }
+    // What the restarted agent ran (its counters began at the restart).
     let metrics = agent.call("GET", "/metrics", b"").1;
-    let gc_runs: Vec<&str> = metrics
-        .as_str()
-        .unwrap_or_default()
+    let text = metrics.as_str().unwrap_or_default();
+    let sum = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let requests_since = answers
+        .iter()
+        .filter(|a| Some(a.from) >= outage.back)
+        .count();
+    let lvm = sum("lvchain_command_duration_seconds_count{program=\"lvm\"");
+    eprintln!(
+        "since the restart: {requests_since} requests, {lvm} lvm commands taking {:.2}s on \
+         average, lock waits {:.1}s in all",
+        sum("lvchain_command_duration_seconds_sum{program=\"lvm\"") / lvm.max(1.0),
+        sum("lvchain_lock_wait_seconds_sum{")
+    );
+    let gc_runs: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("lvchain_agent_gc_runs_total{"))
         .collect();

@@ -166,8 +166,19 @@ pub fn try_request(
     path: &str,
     body: &[u8],
 ) -> Result<(u16, Vec<u8>), Unanswered> {
+    try_request_within(socket, method, path, body, Duration::from_secs(120))
+}
+
+/// [`try_request`] waiting up to `limit` for the answer.
+pub fn try_request_within(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    limit: Duration,
+) -> Result<(u16, Vec<u8>), Unanswered> {
     let mut s = UnixStream::connect(socket).map_err(Unanswered::NotSent)?;
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
