@@ -1,10 +1,12 @@
 //! The agent's metrics (Prometheus text format, `prometheus-client`): API operations by route
 //! and outcome with latency histograms, external commands (lvm by verb, qemu-img) by outcome
 //! with latency histograms (timeouts are an outcome), gc runs by domain and outcome with the
-//! orphans they collected, jobs running, and per served domain what its last scan saw
-//! (orphans, free bytes, free slots). Owns no behaviour: others record into it.
+//! orphans they collected, jobs running, per served domain what its last scan saw (orphans,
+//! free bytes, free slots), and waits for domain locks by domain, part and outcome (a
+//! histogram; the lock layer's observer). Owns no behaviour: others record into it.
 
 use crate::exec::Observed;
+use crate::lock::Waited;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -33,6 +35,13 @@ struct GcLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaitLabels {
+    domain: String,
+    part: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DomainLabels {
     domain: String,
 }
@@ -42,6 +51,11 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 /// Latency buckets from 5 ms to about 80 s.
 fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// Lock wait buckets from 1 ms (no wait) to about 131 s.
+fn lock_wait() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 18))
 }
 
 pub struct Metrics {
@@ -57,6 +71,7 @@ pub struct Metrics {
     free_bytes: Family<DomainLabels, Gauge>,
     free_slots: Family<DomainLabels, Gauge>,
     scans: Family<GcLabels, Counter>,
+    lock_waits: Histograms<WaitLabels>,
 }
 
 /// What one scan of a domain saw (the gauges of [`Metrics::domain_scanned`]).
@@ -87,6 +102,7 @@ impl Metrics {
         let free_bytes = Family::<DomainLabels, Gauge>::default();
         let free_slots = Family::<DomainLabels, Gauge>::default();
         let scans = Family::<GcLabels, Counter>::default();
+        let lock_waits: Histograms<WaitLabels> = Family::new_with_constructor(lock_wait);
         registry.register(
             "lvchain_agent_operations",
             "API requests by route and outcome (ok or the error kind)",
@@ -142,8 +158,14 @@ impl Metrics {
             "Scans of a served domain (one LVM report each) by domain and outcome (ok, failed)",
             scans.clone(),
         );
+        registry.register(
+            "lvchain_lock_wait_seconds",
+            "Waits for a domain lock by domain, part (local: this host's lock; across_hosts: sanlock's domain lease) and outcome (acquired, busy: given up at the timeout, failed)",
+            lock_waits.clone(),
+        );
         Metrics {
             registry,
+            lock_waits,
             orphans,
             free_bytes,
             free_slots,
@@ -168,6 +190,17 @@ impl Metrics {
         self.op_seconds
             .get_or_create(&l)
             .observe(took.as_secs_f64());
+    }
+
+    /// One wait for a domain lock ended (the [`crate::lock`] wait observer).
+    pub fn lock_wait(&self, w: &Waited<'_>) {
+        self.lock_waits
+            .get_or_create(&WaitLabels {
+                domain: w.vg.into(),
+                part: w.part.as_str().into(),
+                outcome: w.outcome.as_str().into(),
+            })
+            .observe(w.waited.as_secs_f64());
     }
 
     /// One external command ended (the [`crate::exec`] observer).
@@ -255,6 +288,35 @@ mod tests {
     use super::*;
     use crate::exec::Outcome;
     use std::ffi::{OsStr, OsString};
+
+    #[test]
+    fn lock_waits_are_a_histogram_by_domain_part_and_outcome() {
+        use crate::lock::{LockPart, WaitOutcome};
+        let m = Metrics::new();
+        m.lock_wait(&Waited {
+            vg: "vg",
+            part: LockPart::Local,
+            waited: Duration::from_millis(1500),
+            outcome: WaitOutcome::Acquired,
+        });
+        m.lock_wait(&Waited {
+            vg: "vg",
+            part: LockPart::AcrossHosts,
+            waited: Duration::from_secs(300),
+            outcome: WaitOutcome::Busy,
+        });
+        let text = m.encode();
+        let local = "domain=\"vg\",part=\"local\",outcome=\"acquired\"";
+        for line in [
+            format!("lvchain_lock_wait_seconds_count{{{local}}} 1"),
+            format!("lvchain_lock_wait_seconds_bucket{{le=\"1.024\",{local}}} 0"),
+            format!("lvchain_lock_wait_seconds_bucket{{le=\"2.048\",{local}}} 1"),
+            "lvchain_lock_wait_seconds_count{domain=\"vg\",part=\"across_hosts\",outcome=\"busy\"} 1"
+                .to_string(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+    }
 
     #[test]
     fn lvm_commands_are_counted_by_verb() {

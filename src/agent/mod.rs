@@ -134,6 +134,8 @@ async fn serve(settings: Settings, lvm: Arc<Lvm>) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let observer = metrics.clone();
     crate::exec::set_observer(Box::new(move |o| observer.command(o)));
+    let observer = metrics.clone();
+    crate::lock::set_wait_observer(Box::new(move |w| observer.lock_wait(w)));
     let agent = Arc::new(Agent::new(
         Domains::host(lvm, settings.domains.clone()).with_bursts(settings.burst),
         access.clone(),

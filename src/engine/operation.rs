@@ -165,7 +165,7 @@ struct Started {
     cat: Catalog,
     vol: Volume,
     store: SlotStore,
-    _lease: Box<dyn crate::lock::LeaseGuard>,
+    _lease: crate::lock::Holding<Box<dyn crate::lock::LeaseGuard>>,
     meta: VolumeMeta,
 }
 
@@ -174,9 +174,14 @@ fn start(domain: &Domain, id: &VolumeId, generation: Generation) -> Result<Start
     let cat = Catalog::load_for_change(domain)?;
     let vol = cat.get(&domain.vg, id)?.clone();
     let store = domain.slots(&cat.snap)?;
-    let _lease = domain.lease(id, vol.slot)?;
-    // Every program started under the lease (qemu-img above all) holds it too.
-    _lease.inherit_into_children()?;
+    // Every program the operation starts under the lease (qemu-img above all) holds it too.
+    let _lease =
+        crate::lock::Holding::on_this_thread(domain.lease(id, vol.slot)?).map_err(|e| {
+            crate::lock::LeaseError::Io {
+                what: format!("the lease of {id}"),
+                reason: e.to_string(),
+            }
+        })?;
     let meta = read_own(&store, &vol)?;
     if meta.generation != generation {
         return Err(Error::WrongGeneration {

@@ -5,14 +5,24 @@
 //! with SIGKILL, so no child the program started is left behind. A global bound limits how many
 //! external commands run at once. Each command is logged at debug level with its argv, exit
 //! status and duration. Nothing outside this module may spawn processes.
+//!
+//! Descriptors: every descriptor lvchain opens stays close-on-exec. A lock or a lease that the
+//! programs of an operation must hold with it (so that, if lvchain dies, the lock lasts until
+//! they end) is handed to them explicitly: [`Inherit`] duplicates its descriptors, and while a
+//! [`Carry`] of it lives on a thread, the programs that thread starts (and only those) get
+//! them, made inheritable in the child alone. Programs of other threads (another request of
+//! the agent, a copy job) never see them.
 
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::fd::AsFd;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// How many external commands may run at once in this process.
@@ -80,6 +90,83 @@ pub fn set_observer(observer: Observer) -> bool {
     OBSERVER.set(observer).is_ok()
 }
 
+/// The descriptors of a held lock or lease, duplicated (the same open file descriptions, so a
+/// program holding them holds the lock), to be handed to the programs of the operation that
+/// holds it ([`Inherit::carry`]). Cloning shares the duplicates; they close with the last
+/// clone, which must go before the lock's own guard is dropped (else the lock outlives it).
+#[derive(Debug, Clone)]
+pub struct Inherit(Arc<[OwnedFd]>);
+
+impl Inherit {
+    /// Duplicates `fds` (close-on-exec, like every descriptor of this process).
+    pub fn new<'a>(fds: impl IntoIterator<Item = BorrowedFd<'a>>) -> std::io::Result<Inherit> {
+        let dups = fds
+            .into_iter()
+            .map(|fd| fd.try_clone_to_owned())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Inherit(dups.into()))
+    }
+
+    /// Hands the descriptors to every program this thread starts while the returned guard
+    /// lives.
+    pub fn carry(&self) -> Carry {
+        let id = NEXT_CARRY.fetch_add(1, Ordering::Relaxed);
+        CARRIED.with(|c| {
+            c.borrow_mut()
+                .extend(self.0.iter().map(|fd| (id, fd.as_raw_fd())))
+        });
+        Carry {
+            id,
+            _fds: self.clone(),
+            _thread: PhantomData,
+        }
+    }
+}
+
+/// While it lives, the programs started by this thread inherit an [`Inherit`]'s descriptors.
+/// Bound to its thread (not `Send`); it keeps the duplicates open.
+#[derive(Debug)]
+pub struct Carry {
+    id: u64,
+    _fds: Inherit,
+    _thread: PhantomData<*const ()>,
+}
+
+impl Drop for Carry {
+    fn drop(&mut self) {
+        let id = self.id;
+        // A thread being torn down has dropped its registry already: nothing to remove.
+        let _ = CARRIED.try_with(|c| c.borrow_mut().retain(|(i, _)| *i != id));
+    }
+}
+
+static NEXT_CARRY: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The descriptors the programs of this thread inherit, by the [`Carry`] that handed them.
+    static CARRIED: RefCell<Vec<(u64, RawFd)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The descriptors carried on this thread now, sorted, without repeats.
+fn carried_fds() -> Vec<RawFd> {
+    let mut fds: Vec<RawFd> = CARRIED.with(|c| c.borrow().iter().map(|(_, fd)| *fd).collect());
+    fds.sort_unstable();
+    fds.dedup();
+    fds
+}
+
+/// Runs in the child between fork and exec: clears close-on-exec on `fds`, in the child's
+/// descriptor table only (the parent's copies stay close-on-exec).
+fn inherit_in_child(fds: &[RawFd]) -> std::io::Result<()> {
+    for &fd in fds {
+        // SAFETY: fcntl is async-signal-safe; `fd` is open (its Carry outlives the spawn).
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// A finished command: its exit code (`None` when killed by a signal), output and duration.
 #[derive(Debug, Clone)]
 pub struct Finished {
@@ -107,11 +194,12 @@ pub struct Cmd {
     /// Send the program's stdout to our stderr as it comes (progress output), not captured.
     pub stdout_to_stderr: bool,
     /// Kill the program when lvchain dies (data writers: no write may outlive lvchain).
-    /// Together with a lease passed into the child ([`crate::lease::LeaseGuard`]), the lease
-    /// lasts until the writer is gone.
+    /// Together with a lease handed to the child ([`crate::lock::Holding`]), the lease lasts
+    /// until the writer is gone.
     pub die_with_parent: bool,
     /// The program closes the descriptors it inherits (lvm does, at start-up): a holder
-    /// process keeps lvchain's inheritable ones (the domain lock) open until it exits.
+    /// process keeps the ones carried on this thread ([`Carry`]: the domain lock) open until
+    /// it exits.
     pub closes_inherited_fds: bool,
 }
 
@@ -229,16 +317,19 @@ impl Cmd {
                 });
             }
         }
-        let carried = if self.closes_inherited_fds {
-            inheritable_fds()
-        } else {
-            Vec::new()
-        };
+        let carried = carried_fds();
         if !carried.is_empty() {
-            // SAFETY: the closure only makes raw system calls (fork, prctl, getppid,
+            let holder = self.closes_inherited_fds;
+            // SAFETY: the closure only makes raw system calls (fcntl, fork, prctl, getppid,
             // close_range, pause, _exit) and touches no lock or allocation.
             unsafe {
-                command.pre_exec(move || fork_fd_holder(&carried));
+                command.pre_exec(move || {
+                    inherit_in_child(&carried)?;
+                    if holder {
+                        fork_fd_holder(&carried)?;
+                    }
+                    Ok(())
+                });
             }
         }
         let mut child = command.spawn().map_err(|source| ExecError::Spawn {
@@ -296,26 +387,6 @@ impl Cmd {
         );
         Ok(finished)
     }
-}
-
-/// This process's descriptors that an exec would pass on (no close-on-exec flag), past stdio:
-/// the ones lvchain made inheritable on purpose (the domain lock, a sanlock registration).
-fn inheritable_fds() -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
-    };
-    let mut fds: Vec<i32> = dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|&fd| fd > 2)
-        .filter(|&fd| {
-            // SAFETY: F_GETFD reads flags; a descriptor closed meanwhile just fails.
-            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-            flags >= 0 && flags & libc::FD_CLOEXEC == 0
-        })
-        .collect();
-    fds.sort_unstable();
-    fds
 }
 
 /// Runs in the child between fork and exec: forks a holder that keeps `keep` (sorted) open and
@@ -427,6 +498,59 @@ mod tests {
         if let Ok(ps) = ps {
             assert!(!ps.stdout.contains(&marker), "a child survived");
         }
+    }
+
+    /// The paths of the descriptors a program started now on this thread has open.
+    fn open_in_child() -> String {
+        Cmd::new("/bin/sh", Duration::from_secs(10))
+            .args(["-c", "ls -l /proc/$$/fd"])
+            .run()
+            .map(|f| f.stdout)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn carried_descriptors_pass_only_into_the_programs_of_their_thread() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("held.lock");
+        let file = std::fs::File::create(&path)?;
+        let name = path.display().to_string();
+        let inherit = Inherit::new([file.as_fd()])?;
+        // The carry and a program started under it on another thread, at the same time.
+        let barrier = std::sync::Barrier::new(2);
+        let (mine, others) = std::thread::scope(|s| {
+            let mine = s.spawn(|| {
+                let _carry = inherit.carry();
+                barrier.wait();
+                let seen = open_in_child();
+                barrier.wait();
+                seen
+            });
+            let others = s.spawn(|| {
+                barrier.wait();
+                let seen = open_in_child();
+                barrier.wait();
+                seen
+            });
+            (mine.join(), others.join())
+        });
+        let (mine, others) = (mine.unwrap_or_default(), others.unwrap_or_default());
+        assert!(
+            mine.contains(&name),
+            "the carrying thread's program: {mine}"
+        );
+        assert!(
+            !others.contains(&name),
+            "another thread's program: {others}"
+        );
+        // Not after the carry ended, and never the parent's own descriptor.
+        let later = open_in_child();
+        assert!(!later.contains(&name), "{later}");
+        assert!(!later.is_empty());
+        // SAFETY: F_GETFD on a descriptor we own.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        Ok(())
     }
 
     #[test]

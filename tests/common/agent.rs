@@ -15,35 +15,61 @@ pub struct Agent {
     pub child: Child,
     pub socket: PathBuf,
     pub dir: tempfile::TempDir,
+    /// How it was started (for [`Agent::restart`]).
+    args: Vec<String>,
+    env: Vec<(String, PathBuf)>,
 }
 
 impl Agent {
     pub fn start(d: &Domain, extra: &[&str]) -> Agent {
+        Agent::start_with_env(d, extra, &[])
+    }
+
+    /// As [`Agent::start`], with more environment (`LVCHAIN_LVM`, `LVCHAIN_QEMU_IMG`, ...).
+    pub fn start_with_env(d: &Domain, extra: &[&str], env: &[(&str, &Path)]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
-        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        let mut c = Command::new(BIN.as_str());
-        c.args(["agent", "--socket", socket.to_str().unwrap()])
-            .args(["--domain", d.name()])
-            .args(extra)
-            .env("RUST_LOG", "lvchain=info")
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (k, v) in d.vg.env() {
-            c.env(k, v);
-        }
-        let child = c.spawn().unwrap();
-        let a = Agent { child, socket, dir };
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--socket".into(),
+            socket.to_str().unwrap().into(),
+            "--domain".into(),
+            d.name().into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut env: Vec<(String, PathBuf)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_path_buf()))
+            .collect();
+        env.extend(d.vg.env().into_iter().map(|(k, v)| (k, PathBuf::from(v))));
+        let child = spawn(dir.path(), &args, &env);
+        let a = Agent {
+            child,
+            socket,
+            dir,
+            args,
+            env,
+        };
+        a.wait_for_socket();
+        a
+    }
+
+    /// Starts the agent again as it was started (same socket, log appended), after it ended.
+    pub fn restart(&mut self) {
+        self.child = spawn(self.dir.path(), &self.args, &self.env);
+        self.wait_for_socket();
+    }
+
+    fn wait_for_socket(&self) {
         let start = Instant::now();
-        while UnixStream::connect(&a.socket).is_err() {
+        while UnixStream::connect(&self.socket).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "the agent did not answer: {}",
-                a.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        a
     }
 
     pub fn log(&self) -> String {
@@ -54,7 +80,7 @@ impl Agent {
     pub fn call(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
         let (status, text) = match try_request(&self.socket, method, path, body) {
             Ok(answer) => answer,
-            Err(e) => panic!("{method} {path}: {e}\nthe agent's log:\n{}", self.log()),
+            Err(e) => panic!("{method} {path}: {e:?}\nthe agent's log:\n{}", self.log()),
         };
         let v = serde_json::from_slice(&text)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&text).into()));
@@ -99,33 +125,74 @@ impl Drop for Agent {
     }
 }
 
+/// `lvchain agent` with `args` and `env`, its stderr appended to `dir/agent.log`.
+fn spawn(dir: &Path, args: &[String], env: &[(String, PathBuf)]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("agent.log"))
+        .unwrap();
+    let mut c = Command::new(BIN.as_str());
+    c.args(args)
+        .env("RUST_LOG", "lvchain=info")
+        .stdout(Stdio::null())
+        .stderr(log);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().unwrap()
+}
+
 /// A hand-written HTTP/1.1 request over the unix socket (`Connection: close`); the body is
 /// written from another thread so that a server refusing it early is seen, not a blocked
 /// write.
 pub fn request(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    try_request(socket, method, path, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    match try_request(socket, method, path, body) {
+        Ok(answer) => answer,
+        Err(e) => panic!("{method} {path}: {e:?}"),
+    }
+}
+
+/// Why [`try_request`] got no answer.
+#[derive(Debug)]
+pub enum Unanswered {
+    /// Nobody accepted the connection: the request was not sent.
+    NotSent(std::io::Error),
+    /// Sent, then the connection ended without a whole answer: its outcome is unknown.
+    Lost(String),
 }
 
 /// How long a client waits for an answer: a bound against a hung agent, not a performance
 /// assertion (a loaded test VM runs lvm commands many times slower than an idle one).
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(600);
 
-/// [`request`], saying why there is no answer instead of panicking.
+/// [`request`] that reports a missing answer instead of panicking.
 pub fn try_request(
     socket: &Path,
     method: &str,
     path: &str,
     body: &[u8],
-) -> Result<(u16, Vec<u8>), String> {
-    let mut s = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(ANSWER_WITHIN))
-        .map_err(|e| format!("set_read_timeout: {e}"))?;
+) -> Result<(u16, Vec<u8>), Unanswered> {
+    try_request_within(socket, method, path, body, ANSWER_WITHIN)
+}
+
+/// [`try_request`] waiting up to `limit` for the answer.
+pub fn try_request_within(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    limit: Duration,
+) -> Result<(u16, Vec<u8>), Unanswered> {
+    let mut s = UnixStream::connect(socket).map_err(Unanswered::NotSent)?;
+    s.set_read_timeout(Some(limit))
+        .map_err(Unanswered::NotSent)?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    let mut w = s.try_clone().map_err(|e| format!("clone: {e}"))?;
+    let mut w = s.try_clone().map_err(Unanswered::NotSent)?;
     let body = body.to_vec();
     let writer = std::thread::spawn(move || {
         let _ = w
@@ -136,17 +203,22 @@ pub fn try_request(
     let started = Instant::now();
     let read = s.read_to_end(&mut raw);
     let _ = writer.join();
-    if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
-        return Err(match read {
-            Err(e) => format!("no answer after {:?}: {e}", started.elapsed()),
-            Ok(_) => format!(
-                "the agent closed the connection after {:?} without a complete answer: {:?}",
-                started.elapsed(),
-                String::from_utf8_lossy(&raw)
-            ),
-        });
+    if let Err(e) = read {
+        return Err(Unanswered::Lost(format!(
+            "{e} after {:?} and {} bytes",
+            started.elapsed(),
+            raw.len()
+        )));
     }
-    Ok(parse_response(&raw))
+    if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Err(Unanswered::Lost(format!(
+            "the connection ended after {:?} with {} bytes, no HTTP head",
+            started.elapsed(),
+            raw.len()
+        )));
+    }
+    std::panic::catch_unwind(|| parse_response(&raw))
+        .map_err(|_| Unanswered::Lost(String::from_utf8_lossy(&raw).into_owned()))
 }
 
 pub fn parse_response(raw: &[u8]) -> (u16, Vec<u8>) {

@@ -2,7 +2,7 @@
 //! per-process registration with acquire/release, and owner/host queries (daemon).
 
 use std::ffi::{c_char, c_int, CString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -369,6 +369,15 @@ pub struct Registration {
     sock: OwnedFd,
 }
 
+/// The registered socket (close-on-exec). The daemon keeps the registration's leases until
+/// the socket is closed in every process: a program handed a duplicate holds them until it
+/// exits (lvchain does so for the programs of the operation holding the domain lock).
+impl AsFd for Registration {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
 /// Options of [`Registration::acquire`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AcquireOptions {
@@ -401,22 +410,6 @@ impl Registration {
             });
         }
         Ok(Registration { sock })
-    }
-
-    /// Lets children started from now on inherit the registered socket: the daemon keeps this
-    /// registration's leases until every holder of the socket has exited. Used for the domain
-    /// lock, so that an lvm command outliving a killed lvchain still runs under it.
-    pub fn inherit_into_children(&self) -> Result<(), SanlockError> {
-        // SAFETY: plain fcntl on a descriptor we own.
-        let rc = unsafe { libc::fcntl(self.sock.as_raw_fd(), libc::F_SETFD, 0) };
-        if rc < 0 {
-            return Err(SanlockError::Sanlock {
-                op: Op::Register,
-                rv: -std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
-                detail: "cannot clear close-on-exec on the registered socket".into(),
-            });
-        }
-        Ok(())
     }
 
     /// Acquires `res` exclusively for this process. Fails with the held class

@@ -17,7 +17,8 @@
 //! `sanlock_acquire` itself ([`Registration`]); the leases then live exactly as long as the
 //! lvchain process (or until [`Registration`] is dropped, which closes the registered socket).
 //! The registered socket is made close-on-exec, so children the process starts do not
-//! inherit it and cannot keep a lease alive after lvchain is gone.
+//! inherit it and cannot keep a lease alive after lvchain is gone, unless the caller hands it
+//! to them on purpose (`Registration` is `AsFd`).
 //!
 //! libsanlock is loaded at run time (`dlopen("libsanlock.so.1")`, package `libsanlock1`, which
 //! the `sanlock` package pulls in) rather than linked: the crate then builds with no `-dev`

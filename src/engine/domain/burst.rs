@@ -21,7 +21,8 @@
 
 use super::{Domain, Snapshot};
 use crate::error::{Error, Result};
-use crate::lock::DomainGuard;
+use crate::exec::Inherit;
+use crate::lock::{DomainGuard, LockError};
 use crate::volume::{create, Catalog, CreateRequest, Volume};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +79,10 @@ enum Seq {
 }
 
 struct Held {
+    /// The lock's descriptors, carried by each creation on its thread: the LVM commands of
+    /// the burst hold the lock with it, and no other program does. Before the guard: its
+    /// duplicates close first.
+    inherit: Inherit,
     _guard: Box<dyn DomainGuard>,
     since: Instant,
     last: Instant,
@@ -196,6 +201,8 @@ impl Burst {
             }
             break;
         }
+        // Until this creation ends (the lock is held so long), its LVM commands hold it too.
+        let carry = st.held.as_ref().map(|h| h.inherit.carry());
         let (cat, store) = {
             let held = st.held.as_mut().ok_or_else(not_held)?;
             let snap = match held.snap.take() {
@@ -238,6 +245,7 @@ impl Burst {
             Err(e) => {
                 // Rolled back, or left for the collector: the next creation re-reads.
                 self.forget(&mut st);
+                drop(carry);
                 st.users -= 1;
                 self.changed.notify_all();
                 return Err(e);
@@ -287,6 +295,7 @@ impl Burst {
             }
             st = self.wait(st, self.settings.poll);
         };
+        drop(carry);
         st.users -= 1;
         if let Some(h) = st.held.as_mut() {
             h.last = Instant::now();
@@ -338,7 +347,12 @@ impl Burst {
     /// Takes the domain lock; the kept snapshot is used only when the VG's metadata stamp
     /// says nothing changed since it was kept, else the full report is made now.
     fn acquire(&self, st: &mut State) -> Result<()> {
-        let guard = self.domain.lock()?;
+        let guard = self.domain.lock_guard()?;
+        let inherit = Inherit::new(guard.fds()).map_err(|source| LockError::Io {
+            path: format!("the domain lock of {}", self.domain.vg),
+            source,
+        })?;
+        let carry = inherit.carry();
         let now = Instant::now();
         let (snap, seq) = match st.kept.take() {
             Some((snap, seq)) => {
@@ -360,7 +374,9 @@ impl Burst {
         self.domain.check_kind(&snap)?;
         let bounded = self.domain.locks()?.has_hosts();
         self.count(0, 1);
+        drop(carry);
         st.held = Some(Held {
+            inherit,
             _guard: guard,
             since: now,
             last: now,
@@ -405,6 +421,7 @@ impl Burst {
             return;
         };
         // The stamp is read before the guard goes (at the end of this function).
+        let carry = held.inherit.carry();
         st.kept = match (held.snap, held.seq) {
             (Some(snap), Some(seq)) => Some((snap, seq)),
             (Some(snap), None) => match self.stamp(st) {
@@ -416,6 +433,7 @@ impl Burst {
             },
             (None, _) => None,
         };
+        drop(carry);
         tracing::debug!(vg = %self.domain.vg, held_ms = held.since.elapsed().as_millis() as u64, "burst ended: domain lock released");
     }
 }

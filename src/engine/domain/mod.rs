@@ -115,21 +115,34 @@ impl Domain {
     }
 
     /// Takes this host's local lock of the VG only: for formatting, before the VG is a domain.
-    pub fn lock_local(&self) -> Result<Box<dyn DomainGuard>> {
-        Ok(self.local.lock.lock_domain(&self.vg)?)
+    pub fn lock_local(&self) -> Result<lock::Holding<Box<dyn DomainGuard>>> {
+        let local = self.local.lock.lock_domain(&self.vg)?;
+        self.holding(local)
     }
 
-    /// Takes the domain lock (every metadata-changing operation holds it throughout). Every
-    /// manager's lock starts with this host's local lock; under it one report tells the
-    /// manager, which then takes the rest ([`LockManager::lock_across_hosts`]). When there is
-    /// no rest (a local domain) that report was made under the whole lock and serves this
-    /// thread's next [`Domain::scan`], so locking costs no extra LVM command.
-    pub(crate) fn lock(&self) -> Result<Box<dyn DomainGuard>> {
+    /// Takes the domain lock (every metadata-changing operation holds it throughout) for the
+    /// operation running on this thread: the programs it starts hold the lock with it
+    /// ([`lock::Holding`]), no others. Every manager's lock starts with this host's local
+    /// lock; under it one report tells the manager, which then takes the rest
+    /// ([`LockManager::lock_across_hosts`]). When there is no rest (a local domain) that report
+    /// was made under the whole lock and serves this thread's next [`Domain::scan`], so locking
+    /// costs no extra LVM command.
+    pub(crate) fn lock(&self) -> Result<lock::Holding<Box<dyn DomainGuard>>> {
+        let guard = self.lock_guard()?;
+        self.holding(guard)
+    }
+
+    /// The domain lock as a guard that any thread may hold (a burst); its holder hands it to
+    /// the programs it starts under it ([`crate::exec::Inherit`]).
+    pub(crate) fn lock_guard(&self) -> Result<Box<dyn DomainGuard>> {
         if let Some(m) = self.manager.get() {
             return Ok(m.lock_domain(&self.vg)?);
         }
         let local = self.local.lock.lock_domain(&self.vg)?;
-        let snap = self.read()?;
+        let snap = {
+            let _held = self.holding(&local)?;
+            self.read()?
+        };
         let manager = self.learn(snap.info.lock_manager);
         if let Some(lease) = manager.lock_across_hosts(&self.vg)? {
             return Ok(Box::new(lock::Both {
@@ -143,6 +156,23 @@ impl Domain {
             _local: local,
             fresh: Arc::clone(&self.fresh),
         }))
+    }
+
+    /// `guard` handed to the programs this thread starts while the result lives.
+    fn holding<G: lock::Descriptors>(&self, guard: G) -> Result<lock::Holding<G>> {
+        lock::Holding::on_this_thread(guard).map_err(|source| {
+            LockError::Io {
+                path: self
+                    .local
+                    .lock
+                    .dir
+                    .join(format!("{}.lock", self.vg))
+                    .display()
+                    .to_string(),
+                source,
+            }
+            .into()
+        })
     }
 
     /// Reads the domain with ONE lvs report (none when [`Domain::lock`] just made it).
@@ -475,6 +505,11 @@ struct Fresh {
     fresh: Arc<Mutex<Option<(ThreadId, Snapshot)>>>,
 }
 impl DomainGuard for Fresh {}
+impl lock::Descriptors for Fresh {
+    fn fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        self._local.fds()
+    }
+}
 impl Drop for Fresh {
     fn drop(&mut self) {
         *self.fresh.lock().unwrap_or_else(|p| p.into_inner()) = None;

@@ -20,7 +20,7 @@ struct Started {
     cat: Catalog,
     vol: Volume,
     path: PathBuf,
-    _lease: Box<dyn crate::lock::LeaseGuard>,
+    _lease: crate::lock::Holding<Box<dyn crate::lock::LeaseGuard>>,
     meta: VolumeMeta,
 }
 
@@ -39,8 +39,13 @@ fn read_own(path: &std::path::Path, vol: &Volume) -> Result<VolumeMeta> {
 fn start(fd: &FileDomain, id: &VolumeId, generation: Generation) -> Result<Started> {
     let cat = store::scan(fd)?.catalog;
     let vol = cat.get(&fd.name, id)?.clone();
-    let _lease = fd.lease(id)?;
-    _lease.inherit_into_children()?;
+    // Every program the operation starts under the lease (qemu-img above all) holds it too.
+    let _lease = crate::lock::Holding::on_this_thread(fd.lease(id)?).map_err(|e| {
+        crate::lock::LeaseError::Io {
+            what: format!("the lease of {id}"),
+            reason: e.to_string(),
+        }
+    })?;
     let path = fd.meta_path(&vol.image, id, Marker::None);
     let meta = read_own(&path, &vol)?;
     if meta.generation != generation {

@@ -1,16 +1,17 @@
 //! This host's domain lock: an exclusive `flock` on `/run/lock/lvchain/<VG>.lock`, the whole
 //! domain lock of a local domain and the first part of every other manager's. The lock is held
-//! by the returned guard and released when it drops, or when the process and every child it
-//! started while holding it have exited.
+//! by the returned guard and released when it drops, or when the process and the programs it
+//! handed the lock to ([`super::Holding`]) have exited. The descriptor is close-on-exec: no
+//! other program inherits it.
 //!
 //! A process waiting for the lock says so: it holds a shared `flock` on
 //! `/run/lock/lvchain/<VG>.want` while it waits (the kernel drops it if the waiter dies). A
 //! holder that keeps the lock across many requests (the agent's bursts) probes that file with
 //! a non-blocking exclusive `flock` ([`LocalLock::wanted`]) and releases at once when it fails.
 
-use super::{DomainGuard, LockError};
+use super::{Descriptors, DomainGuard, LockError};
 use std::fs::{File, OpenOptions};
-use std::os::unix::io::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -35,30 +36,25 @@ impl Default for LocalLock {
     }
 }
 
-struct FileGuard(#[allow(dead_code)] File);
+struct FileGuard(File);
 impl DomainGuard for FileGuard {}
-
-/// Lets the lock's file description pass into every child (lvm, qemu-img) we start: a flock
-/// lives until all holders close it, so when lvchain is killed the domain stays locked until
-/// its in-flight lvm command has finished too. Otherwise a collector could act on a scan taken
-/// before that command's commit.
-pub(crate) fn inherit_into_children(file: &File) -> std::io::Result<()> {
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 {
-        return Err(std::io::Error::last_os_error());
+impl Descriptors for FileGuard {
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        vec![self.0.as_fd()]
     }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 impl LocalLock {
     /// Takes `vg`'s lock, waiting up to `timeout`.
+    /// Every acquisition is reported to the wait observer ([`super::set_wait_observer`]).
     pub fn lock_domain(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError> {
+        let start = Instant::now();
+        let r = self.take(vg);
+        super::observe_wait(vg, super::LockPart::Local, start.elapsed(), &r);
+        r
+    }
+
+    fn take(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError> {
         let path = self.dir.join(format!("{vg}.lock"));
         let io = |source| LockError::Io {
             path: path.display().to_string(),
@@ -79,7 +75,6 @@ impl LocalLock {
             // SAFETY: flock on a file descriptor we own.
             let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
             if r == 0 {
-                inherit_into_children(&file).map_err(io)?;
                 tracing::debug!(
                     vg,
                     waited_ms = start.elapsed().as_millis() as u64,
@@ -188,13 +183,46 @@ mod tests {
             !lock.wanted("vg"),
             "the waiter got the lock and stopped waiting"
         );
-        // The lock passes into children: one that another test of this process started while
-        // it was held keeps it until it ends (within its deadline).
-        let patient = LocalLock {
-            timeout: Duration::from_secs(30),
-            ..lock
+        // Released with the waiter's guard: free again.
+        assert!(lock.lock_domain("vg").is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn the_lock_passes_only_into_the_programs_of_the_operation_holding_it() -> Result<(), LockError>
+    {
+        let dir = tempfile::tempdir().map_err(|source| LockError::Io {
+            path: "tmp".into(),
+            source,
+        })?;
+        let lock = LocalLock {
+            dir: dir.path().to_path_buf(),
+            timeout: Duration::from_millis(100),
         };
-        assert!(patient.lock_domain("vg").is_ok());
+        let name = dir.path().join("vg.lock").display().to_string();
+        let open_in_child = || {
+            crate::exec::Cmd::new("/bin/sh", Duration::from_secs(10))
+                .args(["-c", "ls -l /proc/$$/fd"])
+                .run()
+                .map(|f| f.stdout)
+                .unwrap_or_default()
+        };
+        let guard = lock.lock_domain("vg")?;
+        let outside = open_in_child();
+        assert!(!outside.is_empty());
+        assert!(
+            !outside.contains(&name),
+            "not held by this thread's operation: {outside}"
+        );
+        let held =
+            super::super::Holding::on_this_thread(guard).map_err(|source| LockError::Io {
+                path: name.clone(),
+                source,
+            })?;
+        let inside = open_in_child();
+        assert!(inside.contains(&name), "{inside}");
+        drop(held);
+        assert!(lock.lock_domain("vg").is_ok(), "released with its holding");
         Ok(())
     }
 }

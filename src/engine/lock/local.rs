@@ -5,10 +5,12 @@
 //! taking it.
 
 pub use super::flock::LocalLock;
-use super::{DomainGuard, Holder, LeaseError, LeaseGuard, LockError, LockKind, LockManager};
+use super::{
+    Descriptors, DomainGuard, Holder, LeaseError, LeaseGuard, LockError, LockKind, LockManager,
+};
 use crate::format::ids::VolumeId;
 use std::fs::{File, OpenOptions};
-use std::os::unix::io::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 
 /// The local lock manager: this host's domain lock and volume leases.
@@ -74,15 +76,13 @@ impl Default for LocalLeases {
     }
 }
 
+/// An OFD lock belongs to the open file description: a program handed the descriptor keeps it
+/// held until it exits too.
 struct Guard(File);
-impl LeaseGuard for Guard {
-    fn inherit_into_children(&self) -> Result<(), LeaseError> {
-        // An OFD lock belongs to the open file description: a child's copy of the descriptor
-        // keeps it held until the child exits too.
-        super::flock::inherit_into_children(&self.0).map_err(|e| LeaseError::Io {
-            what: "the lease descriptor".into(),
-            reason: e.to_string(),
-        })
+impl LeaseGuard for Guard {}
+impl Descriptors for Guard {
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        vec![self.0.as_fd()]
     }
 }
 

@@ -23,9 +23,11 @@ pub mod local;
 pub mod sanlock;
 
 use crate::domain::format::{LEASES_RESERVED, LEASE_SIZE};
+use crate::exec::{Carry, Inherit};
 use crate::format::ids::VolumeId;
 use ::sanlock::{SanlockError, SectorSize};
 use std::fmt;
+use std::os::fd::BorrowedFd;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -184,9 +186,59 @@ pub struct Holder {
     pub alive: bool,
 }
 
+/// What holds a lock or a lease: the descriptors a program must have open to hold it too
+/// (all close-on-exec; see [`Holding`] for handing them to an operation's programs).
+pub trait Descriptors {
+    fn fds(&self) -> Vec<BorrowedFd<'_>>;
+}
+
+impl<T: Descriptors + ?Sized> Descriptors for Box<T> {
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        (**self).fds()
+    }
+}
+
+impl<T: Descriptors + ?Sized> Descriptors for &T {
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        (**self).fds()
+    }
+}
+
 /// A held domain lock; dropping it releases the lock (a long-running client may hold it on
 /// any thread).
-pub trait DomainGuard: Send {}
+pub trait DomainGuard: Send + Descriptors {}
+
+/// A lock or lease held by the operation running on this thread: every program the thread
+/// starts while it is held inherits it (lvm through a holder process, see
+/// [`crate::exec::Cmd::closes_inherited_fds`]), so if lvchain dies, the lock lasts until those
+/// programs have ended too. Programs of other threads never get it. Not `Send`: it belongs to
+/// its thread.
+pub struct Holding<G: Descriptors> {
+    // Declared first: the duplicates close before the guard releases the lock.
+    _carry: Carry,
+    guard: G,
+}
+
+impl<G: Descriptors> Holding<G> {
+    /// Hands `guard`'s descriptors to the programs this thread starts from now on.
+    pub fn on_this_thread(guard: G) -> std::io::Result<Holding<G>> {
+        let carry = Inherit::new(guard.fds())?.carry();
+        Ok(Holding {
+            _carry: carry,
+            guard,
+        })
+    }
+
+    pub fn guard(&self) -> &G {
+        &self.guard
+    }
+}
+
+impl<G: Descriptors> fmt::Debug for Holding<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Holding")
+    }
+}
 
 /// A domain lock held in two parts: the part beyond this host, then this host's local lock
 /// (released in that order).
@@ -195,14 +247,96 @@ pub struct Both {
     pub local: Box<dyn DomainGuard>,
 }
 impl DomainGuard for Both {}
+impl Descriptors for Both {
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut fds = self.local.fds();
+        fds.extend(self.lease.iter().flat_map(|l| l.fds()));
+        fds
+    }
+}
 
 /// A held lease; dropping it releases the lease. Sendable: the agent keeps the shared leases
-/// of prepared images across its threads.
-pub trait LeaseGuard: Send {
-    /// Lets the lease's descriptor pass into every child started from now on while it is
-    /// held (a data writer such as qemu-img): the lease is then free only once this process
-    /// and those children are all gone, never while a writer it started still runs.
-    fn inherit_into_children(&self) -> Result<(), LeaseError>;
+/// of prepared images across its threads. An operation whose programs write under it (a data
+/// writer such as qemu-img) holds it as a [`Holding`]: the lease is then free only once this
+/// process and those programs are all gone, never while a writer it started still runs.
+pub trait LeaseGuard: Send + Descriptors {}
+
+/// Which part of a domain lock a wait was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockPart {
+    /// This host's local lock (every manager's first part).
+    Local,
+    /// The part across hosts (sanlock's domain lease).
+    AcrossHosts,
+}
+
+impl LockPart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockPart::Local => "local",
+            LockPart::AcrossHosts => "across_hosts",
+        }
+    }
+}
+
+/// One acquisition of a domain lock's part, as an observer sees it (after it ended).
+#[derive(Debug)]
+pub struct Waited<'a> {
+    pub vg: &'a str,
+    pub part: LockPart,
+    /// From the first try to the lock taken or given up.
+    pub waited: Duration,
+    pub outcome: WaitOutcome,
+}
+
+/// How a wait for a lock ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitOutcome {
+    Acquired,
+    /// Still held by another holder at the timeout.
+    Busy,
+    /// Any other error.
+    Failed,
+}
+
+impl WaitOutcome {
+    pub fn of<T>(r: &Result<T, LockError>) -> WaitOutcome {
+        match r {
+            Ok(_) => WaitOutcome::Acquired,
+            Err(LockError::Busy { .. }) => WaitOutcome::Busy,
+            Err(_) => WaitOutcome::Failed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitOutcome::Acquired => "acquired",
+            WaitOutcome::Busy => "busy",
+            WaitOutcome::Failed => "failed",
+        }
+    }
+}
+
+type WaitObserver = Box<dyn Fn(&Waited<'_>) + Send + Sync>;
+
+static WAIT_OBSERVER: std::sync::OnceLock<WaitObserver> = std::sync::OnceLock::new();
+
+/// Sets the process's one lock-wait observer (a long-running client's metrics); false when one
+/// was set already. It runs on the waiting thread: it must be quick.
+pub fn set_wait_observer(observer: WaitObserver) -> bool {
+    WAIT_OBSERVER.set(observer).is_ok()
+}
+
+/// Tells the observer (if one is set) how an acquisition of `part` of `vg`'s lock ended.
+fn observe_wait<T>(vg: &str, part: LockPart, waited: Duration, r: &Result<T, LockError>) {
+    if let Some(observer) = WAIT_OBSERVER.get() {
+        observer(&Waited {
+            vg,
+            part,
+            waited,
+            outcome: WaitOutcome::of(r),
+        });
+    }
 }
 
 /// Where a volume's lease lives in the leases LV: after the reserved area, 1 MiB per slot.

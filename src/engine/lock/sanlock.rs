@@ -12,8 +12,8 @@
 
 use super::local::Local;
 use super::{
-    lease_offset, Both, DomainGuard, Holder, Joined, LeaseError, LeaseGuard, LockError, LockKind,
-    LockManager, SanlockAction,
+    lease_offset, Both, Descriptors, DomainGuard, Holder, Joined, LeaseError, LeaseGuard,
+    LockError, LockKind, LockManager, LockPart, SanlockAction,
 };
 use crate::domain::{IDS_LV, LEASES_LV};
 use crate::format::ids::VolumeId;
@@ -21,6 +21,7 @@ use crate::units::MIB;
 use sanlock::{
     AcquireOptions, LeaveMode, Lockspace, Registration, Resource, SanlockError, SectorSize,
 };
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -173,15 +174,11 @@ struct SanlockGuard {
     reg: Registration,
     res: Resource,
 }
-impl LeaseGuard for SanlockGuard {
-    fn inherit_into_children(&self) -> Result<(), LeaseError> {
-        // sanlock releases a registration's leases when its socket closes in every process.
-        self.reg
-            .inherit_into_children()
-            .map_err(|e| LeaseError::Io {
-                what: format!("sanlock registration of {}", self.res.name),
-                reason: e.to_string(),
-            })
+impl LeaseGuard for SanlockGuard {}
+/// sanlock releases a registration's leases when its socket is closed in every process.
+impl Descriptors for SanlockGuard {
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        vec![self.reg.as_fd()]
     }
 }
 impl DomainGuard for SanlockGuard {}
@@ -198,6 +195,45 @@ impl Drop for SanlockGuard {
 #[derive(Debug, Clone, Default)]
 pub struct Sanlock {
     pub local: Local,
+}
+
+impl Sanlock {
+    /// The sanlock domain lease, waiting up to the local lock's timeout.
+    fn take_across_hosts(&self, vg: &str) -> Result<Option<Box<dyn DomainGuard>>, LockError> {
+        if joined_host_id(vg).is_none() {
+            return Err(LockError::NotJoined { vg: vg.to_string() });
+        }
+        let start = Instant::now();
+        let error = |source: SanlockError| match source {
+            SanlockError::LockspaceNotJoined { .. } => LockError::NotJoined { vg: vg.to_string() },
+            source => failed(vg, SanlockAction::TakeDomainLock)(source),
+        };
+        let res = domain_resource(vg).map_err(error)?;
+        loop {
+            let mut reg = Registration::register().map_err(error)?;
+            match reg.acquire(
+                &res,
+                AcquireOptions {
+                    no_wait: true,
+                    shared: false,
+                },
+            ) {
+                Ok(()) => {
+                    return Ok(Some(Box::new(SanlockGuard { reg, res })));
+                }
+                Err(e) if e.is_held() && start.elapsed() < self.local.lock.timeout => {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) if e.is_held() => {
+                    return Err(LockError::Busy {
+                        vg: vg.to_string(),
+                        waited: start.elapsed(),
+                    })
+                }
+                Err(e) => return Err(error(e)),
+            }
+        }
+    }
 }
 
 impl LockManager for Sanlock {
@@ -230,42 +266,12 @@ impl LockManager for Sanlock {
     }
 
     /// The sanlock domain lease, waiting up to the local lock's timeout while another host
-    /// holds it; passed into children like the local lock.
+    /// holds it; handed to the operation's programs like the local lock.
     fn lock_across_hosts(&self, vg: &str) -> Result<Option<Box<dyn DomainGuard>>, LockError> {
-        if joined_host_id(vg).is_none() {
-            return Err(LockError::NotJoined { vg: vg.to_string() });
-        }
         let start = Instant::now();
-        let error = |source: SanlockError| match source {
-            SanlockError::LockspaceNotJoined { .. } => LockError::NotJoined { vg: vg.to_string() },
-            source => failed(vg, SanlockAction::TakeDomainLock)(source),
-        };
-        let res = domain_resource(vg).map_err(error)?;
-        loop {
-            let mut reg = Registration::register().map_err(error)?;
-            match reg.acquire(
-                &res,
-                AcquireOptions {
-                    no_wait: true,
-                    shared: false,
-                },
-            ) {
-                Ok(()) => {
-                    reg.inherit_into_children().map_err(error)?;
-                    return Ok(Some(Box::new(SanlockGuard { reg, res })));
-                }
-                Err(e) if e.is_held() && start.elapsed() < self.local.lock.timeout => {
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) if e.is_held() => {
-                    return Err(LockError::Busy {
-                        vg: vg.to_string(),
-                        waited: start.elapsed(),
-                    })
-                }
-                Err(e) => return Err(error(e)),
-            }
-        }
+        let r = self.take_across_hosts(vg);
+        super::observe_wait(vg, LockPart::AcrossHosts, start.elapsed(), &r);
+        r
     }
 
     fn acquire(
