@@ -3,6 +3,11 @@
 //! nothing; the crash matrix over every crash point of create, remove, gc, extend and the
 //! operations; random `kill -9` of lvchain mid-create and mid-remove. After every crash, gc
 //! returns the domain to clean and the committed data reads back intact through the chain.
+//!
+//! The domains live in temporary directories under `$LVCHAIN_FILE_DOMAIN_ROOT` (default: the
+//! system's temporary directory); `$LVCHAIN_FILE_DOMAIN_FS` names the file system type (as
+//! `stat -f -c %T` prints it, e.g. `nfs`) that directory must be on: `scripts/vm-nfs` sets both
+//! to run this suite on an NFS mount, and every domain checks it really is there.
 #![allow(clippy::unwrap_used)]
 
 #[path = "common/scenario.rs"]
@@ -28,6 +33,31 @@ fn pattern() -> Vec<u8> {
     (0..65536u32).map(|i| (i * 7 % 251) as u8).collect()
 }
 
+/// A temporary directory under `$LVCHAIN_FILE_DOMAIN_ROOT`, on the file system type
+/// `$LVCHAIN_FILE_DOMAIN_FS` names when it is set (asserted).
+fn domain_tmp() -> tempfile::TempDir {
+    let tmp = match std::env::var_os("LVCHAIN_FILE_DOMAIN_ROOT") {
+        Some(root) => tempfile::tempdir_in(root).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    if let Ok(want) = std::env::var("LVCHAIN_FILE_DOMAIN_FS") {
+        let o = Command::new("stat")
+            .args(["-f", "-c", "%T"])
+            .arg(tmp.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "stat -f {}", tmp.path().display());
+        let got = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        assert_eq!(
+            got,
+            want,
+            "{} is on {got}, not on {want}",
+            tmp.path().display()
+        );
+    }
+    tmp
+}
+
 /// A file domain in a temporary directory, driven through the binary.
 struct Fd {
     _tmp: tempfile::TempDir,
@@ -36,7 +66,7 @@ struct Fd {
 
 impl Fd {
     fn new() -> Fd {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = domain_tmp();
         let path = tmp.path().join("dom").display().to_string();
         std::fs::create_dir(&path).unwrap();
         let d = Fd { _tmp: tmp, path };
@@ -347,7 +377,7 @@ fn file_bad_input_is_refused_and_changes_nothing() {
     let d = Fd::new();
     let (img, ids) = d.image_with(1);
     let missing = uuid();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = domain_tmp();
     let busy = tmp.path().join("busy");
     std::fs::create_dir(&busy).unwrap();
     std::fs::write(busy.join("precious"), b"x").unwrap();
