@@ -43,6 +43,39 @@ pub(crate) fn moved(generation: Generation, moved: Option<Generation>) -> Result
     })
 }
 
+/// Checks what an operation was asked before anything is taken: the generation the caller
+/// expects and the description an update sets; returns the generation the volume moves to.
+pub(crate) fn next_generation(generation: Generation, work: &Work) -> Result<Generation> {
+    check_generation(generation)?;
+    let next = moved(generation, generation.next())?;
+    if let Work::Update {
+        description: Some(d),
+        ..
+    } = work
+    {
+        crate::metadata::check_description(d).map_err(Error::InvalidInput)?;
+    }
+    Ok(next)
+}
+
+/// A copy rewrites the data other volumes read through: refuses any child, committed or
+/// pending (a snapshot being created, or one that died), and an internal role as read under
+/// the lease (a creation that committed since the scan holds the lease until then).
+pub(crate) fn refuse_copy_into_a_parent(
+    work: &Work,
+    cat: &Catalog,
+    id: &VolumeId,
+    meta: &VolumeMeta,
+) -> Result<()> {
+    if matches!(work, Work::Copy { .. }) && (cat.has_any_child(id) || meta.role == Role::Internal) {
+        return Err(Error::NotALeaf {
+            id: *id,
+            what: "copying into it would change what its snapshots read".into(),
+        });
+    }
+    Ok(())
+}
+
 /// The data source of a copy.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -76,15 +109,7 @@ pub(crate) fn run(
     generation: Generation,
     work: &Work,
 ) -> Result<Volume> {
-    check_generation(generation)?;
-    let next = moved(generation, generation.next())?;
-    if let Work::Update {
-        description: Some(d),
-        ..
-    } = work
-    {
-        crate::metadata::check_description(d).map_err(Error::InvalidInput)?;
-    }
+    let next = next_generation(generation, work)?;
     // Extend changes VG metadata: it also needs the domain lock, taken before the lease.
     let _domain_lock = match work {
         Work::Extend { .. } => Some(domain.lock()?),
@@ -97,15 +122,7 @@ pub(crate) fn run(
         _lease,
         mut meta,
     } = start(domain, id, generation)?;
-    // A copy rewrites the data other volumes read through: refuse any child, committed or
-    // pending (a snapshot being created, or one that died), and an internal role as read
-    // under the lease (a creation that committed since the scan holds the lease until then).
-    if matches!(work, Work::Copy { .. }) && (cat.has_any_child(id) || meta.role == Role::Internal) {
-        return Err(Error::NotALeaf {
-            id: *id,
-            what: "copying into it would change what its snapshots read".into(),
-        });
-    }
+    refuse_copy_into_a_parent(work, &cat, id, &meta)?;
     // The source is checked (and a volume source held) before anything changes.
     let source = match work {
         Work::Copy { from, .. } => Some(CopySource::open(domain, &cat, &vol, from)?),

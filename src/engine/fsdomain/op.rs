@@ -10,8 +10,10 @@ use super::FileDomain;
 use crate::crash::{self, CrashPoint};
 use crate::error::{Error, Result};
 use crate::format::ids::{Generation, VolumeId};
-use crate::metadata::{FenceRecord, Format, Legality, Role, VolumeMeta};
-use crate::operation::{check_generation, moved, Source, Status, Work};
+use crate::metadata::{FenceRecord, Format, Legality, VolumeMeta};
+use crate::operation::{
+    check_generation, moved, next_generation, refuse_copy_into_a_parent, Source, Status, Work,
+};
 use crate::volume::{Catalog, Volume};
 use std::path::PathBuf;
 
@@ -66,15 +68,7 @@ fn start(fd: &FileDomain, id: &VolumeId, generation: Generation) -> Result<Start
 
 /// Runs `work` on volume `id` under the protocol; returns the volume as it ends.
 pub fn run(fd: &FileDomain, id: &VolumeId, generation: Generation, work: &Work) -> Result<Volume> {
-    check_generation(generation)?;
-    let next = moved(generation, generation.next())?;
-    if let Work::Update {
-        description: Some(d),
-        ..
-    } = work
-    {
-        crate::metadata::check_description(d).map_err(Error::InvalidInput)?;
-    }
+    let next = next_generation(generation, work)?;
     let _domain_lock = match work {
         Work::Extend { .. } => Some(fd.lock()?),
         _ => None,
@@ -86,12 +80,7 @@ pub fn run(fd: &FileDomain, id: &VolumeId, generation: Generation, work: &Work) 
         _lease,
         mut meta,
     } = start(fd, id, generation)?;
-    if matches!(work, Work::Copy { .. }) && (cat.has_any_child(id) || meta.role == Role::Internal) {
-        return Err(Error::NotALeaf {
-            id: *id,
-            what: "copying into it would change what its snapshots read".into(),
-        });
-    }
+    refuse_copy_into_a_parent(work, &cat, id, &meta)?;
     let (source, _source_lease) = match work {
         Work::Copy { from, .. } => {
             let (s, l) = source(fd, &cat, &vol, from)?;
