@@ -41,10 +41,11 @@ impl LvRow {
         matches!(self.lv_attr.chars().nth(4), Some('a' | 's' | 'X'))
     }
 
-    /// Whether the LV's device is open (6th lv_attr character; `X`, unknown, counts as open:
-    /// nothing is removed or torn down on a guess).
+    /// Whether the LV's device is open (6th lv_attr character). An unknown state (`X`) is
+    /// not taken for open: a volume in use anywhere is held by its shared lease, which every
+    /// removal and teardown checks first.
     pub fn open(&self) -> bool {
-        matches!(self.lv_attr.chars().nth(5), Some('o' | 'X'))
+        self.lv_attr.chars().nth(5) == Some('o')
     }
 }
 
@@ -197,14 +198,14 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_state_counts_as_mapped_and_open() {
+    fn an_unknown_state_counts_as_mapped() {
         let row = |attr: &str| LvRow {
             lv_attr: attr.into(),
             ..LvRow::default()
         };
         assert!(!row("-wi-------").active());
         assert!(row("-wi-ao----").active() && row("-wi-ao----").open());
-        assert!(row("-wi-XX----").active() && row("-wi-XX----").open());
+        assert!(row("-wi-XX----").active() && !row("-wi-XX----").open());
         assert!(row("-wi-s-----").active() && !row("-wi-s-----").open());
         assert!(!row("-wi-d-----").active());
     }
