@@ -63,15 +63,6 @@ fn concurrent_creates(agent: &Agent, vg: &str, n: usize) -> Vec<(u16, Value)> {
     })
 }
 
-fn listed(d: &Domain) -> Vec<String> {
-    d.json(&["volume", "list", d.name()])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn lvm_agent_fast_concurrent_creates_share_commits_without_reports() {
     if !lvm_available("lvm_agent_fast_concurrent_creates_share_commits_without_reports") {
@@ -114,7 +105,7 @@ fn lvm_agent_fast_concurrent_creates_share_commits_without_reports() {
         (1..16).contains(&commits),
         "{commits} commit lvchanges for 16 creations"
     );
-    let ids = listed(&d);
+    let ids = d.volume_ids();
     for (_, v) in &answers {
         assert!(ids.contains(&v["id"].as_str().unwrap().to_string()), "{v}");
     }
@@ -175,7 +166,7 @@ fn lvm_agent_fast_sees_the_vg_changed_between_bursts_and_yields_to_waiters() {
     assert_eq!(delta(&after, &before, "lvchange"), 1, "{after:?}");
     assert_eq!(total, 2, "{after:?} - {before:?}");
     assert_eq!(d.json(&["domain", "check", vg])["clean"], true);
-    assert_eq!(listed(&d).len(), 4);
+    assert_eq!(d.volume_ids().len(), 4);
 }
 
 #[test]
@@ -294,7 +285,7 @@ fn lvm_agent_fast_kill_9_mid_burst_leaves_what_gc_repairs() {
     d.ok(&["gc", &vg]);
     let check = d.json(&["domain", "check", &vg]);
     assert_eq!(check["clean"], true, "{check}");
-    let ids = listed(&d);
+    let ids = d.volume_ids();
     for id in &committed {
         assert!(ids.contains(id), "answered volume {id} lost");
     }

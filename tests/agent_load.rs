@@ -246,16 +246,6 @@ impl Client<'_> {
     }
 }
 
-/// The ids `lvchain volume list` shows.
-fn listed(d: &Domain) -> HashSet<String> {
-    d.json(&["volume", "list", d.name()])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn lvm_agent_load_8_clients_400_requests_with_gc_and_a_kill() {
     if !lvm_available("lvm_agent_load_8_clients_400_requests_with_gc_and_a_kill") {
@@ -399,7 +389,7 @@ fn lvm_agent_load_8_clients_400_requests_with_gc_and_a_kill() {
     assert_eq!(report["clean"], true, "{status} {report}");
     let (clean, report) = common::check(&d);
     assert!(clean, "{report}");
-    let present = listed(&d);
+    let present: HashSet<String> = d.volume_ids().into_iter().collect();
     let mut live = 0;
     for l in &ledgers {
         for id in l.live.difference(&l.unknown) {

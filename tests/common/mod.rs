@@ -258,6 +258,16 @@ impl Domain {
 
     /// Everything that identifies the domain's state: every LV with tags, size and attributes,
     /// the VG tags and free space, and the whole metadata area.
+    /// The ids `lvchain volume list` shows.
+    pub fn volume_ids(&self) -> Vec<String> {
+        self.json(&["volume", "list", self.name()])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     pub fn state(&self) -> String {
         let cfg = self.vg.lvm.config.config_string();
         let f = Cmd::new("/sbin/lvm", Duration::from_secs(60))
