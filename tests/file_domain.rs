@@ -66,12 +66,31 @@ struct Fd {
 
 impl Fd {
     fn new() -> Fd {
+        Fd::new_with(&[])
+    }
+
+    /// A domain formatted with the extra `domain create` arguments `args`.
+    fn new_with(args: &[&str]) -> Fd {
         let tmp = domain_tmp();
         let path = tmp.path().join("dom").display().to_string();
         std::fs::create_dir(&path).unwrap();
         let d = Fd { _tmp: tmp, path };
-        d.ok(&["domain", "create", "--path", &d.path.clone()]);
+        let mut a = vec!["domain", "create", "--path", &d.path];
+        a.extend_from_slice(args);
+        let a: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        d.ok(&a);
         d
+    }
+
+    /// The domain id its record holds.
+    fn id(&self) -> String {
+        std::fs::read_to_string(Path::new(&self.path).join("dom_md/metadata"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("ID="))
+            .unwrap()
+            .to_string()
     }
 
     fn cmd(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -413,7 +432,7 @@ fn file_bad_input_is_refused_and_changes_nothing() {
         assert!(err.starts_with("lvchain: error: "), "{err}");
         assert_eq!(d.listing(), before, "{args:?} changed the domain");
     }
-    // Formatting refuses a directory with other files, a missing one, and sanlock.
+    // Formatting refuses a directory with other files, and a missing one.
     for args in [
         vec!["domain", "create", "--path", &busy],
         vec!["domain", "create", "--path", "/nonexistent/dir"],
@@ -423,18 +442,6 @@ fn file_bad_input_is_refused_and_changes_nothing() {
     }
     assert_eq!(std::fs::read_dir(&busy).unwrap().count(), 1);
     assert!(!Path::new("/nonexistent/dir").exists());
-    let empty = tmp.path().join("empty");
-    std::fs::create_dir(&empty).unwrap();
-    let o = d.run(&[
-        "domain",
-        "create",
-        "--path",
-        &empty.display().to_string(),
-        "--lock-manager",
-        "sanlock",
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
     d.assert_intact(&img, &ids);
     d.check_clean();
 }
@@ -688,7 +695,9 @@ fn file_check_and_gc_find_every_kind_of_leftover() {
     let (img, ids) = d.image_with(1);
     let dir = d.image_dir(&img);
     // A creation that died after turning its parent internal, a removal that died after its
-    // mark, the temp file of a metadata rewrite that died, a data file without metadata.
+    // mark, the temp file of a metadata rewrite that died, a data file without metadata, a
+    // lease file without metadata; and a file the NFS client keeps for a removed file still
+    // open (`.nfs*`: no domain's, left to the client).
     let dead = uuid();
     let o = d.cmd(
         &[
@@ -700,6 +709,10 @@ fn file_check_and_gc_find_every_kind_of_leftover() {
     let stray = uuid();
     std::fs::write(dir.join(format!(".{}.meta.tmp", ids[0])), b"torn").unwrap();
     std::fs::write(dir.join(&stray), b"data").unwrap();
+    let lease = dir.join(format!("{}.lease", uuid()));
+    std::fs::write(&lease, b"").unwrap();
+    let nfs = dir.join(".nfs000000000123abcd00000001");
+    std::fs::write(&nfs, b"open elsewhere").unwrap();
     // Readers never show the uncommitted volume; its parent is still the leaf for them.
     assert_eq!(
         d.chain(&img).last().unwrap(),
@@ -717,13 +730,13 @@ fn file_check_and_gc_find_every_kind_of_leftover() {
     assert!(kinds.contains(&("orphan", dead.as_str())), "{kinds:?}");
     assert_eq!(
         kinds.iter().filter(|(k, _)| *k == "stray-file").count(),
-        2,
+        3,
         "{kinds:?}"
     );
     // A dry run changes nothing; the collection takes everything out and fixes the parent.
     let before = d.listing();
     let dry = d.json(&["gc", &d.path, "--dry-run"]);
-    assert_eq!(dry["orphans"].as_array().unwrap().len(), 3, "{dry}");
+    assert_eq!(dry["orphans"].as_array().unwrap().len(), 4, "{dry}");
     assert_eq!(d.listing(), before);
     let report = d.gc();
     let mut markers: Vec<&str> = report["orphans"]
@@ -735,10 +748,12 @@ fn file_check_and_gc_find_every_kind_of_leftover() {
     markers.sort_unstable();
     assert_eq!(
         markers,
-        ["LVC_CREATING", "stray-file", "stray-file"],
+        ["LVC_CREATING", "stray-file", "stray-file", "stray-file"],
         "{report}"
     );
     assert!(!dir.join(&stray).exists());
+    assert!(!lease.exists());
+    assert!(nfs.exists());
     assert!(!dir.join(format!("{dead}.meta.creating")).exists());
     assert!(!dir.join(&dead).exists());
     let meta = std::fs::read_to_string(dir.join(format!("{}.meta", ids[1]))).unwrap();
@@ -842,4 +857,139 @@ fn file_end_to_end_scenario_the_same_as_on_a_block_domain() {
         )
     };
     scenario::end_to_end(&d.path, d._tmp.path(), &run);
+}
+
+/// Whether the sanlock daemon runs here: scripts/run-integration-tests starts it in the VM and
+/// sets LVCHAIN_TEST_SANLOCK=1, where this suite runs on NFS.
+fn sanlock_here(test: &str) -> bool {
+    if std::env::var("LVCHAIN_TEST_SANLOCK").as_deref() == Ok("1") {
+        return true;
+    }
+    eprintln!("skipped {test}: needs the sanlock daemon (scripts/test runs it in the VM, on NFS)");
+    false
+}
+
+fn sanlock(args: &[&str]) -> String {
+    let o = Command::new("sanlock").args(args).output().unwrap();
+    assert!(o.status.success(), "sanlock {args:?}: {o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Polls `probe` every 0.5 s for up to `secs` seconds.
+fn poll(secs: u64, mut probe: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if probe() {
+            return true;
+        }
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// A sanlock file domain: the lockspace named after the domain id in `dom_md/ids`, every
+/// volume's lease a sanlock resource in `images/<image>/<volume>.lease`; a copy's lease is
+/// held under host 1 while it runs (status `running` on host 1, removal refused), freed by
+/// sanlock when the copy is killed (status `failed`), then fence, removal and gc; the domain's
+/// removal leaves the lockspace.
+#[test]
+fn sanlock_file_domain_lockspace_volume_leases_status_and_removal() {
+    if !sanlock_here("sanlock_file_domain_lockspace_volume_leases_status_and_removal") {
+        return;
+    }
+    let d = Fd::new_with(&["--lock-manager", "sanlock"]);
+    let id = d.id();
+    let dump = sanlock(&["direct", "dump", &format!("{}/dom_md/leases:0", d.path)]);
+    assert!(
+        dump.contains(&id) && dump.contains("lvchain_domain"),
+        "{dump}"
+    );
+    // Before this host joined, a change is refused and changes nothing.
+    let before = d.listing();
+    let o = d.run(&[
+        "volume",
+        "create",
+        &d.path,
+        "--image",
+        &uuid(),
+        "--size",
+        "4M",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("host join"),
+        "{o:?}"
+    );
+    assert_eq!(d.listing(), before);
+
+    d.ok(&["host", "join", &d.path, "--host-id", "1"]);
+    let status = sanlock(&["client", "status"]);
+    assert!(
+        status.contains(&format!("s {id}:1:{}/dom_md/ids:0", d.path)),
+        "{status}"
+    );
+    let (img, ids) = d.image_with(1);
+    for v in &ids {
+        let lease = d.image_dir(&img).join(format!("{v}.lease"));
+        assert_eq!(std::fs::metadata(&lease).unwrap().len(), 1 << 20);
+        let dump = sanlock(&["direct", "dump", &format!("{}:0", lease.display())]);
+        assert!(dump.contains(&id) && dump.contains(v.as_str()), "{dump}");
+    }
+    d.check_clean();
+
+    // A copy into the leaf from a FIFO that stays open and empty: it runs under its lease.
+    let leaf = ids[1].clone();
+    let fifo = d._tmp.path().join("feed");
+    let c = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut copy = Command::new(bin())
+        .args(["--direct", "volume", "copy", &d.path, &leaf])
+        .arg("--from")
+        .arg(&fifo)
+        .args(["--generation", "0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Read-write: the FIFO never reports end of file to the copy.
+    let _feed = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let status = |g: &str| d.json(&["volume", "status", &d.path, &leaf, "--generation", g]);
+    assert!(
+        poll(60, || status("0")["state"] == "running"),
+        "{}",
+        status("0")
+    );
+    assert_eq!(status("0")["host_id"], 1);
+    let chain = d.chain(&img);
+    let o = d.run(&["volume", "remove", &d.path, &leaf]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert_eq!(d.chain(&img), chain);
+
+    // Killed: sanlock frees the lease of the dead process at once.
+    copy.kill().unwrap();
+    copy.wait().unwrap();
+    assert!(
+        poll(60, || status("0")["state"] == "failed"),
+        "{}",
+        status("0")
+    );
+    let v = d.json(&["volume", "fence", &d.path, &leaf, "--generation", "0"]);
+    assert_eq!(v["generation"], 3);
+    assert_eq!(status("0")["state"], "fenced");
+    d.ok(&["volume", "remove", &d.path, &leaf]);
+    assert!(!d.image_dir(&img).join(format!("{leaf}.lease")).exists());
+    d.assert_intact(&img, &ids[..1]);
+    d.check_clean();
+
+    d.ok(&["domain", "remove", &d.path, "--force"]);
+    assert!(!Path::new(&d.path).join("dom_md").exists());
+    let status = sanlock(&["client", "status"]);
+    assert!(!status.contains(&id), "{status}");
 }

@@ -39,6 +39,16 @@ pub struct HeldImage {
     _leases: Vec<Box<dyn LeaseGuard>>,
 }
 
+impl HeldImage {
+    /// The shared `leases` of `volumes`, held until dropped.
+    pub(crate) fn new(volumes: Vec<VolumeId>, leases: Vec<Box<dyn LeaseGuard>>) -> HeldImage {
+        HeldImage {
+            volumes,
+            _leases: leases,
+        }
+    }
+}
+
 impl std::fmt::Debug for HeldImage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HeldImage")

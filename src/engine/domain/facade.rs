@@ -171,7 +171,7 @@ impl Domain {
         let cat = self.catalog()?;
         if let Some(f) = &self.file {
             let mut v = cat.get(&self.vg, id)?.clone();
-            v.prepared_on = Some(f.shared_holders(id)?);
+            v.prepared_on = Some(f.shared_holders(&v.image, id)?);
             return Ok(v);
         }
         let mut v = cat.get(&self.vg, id)?.clone();
@@ -193,6 +193,11 @@ impl Domain {
     /// through the host agent ([`Domain::prepare_held`]).
     pub fn prepare(&self, image: &ImageId, allow_illegal: bool) -> Result<Vec<Volume>> {
         if let Some(f) = &self.file {
+            if f.lock_kind()? == crate::lock::LockKind::Sanlock {
+                return Err(crate::error::Error::NeedsAgent {
+                    vg: self.vg.to_string(),
+                });
+            }
             return prepare_file(f, image, allow_illegal);
         }
         crate::image::prepare(self, image, allow_illegal, Holding::None).map(|(c, _)| c)
@@ -217,6 +222,11 @@ impl Domain {
         image: &ImageId,
         allow_illegal: bool,
     ) -> Result<(Vec<Volume>, HeldImage)> {
+        if let Some(f) = &self.file {
+            let held = hold_file(f, image)?;
+            let chain = prepare_file(f, image, allow_illegal)?;
+            return Ok((chain, held));
+        }
         match crate::image::prepare(self, image, allow_illegal, Holding::Leases)? {
             (chain, Some(held)) => Ok((chain, held)),
             (_, None) => Err(crate::error::Error::InvalidInput(
@@ -227,6 +237,9 @@ impl Domain {
 
     /// Takes again the shared leases of `image`, still prepared on this host (its links exist).
     pub fn hold_prepared(&self, image: &ImageId) -> Result<HeldImage> {
+        if let Some(f) = &self.file {
+            return hold_file(f, image);
+        }
         crate::image::hold_prepared(self, image)
     }
 
@@ -245,6 +258,17 @@ impl Domain {
         }
         crate::image::teardown(self, image)
     }
+}
+
+/// The shared lease of every volume of `image`'s chain (taken before the chain is checked, as
+/// on block domains; a member whose lease is held exclusively refuses).
+fn hold_file(f: &crate::fsdomain::FileDomain, image: &ImageId) -> Result<HeldImage> {
+    let chain = crate::chain::walk(&crate::fsdomain::store::scan(f)?.catalog, image)?;
+    let mut leases = Vec::with_capacity(chain.len());
+    for v in &chain {
+        leases.push(f.lease_shared(&v.image, &v.id)?);
+    }
+    Ok(HeldImage::new(chain.iter().map(|v| v.id).collect(), leases))
 }
 
 /// A file domain's image is ready where it lies (its directory is its link directory, the

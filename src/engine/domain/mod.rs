@@ -261,12 +261,14 @@ impl Domain {
     /// records the id. Refused, changing nothing, for a domain without hosts (local) and for a
     /// host id outside 1..=2000, or beyond what the lockspace's sectors hold (250 on 4K).
     pub fn join(&self, host_id: u64) -> Result<Joined> {
-        self.refuse_file("host join")?;
         if !(1..=::sanlock::MAX_HOSTS).contains(&host_id) {
             return Err(Error::InvalidInput(format!(
                 "--host-id must be 1 to {}",
                 ::sanlock::MAX_HOSTS
             )));
+        }
+        if let Some(f) = &self.file {
+            return f.join(host_id);
         }
         let snap = self.scan()?;
         let manager = self.locks()?;
@@ -285,17 +287,19 @@ impl Domain {
     /// Leaves the domain's lockspace; returns the host id this host had. Works on a domain
     /// whose removal did not finish (its VG tags name the manager).
     pub fn leave(&self) -> Result<u64> {
-        self.refuse_file("host leave")?;
+        if let Some(f) = &self.file {
+            return f.leave();
+        }
         let row = self.lvm.vgs(&self.vg).map_err(|e| self.vg_error(e))?;
         let manager = self.learn(scan::lock_kind(&self.vg, &row.vg_tags)?);
         Ok(manager.leave(&self.vg)?)
     }
 
-    /// Refuses `what` on a file domain (it has no hosts to join: its lock manager is local).
+    /// Refuses `what` on a file domain (it has no VG).
     fn refuse_file(&self, what: &str) -> Result<()> {
         match &self.file {
             Some(f) => Err(Error::InvalidInput(format!(
-                "{what}: {} is a file domain with the local lock manager (no hosts)",
+                "{what}: {} is a file domain (a directory, no VG)",
                 f.name
             ))),
             None => Ok(()),

@@ -5,13 +5,18 @@
 //! Layout under the domain directory:
 //! - `dom_md/metadata`: the domain's `KEY=VALUE` + `CHECKSUM` record (`ID`, `STATE=formatting`
 //!   while it is being formatted, `complete` once done: the half-formatted marker), `LOCK`,
-//!   `WIPE`; `dom_md/ids` and `dom_md/leases`: the sanlock lockspace and domain-lease areas
-//!   (reserved, zeroed); `dom_md/domain.lock`: the local lock manager's `flock` (the domain
-//!   lock); `dom_md/local-leases/<volume>.lease`: its volume leases (OFD locks).
+//!   `WIPE`; while a domain removal runs it is `dom_md/metadata.removing`.
+//!   `dom_md/domain.lock`: this host's `flock` (the domain lock's local part, both managers).
+//!   `dom_md/ids` and `dom_md/leases`: the sanlock lockspace (named after the domain `ID`, so
+//!   every host names it alike whatever path it mounts the domain at) and the domain lock at
+//!   1 MiB of `leases` (zeroed and unused with the local manager);
+//!   `dom_md/local-leases/<volume>.lease`: the local manager's volume leases (OFD locks).
 //! - `images/<image>/<volume>`: the data (raw, or qcow2 naming its parent's bare id as backing
 //!   file, resolved in the same directory); `<volume>.meta`: the volume's metadata in the
-//!   same codec as a block slot. While a transaction is open the metadata file carries its
-//!   marker in its name: `<volume>.meta.creating`, `<volume>.meta.removing`.
+//!   same codec as a block slot; `<volume>.lease`: the volume's sanlock lease (1 MiB, sanlock
+//!   domains only). While a transaction is open the metadata file carries its marker in its
+//!   name: `<volume>.meta.creating`, `<volume>.meta.removing`. Names `.nfs*` are the NFS
+//!   client's (a removed file still open somewhere) and are no domain's.
 //!
 //! The seam: a [`crate::domain::Domain`] whose name is a path carries a [`FileDomain`], and
 //! every facade method sends its call here. Below the facade the two kinds share what is not
@@ -33,9 +38,10 @@ pub mod txn;
 
 use crate::domain::DomainInfo;
 use crate::error::{Error, Result};
-use crate::format::ids::VolumeId;
+use crate::format::ids::{ImageId, VolumeId};
 use crate::lock::local::{LocalLeases, LocalLock};
-use crate::lock::{DomainGuard, LeaseGuard, LockKind};
+use crate::lock::sanlock::Areas;
+use crate::lock::{Both, DomainGuard, LeaseGuard, LockError, LockKind};
 use crate::tags::Wipe;
 use crate::units::Bytes;
 use std::path::{Path, PathBuf};
@@ -64,6 +70,8 @@ pub struct FileDomain {
     pub(crate) root: PathBuf,
     lock: LocalLock,
     leases: LocalLeases,
+    /// The record's id and lock manager, read once (neither ever changes).
+    facts: std::sync::OnceLock<(uuid::Uuid, LockKind)>,
 }
 
 /// The domain record (`dom_md/metadata`).
@@ -136,7 +144,38 @@ impl FileDomain {
             },
             leases: LocalLeases { dir: dom_md },
             root,
+            facts: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The domain's id and lock manager (from its record, read once).
+    fn facts(&self) -> Result<(uuid::Uuid, LockKind)> {
+        if let Some(f) = self.facts.get() {
+            return Ok(*f);
+        }
+        let rec = self.record()?;
+        Ok(*self.facts.get_or_init(|| (rec.id, rec.lock)))
+    }
+
+    /// The domain's lock manager.
+    pub fn lock_kind(&self) -> Result<LockKind> {
+        Ok(self.facts()?.1)
+    }
+
+    /// The sanlock areas of a domain with the record `id`.
+    fn areas_of(&self, id: uuid::Uuid) -> Areas {
+        Areas {
+            lockspace: id.to_string(),
+            ids: self.dom_md().join("ids"),
+            leases: self.dom_md().join("leases"),
+            domain: self.name.clone(),
+        }
+    }
+
+    /// The sanlock areas, for a domain whose lock manager is sanlock.
+    fn sanlock(&self) -> Result<Option<Areas>> {
+        let (id, kind) = self.facts()?;
+        Ok((kind == LockKind::Sanlock).then(|| self.areas_of(id)))
     }
 
     pub(crate) fn dom_md(&self) -> PathBuf {
@@ -198,49 +237,191 @@ impl FileDomain {
         }
     }
 
-    /// The domain lock: a `flock` on `dom_md/domain.lock` (the local lock manager).
+    /// The domain lock: this host's `flock` on `dom_md/domain.lock`, then, on a sanlock
+    /// domain, the domain lease in `dom_md/leases` (other hosts).
     pub(crate) fn lock(&self) -> Result<Box<dyn DomainGuard>> {
-        Ok(self.lock.lock_domain("domain")?)
+        let local = self.lock.lock_domain("domain")?;
+        match self.sanlock()? {
+            None => Ok(local),
+            Some(a) => {
+                let lease = crate::lock::sanlock::lock_across_hosts(&a, self.lock.timeout)?;
+                Ok(Box::new(Both {
+                    lease: Some(lease),
+                    local,
+                }))
+            }
+        }
     }
 
-    pub(crate) fn lease(&self, id: &VolumeId) -> Result<Box<dyn LeaseGuard>> {
+    /// The sanlock resource of volume `id`: its lease file, at offset 0.
+    fn resource(
+        &self,
+        a: &Areas,
+        image: &ImageId,
+        id: &VolumeId,
+    ) -> std::result::Result<::sanlock::Resource, crate::lock::LeaseError> {
+        crate::lock::sanlock::volume_resource_at(a, id, self.lease_path(image, id), 0)
+    }
+
+    /// Volume `id`'s lease, exclusive (refused, naming the holders, while held elsewhere).
+    pub(crate) fn lease(&self, image: &ImageId, id: &VolumeId) -> Result<Box<dyn LeaseGuard>> {
+        if let Some(a) = self.sanlock()? {
+            let res = self.resource(&a, image, id)?;
+            return Ok(crate::lock::sanlock::acquire(&a, id, &res, false)?);
+        }
         Ok(self.leases.acquire(LEASE_DIR, id, 0).map_err(|e| {
             crate::lock::explain_held(e, || self.leases.shared_holders(LEASE_DIR, id, 0))
         })?)
     }
 
-    pub(crate) fn lease_shared(&self, id: &VolumeId) -> Result<Box<dyn LeaseGuard>> {
+    /// Volume `id`'s lease, shared (readers: a copy's source, a snapshot's parent, a prepared
+    /// image).
+    pub(crate) fn lease_shared(
+        &self,
+        image: &ImageId,
+        id: &VolumeId,
+    ) -> Result<Box<dyn LeaseGuard>> {
+        if let Some(a) = self.sanlock()? {
+            let res = self.resource(&a, image, id)?;
+            return Ok(crate::lock::sanlock::acquire(&a, id, &res, true)?);
+        }
         Ok(self.leases.acquire_shared(LEASE_DIR, id, 0)?)
     }
 
-    pub(crate) fn lease_holder(&self, id: &VolumeId) -> Result<Option<crate::lock::Holder>> {
+    /// Who holds volume `id`'s lease exclusively (an operation), and whether it lives.
+    pub(crate) fn lease_holder(
+        &self,
+        image: &ImageId,
+        id: &VolumeId,
+    ) -> Result<Option<crate::lock::Holder>> {
+        if let Some(a) = self.sanlock()? {
+            let res = self.resource(&a, image, id)?;
+            return Ok(crate::lock::sanlock::holder(&a, id, &res)?);
+        }
         Ok(self.leases.holder(LEASE_DIR, id, 0)?)
     }
 
-    pub(crate) fn shared_holders(&self, id: &VolumeId) -> Result<Vec<u64>> {
+    /// The hosts holding volume `id`'s lease shared.
+    pub(crate) fn shared_holders(&self, image: &ImageId, id: &VolumeId) -> Result<Vec<u64>> {
+        if let Some(a) = self.sanlock()? {
+            let res = self.resource(&a, image, id)?;
+            return Ok(crate::lock::sanlock::shared_holders(&a, id, &res)?);
+        }
         Ok(self.leases.shared_holders(LEASE_DIR, id, 0)?)
     }
 
-    /// The lease file of volume `id` (removed with the volume).
-    pub(crate) fn lease_path(&self, id: &VolumeId) -> PathBuf {
-        self.dom_md().join(LEASE_DIR).join(format!("{id}.lease"))
+    /// The lease file of volume `id` (made with the volume, removed with it): in its image
+    /// directory on a sanlock domain, under `dom_md/local-leases` with the local manager.
+    pub(crate) fn lease_path(&self, image: &ImageId, id: &VolumeId) -> PathBuf {
+        match self.facts() {
+            Ok((_, LockKind::Sanlock)) => self.image_dir(image).join(format!("{id}.lease")),
+            _ => self.dom_md().join(LEASE_DIR).join(format!("{id}.lease")),
+        }
+    }
+
+    /// Makes volume `id`'s lease file: an empty file carrying OFD locks (local manager; no
+    /// fsync: one lost in a crash is made again by the first lease taken), or 1 MiB holding a
+    /// free sanlock lease, synced (sanlock).
+    pub(crate) fn make_lease(&self, image: &ImageId, id: &VolumeId) -> Result<()> {
+        let path = self.lease_path(image, id);
+        let io = |e| Error::io(format!("creating {}", path.display()))(e);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        if let Some(a) = self.sanlock()? {
+            f.set_len(::sanlock::ALIGN).map_err(io)?;
+            f.sync_all().map_err(io)?;
+            let res = self.resource(&a, image, id)?;
+            crate::lock::sanlock::init(&a, id, &res)?;
+            f.sync_all().map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Joins the domain's lockspace as `host_id` (sanlock domains only).
+    pub fn join(&self, host_id: u64) -> Result<crate::lock::Joined> {
+        let a = self.sanlock_or_refuse()?;
+        Ok(crate::lock::sanlock::join(&a, host_id)?)
+    }
+
+    /// Leaves the domain's lockspace; the host id this host had.
+    pub fn leave(&self) -> Result<u64> {
+        let a = match self.sanlock_or_refuse() {
+            Ok(a) => a,
+            // A removal that died after the record went: its `metadata.removing` names it.
+            Err(Error::NotADomain { .. }) => match self.removing_record() {
+                Some(rec) if rec.lock == LockKind::Sanlock => self.areas_of(rec.id),
+                _ => {
+                    return Err(Error::InvalidInput(format!(
+                        "{} is not a domain",
+                        self.name
+                    )))
+                }
+            },
+            Err(e) => return Err(e),
+        };
+        crate::lock::sanlock::leave(&a).map_err(|source| {
+            LockError::Sanlock {
+                vg: self.name.clone(),
+                action: crate::lock::SanlockAction::Leave,
+                source,
+            }
+            .into()
+        })
+    }
+
+    fn sanlock_or_refuse(&self) -> Result<Areas> {
+        match self.sanlock()? {
+            Some(a) => Ok(a),
+            None => Err(LockError::NoHosts {
+                vg: self.name.clone(),
+                kind: LockKind::Local,
+            }
+            .into()),
+        }
+    }
+
+    /// Hosts other than this one joined to the domain's lockspace (none on a local domain).
+    pub fn other_hosts(&self) -> Result<Vec<u64>> {
+        match self.sanlock()? {
+            None => Ok(Vec::new()),
+            Some(a) => crate::lock::sanlock::other_joined_hosts(&a).map_err(|source| {
+                LockError::Sanlock {
+                    vg: self.name.clone(),
+                    action: crate::lock::SanlockAction::ListHosts,
+                    source,
+                }
+                .into()
+            }),
+        }
+    }
+
+    fn removing_path(&self) -> PathBuf {
+        self.dom_md().join("metadata.removing")
+    }
+
+    /// The record of a domain whose removal began.
+    fn removing_record(&self) -> Option<DomainRecord> {
+        std::fs::read_to_string(self.removing_path())
+            .ok()
+            .and_then(|t| DomainRecord::decode(&t).ok())
     }
 
     /// Formats the directory as a domain: `dom_md/metadata` first with `STATE=formatting`,
-    /// then the areas and `images/`, then ONE atomic rewrite to `STATE=complete`. Refused,
-    /// changing nothing, for a missing directory, one holding other files, a complete domain,
-    /// PVs, and the sanlock lock manager (not yet served on file domains).
+    /// then the areas (sanlock: the lockspace and the domain lock written in them) and
+    /// `images/`, then ONE atomic rewrite to `STATE=complete`. Refused, changing nothing, for a
+    /// missing directory, one holding other files, a complete domain, and PVs.
     pub fn format(&self, req: &crate::domain::FormatRequest) -> Result<DomainInfo> {
         if !req.pvs.is_empty() {
             return Err(Error::InvalidInput(
                 "a file domain takes no physical volumes".into(),
             ));
-        }
-        if req.lock_manager != LockKind::Local {
-            return Err(Error::InvalidInput(format!(
-                "file domains support the local lock manager only (not {})",
-                req.lock_manager
-            )));
         }
         if !self.root.is_dir() {
             return Err(Error::InvalidInput(format!(
@@ -283,7 +464,9 @@ impl FileDomain {
         let io = |what: &str| Error::io(format!("formatting {}: {what}", self.name));
         std::fs::create_dir_all(self.dom_md()).map_err(io("dom_md"))?;
         atomic::fsync_dir(&self.root).map_err(io("dom_md"))?;
-        let _guard = self.lock()?;
+        // This host's lock only: the domain lease is written below (no other host can use
+        // a domain whose record says `formatting`).
+        let _guard = self.lock.lock_domain("domain")?;
         let mut rec = half.unwrap_or(DomainRecord {
             id: uuid::Uuid::new_v4(),
             complete: false,
@@ -302,6 +485,15 @@ impl FileDomain {
                 .map_err(io(area))?;
             f.set_len(AREA_SIZE).map_err(io(area))?;
             f.sync_all().map_err(io(area))?;
+        }
+        if rec.lock == LockKind::Sanlock {
+            crate::lock::sanlock::format_domain(&self.areas_of(rec.id)).map_err(|source| {
+                LockError::Sanlock {
+                    vg: self.name.clone(),
+                    action: crate::lock::SanlockAction::Format,
+                    source,
+                }
+            })?;
         }
         std::fs::create_dir_all(self.images_dir()).map_err(io(IMAGES))?;
         atomic::fsync_dir(&self.dom_md()).map_err(io("dom_md"))?;
@@ -325,14 +517,26 @@ impl FileDomain {
     }
 
     /// Removes the domain (with `force`, its volumes first, the way image removal goes);
-    /// how many volumes went. Order: `images/`, the record (from then on the directory is no
-    /// domain), `dom_md`; a removal that died is finished by running it again.
+    /// how many volumes went. Refused while other hosts are joined (sanlock). Order, under the
+    /// domain lock: `images/`, then the record renamed `metadata.removing` (from then on the
+    /// directory is no domain); then, the lock released, this host leaves the lockspace and
+    /// `dom_md` goes. A removal that died is finished by running it again.
     pub fn remove(&self, force: bool) -> Result<usize> {
-        // A removal that died after the record went: only `dom_md` is left to remove.
+        if let Some(rec) = self.removing_record() {
+            return self.finish_remove(&rec).map(|()| 0);
+        }
+        // A removal that died after `dom_md/metadata.removing` went: only `dom_md` is left.
         if !self.record_path().exists() && !self.images_dir().exists() && self.dom_md().is_dir() {
             std::fs::remove_dir_all(self.dom_md())
                 .map_err(Error::io(format!("removing {}/dom_md", self.name)))?;
             return Ok(0);
+        }
+        let hosts = self.other_hosts()?;
+        if !hosts.is_empty() {
+            return Err(Error::HostsJoined {
+                vg: self.name.clone(),
+                hosts,
+            });
         }
         let mut removed = 0;
         if force {
@@ -356,14 +560,31 @@ impl FileDomain {
                 count,
             });
         }
+        let rec = self.record()?;
         let io = Error::io(format!("removing {}", self.name));
         let _ = std::fs::remove_dir_all(self.images_dir());
         // The record goes first: from then on nothing takes the directory for a domain.
-        atomic::remove(&self.record_path()).map_err(io)?;
+        atomic::rename(&self.record_path(), &self.removing_path()).map_err(io)?;
         drop(guard);
-        std::fs::remove_dir_all(self.dom_md())
-            .map_err(Error::io(format!("removing {}/dom_md", self.name)))?;
+        self.finish_remove(&rec)?;
         Ok(removed)
+    }
+
+    /// The end of a removal whose record is `metadata.removing`: leaves the lockspace (the
+    /// daemon keeps `dom_md/ids` open while joined), then `dom_md` goes.
+    fn finish_remove(&self, rec: &DomainRecord) -> Result<()> {
+        if rec.lock == LockKind::Sanlock {
+            let a = self.areas_of(rec.id);
+            if crate::lock::sanlock::joined(&a).is_some() {
+                crate::lock::sanlock::leave(&a).map_err(|source| LockError::Sanlock {
+                    vg: self.name.clone(),
+                    action: crate::lock::SanlockAction::Leave,
+                    source,
+                })?;
+            }
+        }
+        std::fs::remove_dir_all(self.dom_md())
+            .map_err(Error::io(format!("removing {}/dom_md", self.name)))
     }
 }
 

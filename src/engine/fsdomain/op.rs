@@ -42,7 +42,7 @@ fn start(fd: &FileDomain, id: &VolumeId, generation: Generation) -> Result<Start
     let cat = store::scan(fd)?.catalog;
     let vol = cat.get(&fd.name, id)?.clone();
     // Every program the operation starts under the lease (qemu-img above all) holds it too.
-    let _lease = crate::lock::Holding::on_this_thread(fd.lease(id)?).map_err(|e| {
+    let _lease = crate::lock::Holding::on_this_thread(fd.lease(&vol.image, id)?).map_err(|e| {
         crate::lock::LeaseError::Io {
             what: format!("the lease of {id}"),
             reason: e.to_string(),
@@ -175,7 +175,7 @@ fn source(
                 )));
             }
             let sv = cat.get(&fd.name, s)?.clone();
-            let lease = fd.lease_shared(s)?;
+            let lease = fd.lease_shared(&sv.image, s)?;
             let now = read_own(&fd.meta_path(&sv.image, s, Marker::None), &sv)?;
             let chain = crate::chain::walk(cat, &sv.image)?;
             let upto = chain
@@ -221,7 +221,7 @@ pub fn status(fd: &FileDomain, id: &VolumeId, generation: Generation) -> Result<
     let mut tries = 0;
     let (meta, verdict) = loop {
         let before = read_own(&path, &vol)?;
-        let holder = fd.lease_holder(id)?;
+        let holder = fd.lease_holder(&vol.image, id)?;
         let meta = read_own(&path, &vol)?;
         if meta == before {
             let verdict = crate::operation::decide(generation, &meta, holder.as_ref());

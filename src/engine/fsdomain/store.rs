@@ -65,6 +65,8 @@ pub enum StrayKind {
     Temp,
     /// `<volume>` without any metadata file.
     DataWithoutMetadata,
+    /// `<volume>.lease` without any metadata file.
+    LeaseWithoutMetadata,
     /// A second metadata file of a volume (two markers at once), or a volume found in two
     /// image directories.
     Duplicate,
@@ -127,6 +129,11 @@ pub fn write_meta(path: &Path, meta: &VolumeMeta) -> Result<()> {
         .map_err(Error::io(format!("writing {}", path.display())))
 }
 
+/// The image whose directory holds `path`.
+pub fn image_of(path: &Path) -> Option<ImageId> {
+    path.parent()?.file_name()?.to_str()?.parse().ok()
+}
+
 /// Lists the domain (one pass over `images/*/`) and builds the readers' catalog.
 pub fn scan(fd: &FileDomain) -> Result<Scan> {
     let rec = fd.record()?;
@@ -134,6 +141,7 @@ pub fn scan(fd: &FileDomain) -> Result<Scan> {
     let mut entries: Vec<Entry> = Vec::new();
     let mut strays = Vec::new();
     let mut data: HashMap<(ImageId, VolumeId), (PathBuf, u64)> = HashMap::new();
+    let mut leases: HashMap<VolumeId, PathBuf> = HashMap::new();
     let io = |p: &Path| Error::io(format!("reading {}", p.display()));
     let images = fd.images_dir();
     for img in std::fs::read_dir(&images).map_err(io(&images))? {
@@ -153,6 +161,15 @@ pub fn scan(fd: &FileDomain) -> Result<Scan> {
             let name = f.file_name().to_string_lossy().into_owned();
             let fpath = f.path();
             let parse = |s: &str| s.parse::<VolumeId>().ok();
+            // The NFS client's name for a removed file still open on it (a lease file the
+            // daemon had open, a data file qemu had): gone at the last close; no domain's.
+            if name.starts_with(".nfs") {
+                continue;
+            }
+            if let Some(id) = name.strip_suffix(".lease").and_then(parse) {
+                leases.insert(id, fpath);
+                continue;
+            }
             if let Some(id) = name
                 .strip_prefix('.')
                 .and_then(|n| n.strip_suffix(".tmp"))
@@ -206,6 +223,14 @@ pub fn scan(fd: &FileDomain) -> Result<Scan> {
     }
     for e in &mut entries {
         e.data = data.remove(&(e.image, e.id)).map(|(_, len)| len);
+        leases.remove(&e.id);
+    }
+    for (id, path) in leases {
+        strays.push(Stray {
+            path,
+            volume: Some(id),
+            kind: StrayKind::LeaseWithoutMetadata,
+        });
     }
     for ((_, id), (path, _)) in data {
         strays.push(Stray {

@@ -86,7 +86,7 @@ pub fn create(fd: &FileDomain, req: &CreateRequest) -> Result<Volume> {
         });
     }
     let parent_lease = match &plan.parent {
-        Some(p) => Some(fd.lease_shared(&p.id)?),
+        Some(p) => Some(fd.lease_shared(&p.image, &p.id)?),
         None => None,
     };
     let dir = fd.image_dir(&meta.image);
@@ -167,22 +167,9 @@ fn contents(
     header: Option<Header>,
 ) -> Result<()> {
     let meta = &plan.meta;
-    // The volume's lease area (the local manager's lease file), made with the volume as on
-    // block domains, so taking the lease later never creates anything. An empty file whose
-    // only use is to carry OFD locks: it needs no fsync (one lost in a crash is made again by
-    // the first lease taken).
-    let lease = fd.lease_path(&meta.id);
-    let made = lease
-        .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&lease)
-        });
-    made.map_err(io(format!("creating {}", lease.display())))?;
+    // The volume's lease area, made with the volume as on block domains, so taking the lease
+    // later never creates anything.
+    fd.make_lease(&meta.image, &meta.id)?;
     crash::point(CrashPoint::CreateAfterMetadata);
     if let Some(p) = &plan.parent {
         let path = fd.meta_path(&p.image, &p.id, Marker::None);
@@ -238,7 +225,7 @@ fn undo(
     // A removal is undone under the volume's own lease, so an operation that started before
     // it cannot write its metadata once it goes (busy: nothing done).
     let _own = (e.marker == Marker::Removing && !held.contains(&e.id))
-        .then(|| fd.lease(&e.id))
+        .then(|| fd.lease(&e.image, &e.id))
         .transpose()?;
     if let Some(p) = e.meta.as_ref().ok().and_then(|m| m.parent) {
         let others = cat
@@ -250,7 +237,9 @@ fn undo(
         if let (Some(pv), 0) = (cat.volumes.get(&p), others) {
             let path = fd.meta_path(&pv.image, &p, Marker::None);
             if matches!(store::read_meta(&path), Ok(m) if m.role == Role::Internal) {
-                let _lease = (!held.contains(&p)).then(|| fd.lease(&p)).transpose()?;
+                let _lease = (!held.contains(&p))
+                    .then(|| fd.lease(&pv.image, &p))
+                    .transpose()?;
                 if let Ok(mut m) = store::read_meta(&path) {
                     m.role = Role::Leaf;
                     write_meta(&path, &m)?;
@@ -266,7 +255,7 @@ fn undo(
         done.push(Action::FileRemoved(data.display().to_string()));
     }
     pass(points.data);
-    let lease = fd.lease_path(&e.id);
+    let lease = fd.lease_path(&e.image, &e.id);
     let _ = atomic::remove(&lease);
     let meta = fd.meta_path(&e.image, &e.id, e.marker);
     if atomic::remove(&meta).map_err(io(format!("removing {}", meta.display())))? {
@@ -300,11 +289,11 @@ pub fn remove(fd: &FileDomain, id: &VolumeId) -> Result<()> {
         });
     }
     let mut held = vec![*id];
-    let _lease = fd.lease(id)?;
+    let _lease = fd.lease(&vol.image, id)?;
     let _parent_lease = match vol.parent.and_then(|p| cat.volumes.get(&p)) {
         Some(p) => {
             held.push(p.id);
-            Some(fd.lease(&p.id)?)
+            Some(fd.lease(&p.image, &p.id)?)
         }
         None => None,
     };
@@ -359,7 +348,7 @@ pub fn remove_image(fd: &FileDomain, image: &ImageId) -> Result<usize> {
     order.reverse();
     let mut leases = Vec::new();
     for id in &order {
-        leases.push(fd.lease(id)?);
+        leases.push(fd.lease(image, id)?);
     }
     // Marked leaf first, so no committed volume ever descends from a marked one.
     let mut marked = Vec::new();
@@ -437,7 +426,10 @@ pub fn gc(fd: &FileDomain, dry_run: bool) -> Result<GcReport> {
         out.push(o);
     }
     for s in &scan.strays {
-        let removable = matches!(s.kind, StrayKind::Temp | StrayKind::DataWithoutMetadata);
+        let removable = matches!(
+            s.kind,
+            StrayKind::Temp | StrayKind::DataWithoutMetadata | StrayKind::LeaseWithoutMetadata
+        );
         let mut o = Orphan {
             lv: s.path.display().to_string(),
             marker: crate::gc::Marker::Stray,
@@ -452,10 +444,13 @@ pub fn gc(fd: &FileDomain, dry_run: bool) -> Result<GcReport> {
         } else if !dry_run {
             // A temp file of a live operation (which holds the volume's lease) is its own.
             let lease = match (s.kind, s.volume) {
-                (StrayKind::Temp, Some(id)) => match fd.lease(&id) {
-                    Ok(l) => Some(l),
-                    Err(_) => continue,
-                },
+                (StrayKind::Temp, Some(id)) => {
+                    let lease = store::image_of(&s.path).map(|image| fd.lease(&image, &id));
+                    match lease {
+                        Some(Ok(l)) => Some(l),
+                        _ => continue,
+                    }
+                }
                 _ => None,
             };
             match atomic::remove(&s.path) {
@@ -485,6 +480,7 @@ fn describe(kind: StrayKind) -> &'static str {
     match kind {
         StrayKind::Temp => "a temp file of a metadata rewrite that died",
         StrayKind::DataWithoutMetadata => "a data file without metadata",
+        StrayKind::LeaseWithoutMetadata => "a lease file without metadata",
         StrayKind::Duplicate => "a second metadata file of one volume",
         StrayKind::Foreign => "a file that belongs to no volume",
     }
@@ -578,7 +574,7 @@ pub fn extend(fd: &FileDomain, id: &VolumeId, size: Bytes) -> Result<Volume> {
     let cat = store::scan(fd)?.catalog;
     let vol = cat.get(&fd.name, id)?.clone();
     check_growth(&vol, size)?;
-    let _lease = fd.lease(id)?;
+    let _lease = fd.lease(&vol.image, id)?;
     grow(fd, &vol, size)?;
     let path = fd.meta_path(&vol.image, id, Marker::None);
     let mut m = store::read_meta(&path).map_err(|source| Error::Metadata { id: *id, source })?;

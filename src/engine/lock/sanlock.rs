@@ -2,11 +2,13 @@
 //! and the volume leases as sanlock paxos leases, and this host's membership (host id) in the
 //! domain's lockspace.
 //!
-//! Layout (format version 1): the lockspace (one delta lease per host id) at offset 0 of the
-//! `ids` LV, named after the VG; the domain lock `lvchain_domain` at 1 MiB of the `leases` LV;
-//! volume leases at [`super::lease_offset`] of their slot, named after the volume id. A host
-//! that joined records its host id in `/run/lvchain/<VG>/host-id` (gone at reboot, like the
-//! lockspace membership itself). Every area uses the sectors of its LV
+//! Layout (format version 1), block domains: the lockspace (one delta lease per host id) at
+//! offset 0 of the `ids` LV, named after the VG; the domain lock `lvchain_domain` at 1 MiB of
+//! the `leases` LV; volume leases at [`super::lease_offset`] of their slot, named after the
+//! volume id. File domains ([`Areas`]): the same in `dom_md/ids` and `dom_md/leases`, the
+//! lockspace named after the domain id, each volume's lease at offset 0 of its own lease file.
+//! A host that joined records its host id in `/run/lvchain/<lockspace>/host-id` (gone at
+//! reboot, like the lockspace membership itself). Every area uses the sectors of its LV
 //! ([`SectorSize::of_device`]: 512, or 4096 on 4Kn storage), read whenever an area is named: the
 //! offsets above hold for both, and a 4K domain has host ids 1..=250 (2000 on 512-byte sectors).
 
@@ -34,46 +36,111 @@ fn dev(vg: &str, lv: &str) -> PathBuf {
     PathBuf::from("/dev").join(vg).join(lv)
 }
 
-/// `vg`'s lockspace as `host_id`, in the sectors of its `ids` LV (which must be active).
-pub fn lockspace(vg: &str, host_id: u64) -> Result<Lockspace, SanlockError> {
-    let path = dev(vg, IDS_LV);
-    Ok(Lockspace {
-        name: vg.to_string(),
-        host_id,
-        sector_size: SectorSize::of_device(&path)?,
-        path,
-        offset: 0,
-    })
+/// Where a domain's sanlock areas are: the lockspace's name and storage (`ids`), the storage of
+/// the domain lock (`leases`, at [`DOMAIN_LOCK_OFFSET`]), and the name errors and hints show.
+/// A block domain's are its `ids` and `leases` LVs, its lockspace named after the VG; a file
+/// domain's are `dom_md/ids` and `dom_md/leases`, its lockspace named after its domain id
+/// (the same on every host, whatever path each mounts it at).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Areas {
+    /// The lockspace name (at most [`sanlock::NAME_LEN`] bytes).
+    pub lockspace: String,
+    pub ids: PathBuf,
+    pub leases: PathBuf,
+    /// The domain as the user names it (VG name or directory).
+    pub domain: String,
 }
 
-fn leases_resource(vg: &str, name: String, offset: u64) -> Result<Resource, SanlockError> {
-    let path = dev(vg, LEASES_LV);
-    Ok(Resource {
-        lockspace: vg.to_string(),
-        name,
-        sector_size: SectorSize::of_device(&path)?,
-        path,
-        offset,
-    })
+impl Areas {
+    /// The areas of block domain `vg`.
+    pub fn block(vg: &str) -> Areas {
+        Areas {
+            lockspace: vg.to_string(),
+            ids: dev(vg, IDS_LV),
+            leases: dev(vg, LEASES_LV),
+            domain: vg.to_string(),
+        }
+    }
+
+    /// The lockspace as `host_id`, in the sectors of the `ids` storage.
+    pub fn lockspace(&self, host_id: u64) -> Result<Lockspace, SanlockError> {
+        Ok(Lockspace {
+            name: self.lockspace.clone(),
+            host_id,
+            sector_size: SectorSize::of_device(&self.ids)?,
+            path: self.ids.clone(),
+            offset: 0,
+        })
+    }
+
+    /// A resource named `name` at `path` + `offset`, in the sectors of `path`.
+    pub fn resource(
+        &self,
+        name: String,
+        path: PathBuf,
+        offset: u64,
+    ) -> Result<Resource, SanlockError> {
+        Ok(Resource {
+            lockspace: self.lockspace.clone(),
+            name,
+            sector_size: SectorSize::of_device(&path)?,
+            path,
+            offset,
+        })
+    }
+
+    /// The domain lock.
+    pub fn domain_resource(&self) -> Result<Resource, SanlockError> {
+        self.resource(
+            DOMAIN_LOCK_NAME.into(),
+            self.leases.clone(),
+            DOMAIN_LOCK_OFFSET,
+        )
+    }
+
+    fn host_id_file(&self) -> PathBuf {
+        crate::links::run_dir()
+            .join(&self.lockspace)
+            .join("host-id")
+    }
+}
+
+/// `vg`'s lockspace as `host_id`, in the sectors of its `ids` LV (which must be active).
+pub fn lockspace(vg: &str, host_id: u64) -> Result<Lockspace, SanlockError> {
+    Areas::block(vg).lockspace(host_id)
 }
 
 /// The domain lock of `vg`, in the sectors of its `leases` LV (which must be active).
 pub fn domain_resource(vg: &str) -> Result<Resource, SanlockError> {
-    leases_resource(vg, DOMAIN_LOCK_NAME.into(), DOMAIN_LOCK_OFFSET)
+    Areas::block(vg).domain_resource()
 }
 
 /// The lease of the volume in `slot`, in the sectors of the `leases` LV (which must be active).
 pub fn volume_resource(vg: &str, volume: &VolumeId, slot: u32) -> Result<Resource, SanlockError> {
-    leases_resource(vg, volume.to_string(), lease_offset(slot))
+    let a = Areas::block(vg);
+    let path = a.leases.clone();
+    a.resource(volume.to_string(), path, lease_offset(slot))
 }
 
-fn host_id_file(vg: &str) -> PathBuf {
-    crate::links::run_dir().join(vg).join("host-id")
+/// The lease of `volume` in the lockspace of `a`, at `path` + `offset`.
+pub fn volume_resource_at(
+    a: &Areas,
+    volume: &VolumeId,
+    path: PathBuf,
+    offset: u64,
+) -> Result<Resource, LeaseError> {
+    a.resource(volume.to_string(), path, offset)
+        .map_err(|e| lease_error(&a.domain, volume, e))
 }
 
 /// The host id this host joined `vg`'s lockspace with, if it did.
 pub fn joined_host_id(vg: &str) -> Option<u64> {
-    std::fs::read_to_string(host_id_file(vg))
+    joined(&Areas::block(vg))
+}
+
+/// The host id this host joined the lockspace of `a` with, if it did.
+pub fn joined(a: &Areas) -> Option<u64> {
+    std::fs::read_to_string(a.host_id_file())
         .ok()?
         .trim()
         .parse()
@@ -98,9 +165,9 @@ fn lease_error(vg: &str, volume: &VolumeId, e: SanlockError) -> LeaseError {
 }
 
 /// Writes the lockspace and the domain lock of a new domain (no daemon needed).
-pub fn format_domain(vg: &str) -> Result<(), SanlockError> {
-    sanlock::format_lockspace(&lockspace(vg, 0)?, IO_TIMEOUT)?;
-    sanlock::format_resource(&domain_resource(vg)?)
+pub fn format_domain(a: &Areas) -> Result<(), SanlockError> {
+    sanlock::format_lockspace(&a.lockspace(0)?, IO_TIMEOUT)?;
+    sanlock::format_resource(&a.domain_resource()?)
 }
 
 fn failed(vg: &str, action: SanlockAction) -> impl FnOnce(SanlockError) -> LockError + '_ {
@@ -111,10 +178,14 @@ fn failed(vg: &str, action: SanlockAction) -> impl FnOnce(SanlockError) -> LockE
     }
 }
 
-/// Joins `vg`'s lockspace as `host_id` (the special LVs must be active); records the id. A host
-/// id the lockspace's sectors have no room for is refused before anything is done.
-pub fn join(vg: &str, host_id: u64) -> Result<Joined, LockError> {
-    let ls = lockspace(vg, host_id).map_err(failed(vg, SanlockAction::ReadLockspace))?;
+/// Joins the lockspace of `a` as `host_id` (its storage must be there: active LVs); records
+/// the id. A host id the lockspace's sectors have no room for is refused before anything is
+/// done.
+pub fn join(a: &Areas, host_id: u64) -> Result<Joined, LockError> {
+    let vg = a.domain.as_str();
+    let ls = a
+        .lockspace(host_id)
+        .map_err(failed(vg, SanlockAction::ReadLockspace))?;
     // The lockspace's sectors set its host ids: 1..=2000 on 512-byte sectors, 1..=250 on 4K.
     if ls.check_host_id(host_id).is_err() {
         return Err(LockError::HostIdOutOfRange {
@@ -124,7 +195,7 @@ pub fn join(vg: &str, host_id: u64) -> Result<Joined, LockError> {
         });
     }
     // One host id per host and lockspace: say so plainly (sanlock's answer is EINVAL).
-    if let Some(joined) = joined_host_id(vg).filter(|&id| id != host_id) {
+    if let Some(joined) = joined(a).filter(|&id| id != host_id) {
         return Err(LockError::JoinedAs {
             vg: vg.to_string(),
             joined,
@@ -136,7 +207,7 @@ pub fn join(vg: &str, host_id: u64) -> Result<Joined, LockError> {
         Err(SanlockError::LockspaceAlreadyJoined { .. }) => false,
         Err(e) => return Err(failed(vg, SanlockAction::Join)(e)),
     };
-    let file = host_id_file(vg);
+    let file = a.host_id_file();
     if let Some(dir) = file.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -147,11 +218,11 @@ pub fn join(vg: &str, host_id: u64) -> Result<Joined, LockError> {
     Ok(Joined { host_id, new })
 }
 
-/// Hosts other than this one that this host's daemon sees in `vg`'s lockspace and that are
-/// not known to be gone (live, failing, or joined too recently to judge).
-pub fn other_joined_hosts(vg: &str) -> Result<Vec<u64>, SanlockError> {
-    let me = joined_host_id(vg).unwrap_or(0);
-    Ok(sanlock::get_hosts(vg, 0)?
+/// Hosts other than this one that this host's daemon sees in the lockspace of `a` and that
+/// are not known to be gone (live, failing, or joined too recently to judge).
+pub fn other_joined_hosts(a: &Areas) -> Result<Vec<u64>, SanlockError> {
+    let me = joined(a).unwrap_or(0);
+    Ok(sanlock::get_hosts(&a.lockspace, 0)?
         .into_iter()
         .filter(|h| h.host_id != me)
         .filter(|h| !matches!(h.state, sanlock::HostState::Free | sanlock::HostState::Dead))
@@ -159,14 +230,14 @@ pub fn other_joined_hosts(vg: &str) -> Result<Vec<u64>, SanlockError> {
         .collect())
 }
 
-/// Leaves `vg`'s lockspace (refused while this host holds leases in it).
-pub fn leave(vg: &str) -> Result<u64, SanlockError> {
-    let host_id = joined_host_id(vg).ok_or_else(|| SanlockError::LockspaceNotJoined {
+/// Leaves the lockspace of `a` (refused while this host holds leases in it).
+pub fn leave(a: &Areas) -> Result<u64, SanlockError> {
+    let host_id = joined(a).ok_or_else(|| SanlockError::LockspaceNotJoined {
         op: sanlock::Op::RemLockspace,
-        lockspace: vg.to_string(),
+        lockspace: a.lockspace.clone(),
     })?;
-    sanlock::leave_lockspace(&lockspace(vg, host_id)?, LeaveMode::IfUnused)?;
-    let _ = std::fs::remove_file(host_id_file(vg));
+    sanlock::leave_lockspace(&a.lockspace(host_id)?, LeaveMode::IfUnused)?;
+    let _ = std::fs::remove_file(a.host_id_file());
     Ok(host_id)
 }
 
@@ -190,50 +261,58 @@ impl Drop for SanlockGuard {
     }
 }
 
+/// The sanlock domain lease of `a`, waiting up to `timeout` while another host holds it.
+pub fn take_domain_lease(a: &Areas, timeout: Duration) -> Result<Box<dyn DomainGuard>, LockError> {
+    let vg = a.domain.as_str();
+    if joined(a).is_none() {
+        return Err(LockError::NotJoined { vg: vg.to_string() });
+    }
+    let start = Instant::now();
+    let error = |source: SanlockError| match source {
+        SanlockError::LockspaceNotJoined { .. } => LockError::NotJoined { vg: vg.to_string() },
+        source => failed(vg, SanlockAction::TakeDomainLock)(source),
+    };
+    let res = a.domain_resource().map_err(error)?;
+    loop {
+        let mut reg = Registration::register().map_err(error)?;
+        match reg.acquire(
+            &res,
+            AcquireOptions {
+                no_wait: true,
+                shared: false,
+            },
+        ) {
+            Ok(()) => {
+                return Ok(Box::new(SanlockGuard { reg, res }));
+            }
+            Err(e) if e.is_held() && start.elapsed() < timeout => {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) if e.is_held() => {
+                return Err(LockError::Busy {
+                    vg: vg.to_string(),
+                    waited: start.elapsed(),
+                })
+            }
+            Err(e) => return Err(error(e)),
+        }
+    }
+}
+
+/// The sanlock domain lease of `a` as [`LockManager::lock_across_hosts`] takes it (the wait
+/// observed).
+pub fn lock_across_hosts(a: &Areas, timeout: Duration) -> Result<Box<dyn DomainGuard>, LockError> {
+    let start = Instant::now();
+    let r = take_domain_lease(a, timeout);
+    super::observe_wait(&a.domain, LockPart::AcrossHosts, start.elapsed(), &r);
+    r
+}
+
 /// The sanlock lock manager: the domain lock is this host's local lock, then the sanlock domain
 /// lease; volume leases are sanlock paxos leases.
 #[derive(Debug, Clone, Default)]
 pub struct Sanlock {
     pub local: Local,
-}
-
-impl Sanlock {
-    /// The sanlock domain lease, waiting up to the local lock's timeout.
-    fn take_across_hosts(&self, vg: &str) -> Result<Option<Box<dyn DomainGuard>>, LockError> {
-        if joined_host_id(vg).is_none() {
-            return Err(LockError::NotJoined { vg: vg.to_string() });
-        }
-        let start = Instant::now();
-        let error = |source: SanlockError| match source {
-            SanlockError::LockspaceNotJoined { .. } => LockError::NotJoined { vg: vg.to_string() },
-            source => failed(vg, SanlockAction::TakeDomainLock)(source),
-        };
-        let res = domain_resource(vg).map_err(error)?;
-        loop {
-            let mut reg = Registration::register().map_err(error)?;
-            match reg.acquire(
-                &res,
-                AcquireOptions {
-                    no_wait: true,
-                    shared: false,
-                },
-            ) {
-                Ok(()) => {
-                    return Ok(Some(Box::new(SanlockGuard { reg, res })));
-                }
-                Err(e) if e.is_held() && start.elapsed() < self.local.lock.timeout => {
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) if e.is_held() => {
-                    return Err(LockError::Busy {
-                        vg: vg.to_string(),
-                        waited: start.elapsed(),
-                    })
-                }
-                Err(e) => return Err(error(e)),
-            }
-        }
-    }
 }
 
 impl LockManager for Sanlock {
@@ -256,7 +335,7 @@ impl LockManager for Sanlock {
     }
 
     fn format(&self, vg: &str) -> Result<(), LockError> {
-        format_domain(vg).map_err(failed(vg, SanlockAction::Format))
+        format_domain(&Areas::block(vg)).map_err(failed(vg, SanlockAction::Format))
     }
 
     fn lock_domain(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError> {
@@ -268,10 +347,7 @@ impl LockManager for Sanlock {
     /// The sanlock domain lease, waiting up to the local lock's timeout while another host
     /// holds it; handed to the operation's programs like the local lock.
     fn lock_across_hosts(&self, vg: &str) -> Result<Option<Box<dyn DomainGuard>>, LockError> {
-        let start = Instant::now();
-        let r = self.take_across_hosts(vg);
-        super::observe_wait(vg, LockPart::AcrossHosts, start.elapsed(), &r);
-        r
+        lock_across_hosts(&Areas::block(vg), self.local.lock.timeout).map(Some)
     }
 
     fn acquire(
@@ -280,8 +356,9 @@ impl LockManager for Sanlock {
         volume: &VolumeId,
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
-        acquire_mode(vg, volume, slot, false)
-            .map_err(|e| super::explain_held(e, || self.shared_holders(vg, volume, slot)))
+        let a = Areas::block(vg);
+        let res = volume_resource(vg, volume, slot).map_err(|e| lease_error(vg, volume, e))?;
+        acquire(&a, volume, &res, false)
     }
 
     fn acquire_shared(
@@ -290,12 +367,10 @@ impl LockManager for Sanlock {
         volume: &VolumeId,
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
-        acquire_mode(vg, volume, slot, true)
+        let res = volume_resource(vg, volume, slot).map_err(|e| lease_error(vg, volume, e))?;
+        acquire(&Areas::block(vg), volume, &res, true)
     }
 
-    /// Reads the resource's shared owners (the daemon reads its mode blocks) and keeps those
-    /// whose host this host's daemon does not know to be gone: dead, or joined again since
-    /// (a later generation). A host it cannot judge counts as holding.
     fn shared_holders(
         &self,
         vg: &str,
@@ -303,56 +378,12 @@ impl LockManager for Sanlock {
         slot: u32,
     ) -> Result<Vec<u64>, LeaseError> {
         let res = volume_resource(vg, volume, slot).map_err(|e| lease_error(vg, volume, e))?;
-        let owners = sanlock::read_resource_owners(&res).map_err(|e| lease_error(vg, volume, e))?;
-        if !owners.shared {
-            return Ok(Vec::new());
-        }
-        let mut hosts: Vec<u64> = owners
-            .owners
-            .iter()
-            .filter(|o| {
-                let seen = sanlock::get_hosts(vg, o.host_id)
-                    .ok()
-                    .and_then(|v| v.into_iter().find(|h| h.host_id == o.host_id));
-                match seen {
-                    Some(h) if h.generation > o.generation => false,
-                    Some(h) => {
-                        !matches!(h.state, sanlock::HostState::Dead | sanlock::HostState::Free)
-                    }
-                    None => true,
-                }
-            })
-            .map(|o| o.host_id)
-            .collect();
-        hosts.sort_unstable();
-        hosts.dedup();
-        Ok(hosts)
+        shared_holders(&Areas::block(vg), volume, &res)
     }
 
     fn holder(&self, vg: &str, volume: &VolumeId, slot: u32) -> Result<Option<Holder>, LeaseError> {
         let res = volume_resource(vg, volume, slot).map_err(|e| lease_error(vg, volume, e))?;
-        // This host's daemon judges other hosts' liveness; without it, read the disk.
-        let running = match sanlock::owner_status(&res) {
-            Ok(st) => owner_of(&st).map(|id| (id, st.is_running())),
-            Err(_) => {
-                let host_id = joined_host_id(vg).unwrap_or(0);
-                let ls = lockspace(vg, host_id).map_err(|e| lease_error(vg, volume, e))?;
-                let st = sanlock::probe_owner(&res, &ls, Duration::from_secs(25))
-                    .map_err(|e| lease_error(vg, volume, e))?;
-                disk_owner(&st).map(|id| (id, st.is_running()))
-            }
-        };
-        Ok(match running {
-            None | Some((_, Some(false))) => None,
-            Some((host_id, Some(true))) => Some(Holder {
-                host_id,
-                alive: true,
-            }),
-            Some((host_id, None)) => Some(Holder {
-                host_id,
-                alive: false,
-            }),
-        })
+        holder(&Areas::block(vg), volume, &res)
     }
 
     fn init(&self, vg: &str, volume: &VolumeId, slot: u32) -> Result<(), LeaseError> {
@@ -367,11 +398,11 @@ impl LockManager for Sanlock {
 
     fn join(&self, vg: &str, host_id: u64) -> Result<Joined, LockError> {
         self.check_vg_name(vg)?;
-        join(vg, host_id)
+        join(&Areas::block(vg), host_id)
     }
 
     fn leave(&self, vg: &str) -> Result<u64, LockError> {
-        leave(vg).map_err(failed(vg, SanlockAction::Leave))
+        leave(&Areas::block(vg)).map_err(failed(vg, SanlockAction::Leave))
     }
 
     fn joined_host_id(&self, vg: &str) -> Option<u64> {
@@ -379,29 +410,107 @@ impl LockManager for Sanlock {
     }
 
     fn other_hosts(&self, vg: &str) -> Result<Vec<u64>, LockError> {
-        other_joined_hosts(vg).map_err(failed(vg, SanlockAction::ListHosts))
+        other_joined_hosts(&Areas::block(vg)).map_err(failed(vg, SanlockAction::ListHosts))
     }
 }
 
-/// Takes a volume's lease for this process (the host must have joined the lockspace).
-fn acquire_mode(
-    vg: &str,
+/// Takes the lease of `volume` (resource `res`, in the lockspace of `a`) for this process,
+/// exclusive or shared (the host must have joined the lockspace). A lease held elsewhere names
+/// the hosts holding it shared.
+pub fn acquire(
+    a: &Areas,
     volume: &VolumeId,
-    slot: u32,
+    res: &Resource,
     shared: bool,
 ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
-    if joined_host_id(vg).is_none() {
-        return Err(LeaseError::NoLockspace { vg: vg.to_string() });
+    let vg = a.domain.as_str();
+    let r = (|| {
+        if joined(a).is_none() {
+            return Err(LeaseError::NoLockspace { vg: vg.to_string() });
+        }
+        let mut reg = Registration::register().map_err(|e| lease_error(vg, volume, e))?;
+        let opts = AcquireOptions {
+            no_wait: true,
+            shared,
+        };
+        reg.acquire(res, opts)
+            .map_err(|e| lease_error(vg, volume, e))?;
+        Ok(Box::new(SanlockGuard {
+            reg,
+            res: res.clone(),
+        }) as Box<dyn LeaseGuard>)
+    })();
+    if shared {
+        return r;
     }
-    let res = volume_resource(vg, volume, slot).map_err(|e| lease_error(vg, volume, e))?;
-    let mut reg = Registration::register().map_err(|e| lease_error(vg, volume, e))?;
-    let opts = AcquireOptions {
-        no_wait: true,
-        shared,
+    r.map_err(|e| super::explain_held(e, || shared_holders(a, volume, res)))
+}
+
+/// Reads the resource's shared owners (the daemon reads its mode blocks) and keeps those
+/// whose host this host's daemon does not know to be gone: dead, or joined again since
+/// (a later generation). A host it cannot judge counts as holding.
+pub fn shared_holders(
+    a: &Areas,
+    volume: &VolumeId,
+    res: &Resource,
+) -> Result<Vec<u64>, LeaseError> {
+    let vg = a.domain.as_str();
+    let owners = sanlock::read_resource_owners(res).map_err(|e| lease_error(vg, volume, e))?;
+    if !owners.shared {
+        return Ok(Vec::new());
+    }
+    let mut hosts: Vec<u64> = owners
+        .owners
+        .iter()
+        .filter(|o| {
+            let seen = sanlock::get_hosts(&a.lockspace, o.host_id)
+                .ok()
+                .and_then(|v| v.into_iter().find(|h| h.host_id == o.host_id));
+            match seen {
+                Some(h) if h.generation > o.generation => false,
+                Some(h) => !matches!(h.state, sanlock::HostState::Dead | sanlock::HostState::Free),
+                None => true,
+            }
+        })
+        .map(|o| o.host_id)
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    Ok(hosts)
+}
+
+/// Who holds the lease of `volume` exclusively, and whether that holder is alive: this host's
+/// daemon judges other hosts' liveness; without it, the disk is read.
+pub fn holder(a: &Areas, volume: &VolumeId, res: &Resource) -> Result<Option<Holder>, LeaseError> {
+    let vg = a.domain.as_str();
+    let running = match sanlock::owner_status(res) {
+        Ok(st) => owner_of(&st).map(|id| (id, st.is_running())),
+        Err(_) => {
+            let host_id = joined(a).unwrap_or(0);
+            let ls = a
+                .lockspace(host_id)
+                .map_err(|e| lease_error(vg, volume, e))?;
+            let st = sanlock::probe_owner(res, &ls, Duration::from_secs(25))
+                .map_err(|e| lease_error(vg, volume, e))?;
+            disk_owner(&st).map(|id| (id, st.is_running()))
+        }
     };
-    reg.acquire(&res, opts)
-        .map_err(|e| lease_error(vg, volume, e))?;
-    Ok(Box::new(SanlockGuard { reg, res }))
+    Ok(match running {
+        None | Some((_, Some(false))) => None,
+        Some((host_id, Some(true))) => Some(Holder {
+            host_id,
+            alive: true,
+        }),
+        Some((host_id, None)) => Some(Holder {
+            host_id,
+            alive: false,
+        }),
+    })
+}
+
+/// Writes a free lease for `volume` at `res` (no daemon needed).
+pub fn init(a: &Areas, volume: &VolumeId, res: &Resource) -> Result<(), LeaseError> {
+    sanlock::format_resource(res).map_err(|e| lease_error(&a.domain, volume, e))
 }
 
 fn owner_of(st: &sanlock::OwnerStatus) -> Option<u64> {
