@@ -57,7 +57,7 @@ pub enum Command {
     Image(ImageCmd),
     /// Collect orphans: roll back creations and complete removals that died.
     Gc {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// List what would be done, change nothing.
         #[arg(long)]
@@ -78,7 +78,7 @@ pub enum Command {
 pub enum HostCmd {
     /// Join the domain's sanlock lockspace with a host id unique among the hosts.
     Join {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// This host's id in the lockspace (1 to 2000, unique among the hosts).
         #[arg(long)]
@@ -86,7 +86,7 @@ pub enum HostCmd {
     },
     /// Leave the domain's lockspace (refused while this host holds leases in it).
     Leave {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
     },
 }
@@ -119,12 +119,12 @@ pub enum DomainCmd {
     },
     /// Show a domain's layout, settings and counts.
     Info {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
     },
     /// Change a domain's settings (under the domain lock).
     Set {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// What removing a volume does with its data from now on: zero or none (volumes
         /// created with their own --wipe keep theirs).
@@ -133,12 +133,12 @@ pub enum DomainCmd {
     },
     /// Read-only consistency report (exit status 0 only when clean).
     Check {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
     },
     /// Remove a domain (its VG); refuses while volumes exist unless --force.
     Remove {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// Remove the domain's volumes too.
         #[arg(long)]
@@ -150,7 +150,7 @@ pub enum DomainCmd {
 pub enum VolumeCmd {
     /// Create a base volume (--image) or a snapshot of a leaf (--parent); prints the new id.
     Create {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// Image (UUID) of a new base volume; a snapshot takes its parent's.
         #[arg(long)]
@@ -178,7 +178,7 @@ pub enum VolumeCmd {
     },
     /// List committed volumes (never those with a transaction marker).
     List {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// Only the volumes of this image (UUID).
         #[arg(long)]
@@ -186,14 +186,14 @@ pub enum VolumeCmd {
     },
     /// Show one volume.
     Info {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// The volume (UUID).
         volume: VolumeId,
     },
     /// Remove a leaf volume; its parent becomes the leaf.
     Remove {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// The volume (UUID).
         volume: VolumeId,
@@ -201,7 +201,7 @@ pub enum VolumeCmd {
     /// Grow a volume (LV, qcow2 virtual size, metadata capacity); with --generation, under
     /// the lease/generation protocol.
     Extend {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// The volume (UUID).
         volume: VolumeId,
@@ -214,7 +214,7 @@ pub enum VolumeCmd {
     },
     /// Copy data into a volume (qemu-img convert; a FIFO is streamed) under its lease.
     Copy {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// The volume (UUID).
         volume: VolumeId,
@@ -231,7 +231,7 @@ pub enum VolumeCmd {
     },
     /// Change a volume's description or legality under its lease.
     Update {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// The volume (UUID).
         volume: VolumeId,
@@ -247,7 +247,7 @@ pub enum VolumeCmd {
     },
     /// Status of the operation started at --generation, read from shared storage only.
     Status {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// The volume (UUID).
         volume: VolumeId,
@@ -257,7 +257,7 @@ pub enum VolumeCmd {
     },
     /// Move the generation from N to N+3 under the lease so a late runner refuses to write.
     Fence {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// The volume (UUID).
         volume: VolumeId,
@@ -271,7 +271,7 @@ pub enum VolumeCmd {
 pub enum ImageCmd {
     /// Show the chain of an image, base first.
     Chain {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// The image (UUID).
         image: ImageId,
@@ -279,7 +279,7 @@ pub enum ImageCmd {
     /// Activate the chain and create its links under /run/lvchain/VG/IMAGE (refused while a
     /// volume of the chain is illegal).
     Prepare {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// The image (UUID).
         image: ImageId,
@@ -294,14 +294,14 @@ pub enum ImageCmd {
     },
     /// Remove the links and deactivate the chain.
     Teardown {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// The image (UUID).
         image: ImageId,
     },
     /// Remove every volume of the image.
     Remove {
-        /// The domain's volume group.
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
         vg: VgName,
         /// The image (UUID).
         image: ImageId,
