@@ -939,27 +939,24 @@ fn sanlock_file_domain_lockspace_volume_leases_status_and_removal() {
     }
     d.check_clean();
 
-    // A copy into the leaf from a FIFO that stays open and empty: it runs under its lease.
+    // A copy into the leaf, paused after it marked the volume illegal: it runs under its
+    // lease.
     let leaf = ids[1].clone();
-    let fifo = d._tmp.path().join("feed");
-    let c = std::ffi::CString::new(fifo.display().to_string()).unwrap();
-    // SAFETY: a valid C string.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let src = d._tmp.path().join("src");
+    std::fs::write(&src, vec![0x5au8; 1 << 20]).unwrap();
+    let pause = d._tmp.path().join("pause");
     let mut copy = Command::new(bin())
         .args(["--direct", "volume", "copy", &d.path, &leaf])
         .arg("--from")
-        .arg(&fifo)
+        .arg(&src)
         .args(["--generation", "0"])
+        .env("LVCHAIN_PAUSE_AT", "op.after-illegal")
+        .env("LVCHAIN_PAUSE_FILE", &pause)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Read-write: the FIFO never reports end of file to the copy.
-    let _feed = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&fifo)
-        .unwrap();
+    assert!(poll(120, || pause.exists()), "the copy never paused");
     let status = |g: &str| d.json(&["volume", "status", &d.path, &leaf, "--generation", g]);
     assert!(
         poll(60, || status("0")["state"] == "running"),
