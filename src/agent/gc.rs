@@ -213,9 +213,9 @@ pub async fn schedule(
     let mut started: HashSet<String> = HashSet::new();
     loop {
         let worker = agent.clone();
-        let found = tokio::task::spawn_blocking(move || worker.domains.list()).await;
+        let found = tokio::task::spawn_blocking(move || worker.domains.list_for_rounds()).await;
         match found {
-            Ok(Ok(list)) => {
+            Ok(list) => {
                 for vg in list {
                     if started.insert(vg.clone()) {
                         tracing::info!(vg, "periodic gc scheduled");
@@ -223,7 +223,6 @@ pub async fn schedule(
                     }
                 }
             }
-            Ok(Err(e)) => tracing::warn!("cannot list the domains: {e}"),
             Err(e) => tracing::warn!("cannot list the domains: {e}"),
         }
         if agent.domains.is_fixed() {

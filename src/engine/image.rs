@@ -47,6 +47,16 @@ impl std::fmt::Debug for HeldImage {
     }
 }
 
+impl HeldImage {
+    /// The shared leases `leases` of `volumes`, held together (a file domain's chain).
+    pub(crate) fn new(volumes: Vec<VolumeId>, leases: Vec<Box<dyn LeaseGuard>>) -> HeldImage {
+        HeldImage {
+            volumes,
+            _leases: leases,
+        }
+    }
+}
+
 /// Takes the shared lease of every volume in `volumes` (each a committed volume of `cat`);
 /// a member whose lease is held exclusively (an operation running on it) refuses.
 fn hold(domain: &Domain, cat: &Catalog, volumes: &[&Volume]) -> Result<HeldImage> {

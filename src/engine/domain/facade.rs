@@ -217,6 +217,15 @@ impl Domain {
         image: &ImageId,
         allow_illegal: bool,
     ) -> Result<(Vec<Volume>, HeldImage)> {
+        if let Some(f) = &self.file {
+            let chain = prepare_file(f, image, allow_illegal)?;
+            let leases = chain
+                .iter()
+                .map(|v| f.lease_shared(&v.id))
+                .collect::<Result<Vec<_>>>()?;
+            let held = HeldImage::new(chain.iter().map(|v| v.id).collect(), leases);
+            return Ok((chain, held));
+        }
         match crate::image::prepare(self, image, allow_illegal, Holding::Leases)? {
             (chain, Some(held)) => Ok((chain, held)),
             (_, None) => Err(crate::error::Error::InvalidInput(
@@ -227,12 +236,23 @@ impl Domain {
 
     /// Takes again the shared leases of `image`, still prepared on this host (its links exist).
     pub fn hold_prepared(&self, image: &ImageId) -> Result<HeldImage> {
+        if let Some(f) = &self.file {
+            // Nothing on the host says a file domain's image is prepared here.
+            return Err(crate::error::Error::InvalidInput(format!(
+                "{}: images of a file domain are not linked on the host; prepare it again",
+                f.name
+            )));
+        }
         crate::image::hold_prepared(self, image)
     }
 
     /// Refreshes the mapping of the volumes of `images` (prepared here) whose LV grew
     /// elsewhere; the volumes refreshed.
     pub fn refresh_prepared(&self, images: &[ImageId]) -> Result<Vec<VolumeId>> {
+        if self.file.is_some() {
+            // A file has no mapping on the host: its readers see its size at once.
+            return Ok(Vec::new());
+        }
         crate::image::refresh(self, images)
     }
 
@@ -244,6 +264,42 @@ impl Domain {
             return Ok(());
         }
         crate::image::teardown(self, image)
+    }
+}
+
+/// What a domain's gauges show (the host agent's census): read without the domain lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    /// What gc would take up: marked volumes (and on a file domain its stray files).
+    pub orphans: u64,
+    /// Free bytes of the VG, or of the file domain's file system.
+    pub free_bytes: u64,
+    /// Free metadata slots; None on a file domain (it has no slots: a volume is its files).
+    pub free_slots: Option<u64>,
+}
+
+impl Domain {
+    /// The domain's census: one LVM report of a block domain, one listing of a file domain.
+    pub fn census(&self) -> Result<Census> {
+        if let Some(f) = &self.file {
+            let scan = crate::fsdomain::store::scan(f)?;
+            let marked = scan
+                .entries
+                .iter()
+                .filter(|e| e.marker != crate::fsdomain::Marker::None)
+                .count();
+            return Ok(Census {
+                orphans: (marked + scan.strays.len()) as u64,
+                free_bytes: scan.catalog.snap.info.vg_free.0,
+                free_slots: None,
+            });
+        }
+        let snap = self.scan()?;
+        Ok(Census {
+            orphans: snap.orphans().count() as u64,
+            free_bytes: snap.info.vg_free.0,
+            free_slots: Some(u64::from(snap.free_slots())),
+        })
     }
 }
 
