@@ -29,7 +29,7 @@ pub struct AgentArgs {
     #[arg(long)]
     pub socket: Option<PathBuf>,
     /// A domain to serve: a VG, or a file domain's absolute path; repeat for several
-    /// (default: every lvchain VG visible; file domains are served only when named).
+    /// (default: every lvchain VG visible, and no file domain; when given, exactly these).
     #[arg(long = "domain")]
     pub domains: Vec<String>,
     /// Seconds between periodic gc runs of each served domain (0: none; default 600).
@@ -76,9 +76,9 @@ pub struct FileConfig {
 pub struct Settings {
     pub socket: PathBuf,
     /// The domains served as configured: VG names and file domains' absolute paths
-    /// (normalized: [`super::domains::file_domain_key`]); `None`: every lvchain VG visible on
-    /// the host (found again at each gc round) and any VG a request names. VGs are found the
-    /// same way when only file domains are listed; a file domain is served only when listed.
+    /// (normalized: [`super::domains::file_domain_key`]), exactly those; `None`: every lvchain
+    /// VG visible on the host (found again at each gc round) and any VG a request names, and
+    /// no file domain (a file domain is served only when listed).
     pub domains: Option<Vec<String>>,
     /// `None`: no periodic gc.
     pub gc_interval: Option<Duration>,

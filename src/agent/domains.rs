@@ -2,11 +2,11 @@
 //! (every request and every gc round gets a fresh handle on the shared backend, as a CLI
 //! process would). Never acts on a domain itself.
 //!
-//! Block domains (VGs) are the configured ones, or, when no VG is configured, every lvchain VG
-//! the host's LVM sees and any VG a request names. File domains (directories) cannot be found
-//! by scanning and a request must not point the agent (root) at a directory of its choosing:
-//! a file domain is served only when configured, and a request names it by the same directory
-//! (compared after [`file_domain_key`]); any other path is `domain_not_served`.
+//! Configured domains are exactly the ones served: VG names and file domains' paths. With none
+//! configured, every lvchain VG the host's LVM sees, and any VG a request names, is served, and
+//! no file domain: a directory cannot be found by scanning, and a request must not point the
+//! agent (root) at a directory of its choosing. A request names a configured file domain by
+//! its directory (compared after [`file_domain_key`]); any other path is `domain_not_served`.
 
 use crate::domain::burst::{Burst, BurstSettings};
 use crate::domain::Domain;
@@ -84,8 +84,7 @@ fn split(served: Option<Vec<String>>) -> (Option<Vec<String>>, Vec<String>) {
         .into_iter()
         .partition(|d| crate::fsdomain::is_file_domain(d));
     let files = files.iter().filter_map(|f| file_domain_key(f)).collect();
-    // Only file domains configured: the VGs are still found on the host.
-    ((!vgs.is_empty()).then_some(vgs), files)
+    (Some(vgs), files)
 }
 
 impl Domains {
@@ -109,7 +108,7 @@ impl Domains {
         Domains {
             backend,
             host: None,
-            served: Some(vgs.unwrap_or_default()),
+            served: vgs,
             files,
             lock_dir: Some(lock_dir),
             burst: None,
@@ -219,6 +218,15 @@ impl Domains {
     /// Whether the served domains are a fixed list (configured), not found on the host.
     pub fn is_fixed(&self) -> bool {
         self.served.is_some()
+    }
+
+    /// The name under which the agent records a domain's gc runs and gauges: a file domain's
+    /// [`file_domain_key`] (one record however a request spells its path), else the name.
+    pub fn key(vg: &str) -> String {
+        match crate::fsdomain::is_file_domain(vg) {
+            true => file_domain_key(vg).unwrap_or_else(|| vg.to_string()),
+            false => vg.to_string(),
+        }
     }
 
     /// The configured file domains.
