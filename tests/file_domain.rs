@@ -3,6 +3,9 @@
 //! nothing; the crash matrix over every crash point of create, remove, gc, extend and the
 //! operations; random `kill -9` of lvchain mid-create and mid-remove. After every crash, gc
 //! returns the domain to clean and the committed data reads back intact through the chain.
+//! The host agent serving a file domain (`file_agent_*`; it needs no LVM): the CLI prints the
+//! same through it as `--direct`, it collects the domain periodically, and refuses paths it is
+//! not configured for.
 //!
 //! The domains live in temporary directories under `$LVCHAIN_FILE_DOMAIN_ROOT` (default: the
 //! system's temporary directory); `$LVCHAIN_FILE_DOMAIN_FS` names the file system type (as
