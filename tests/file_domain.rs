@@ -1038,14 +1038,25 @@ fn normalized(r: &Run) -> Run {
         (r#""seconds": [0-9.e-]+"#, "\"seconds\": S"),
         (r"orphan\(s\) in [0-9.]+s", "orphan(s) in Ss"),
         (r#""vg_free": \d+"#, "\"vg_free\": F"),
-        (r"(?m)^(free|vg_free|size|vg_size)(\s*:?\s*).*$", "$1$2X"),
     ];
+    // `domain info`'s table: the sizes, and the column widths they make.
+    let table = r.args.starts_with("domain info") && !r.args.contains("--json");
     let fix = |s: &str| {
         let mut s = s.to_string();
         for (re, to) in fixes {
             s = regex::Regex::new(re)
                 .unwrap()
                 .replace_all(&s, to)
+                .into_owned();
+        }
+        if table {
+            s = regex::Regex::new(r"\d+(\.\d+)?[KMGTPE]?i?B\b")
+                .unwrap()
+                .replace_all(&s, "SIZE")
+                .into_owned();
+            s = regex::Regex::new(r" +")
+                .unwrap()
+                .replace_all(&s, " ")
                 .into_owned();
         }
         s
