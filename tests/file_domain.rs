@@ -3,6 +3,9 @@
 //! nothing; the crash matrix over every crash point of create, remove, gc, extend and the
 //! operations; random `kill -9` of lvchain mid-create and mid-remove. After every crash, gc
 //! returns the domain to clean and the committed data reads back intact through the chain.
+//! The host agent serving a file domain (`file_agent_*`; it needs no LVM): the CLI prints the
+//! same through it as `--direct`, it collects the domain periodically, and refuses paths it is
+//! not configured for.
 //!
 //! The domains live in temporary directories under `$LVCHAIN_FILE_DOMAIN_ROOT` (default: the
 //! system's temporary directory); `$LVCHAIN_FILE_DOMAIN_FS` names the file system type (as
@@ -989,4 +992,531 @@ fn sanlock_file_domain_lockspace_volume_leases_status_and_removal() {
     assert!(!Path::new(&d.path).join("dom_md").exists());
     let status = sanlock(&["client", "status"]);
     assert!(!status.contains(&id), "{status}");
+}
+
+// The host agent serving file domains: no root needed beyond the socket's access rule, no LVM.
+
+/// The in-process engine's settings, removed for runs that must go through the agent.
+const ENGINE_ENV: &[&str] = &[
+    "LVCHAIN_DEVICES",
+    "LVCHAIN_LVM",
+    "LVCHAIN_LVM_TIMEOUT",
+    "LVCHAIN_LOCK_TIMEOUT",
+    "LVCHAIN_QEMU_IMG",
+    "LVCHAIN_COPY_TIMEOUT",
+    "LVCHAIN_RUN_DIR",
+    "LVCHAIN_CRASH_AT",
+    "LVCHAIN_PAUSE_AT",
+    "LVCHAIN_PAUSE_FILE",
+    "LVCHAIN_AGENT_SOCKET",
+];
+
+/// `lvchain agent` serving exactly the file domain `path` (so it never touches the host's VGs)
+/// on a socket of its own; killed on drop.
+struct FdAgent {
+    child: std::process::Child,
+    socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl FdAgent {
+    fn start(path: &str, gc_interval: &str) -> FdAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let mut c = Command::new(bin());
+        c.args(["agent", "--socket", socket.to_str().unwrap()])
+            .args(["--domain", path, "--gc-interval", gc_interval])
+            .args(["--census-interval", "0"])
+            .env("RUST_LOG", "lvchain=info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        // Not root: the socket is served to this user's group.
+        // SAFETY: getuid and getgid cannot fail.
+        if unsafe { libc::getuid() } != 0 {
+            let o = Command::new("id").arg("-gn").output().unwrap();
+            c.args(["--group", String::from_utf8_lossy(&o.stdout).trim()]);
+        }
+        for v in ENGINE_ENV {
+            c.env_remove(v);
+        }
+        let a = FdAgent {
+            child: c.spawn().unwrap(),
+            socket,
+            dir,
+        };
+        let start = std::time::Instant::now();
+        while std::os::unix::net::UnixStream::connect(&a.socket).is_err() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "the agent did not answer: {}",
+                a.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        a
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// One request (`Connection: close`); the status and the body as JSON (or a string).
+    fn call(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            let mut out = String::new();
+            let mut rest = rest;
+            loop {
+                let (size, tail) = rest.split_once("\r\n").unwrap();
+                let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.push_str(&tail[..n]);
+                rest = &tail[n + 2..];
+            }
+            out
+        } else {
+            rest.to_string()
+        };
+        let v = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        (status, v)
+    }
+
+    fn metrics(&self) -> String {
+        let (st, v) = self.call("GET", "/metrics", "");
+        assert_eq!(st, 200);
+        v.as_str().unwrap().to_string()
+    }
+
+    /// The request counters by `op outcome` (the metrics requests left out).
+    fn operations(&self) -> BTreeMap<String, u64> {
+        let re = regex::Regex::new(
+            r#"(?m)^lvchain_agent_operations_total\{op="([^"]+)",outcome="([^"]+)"\} (\d+)"#,
+        )
+        .unwrap();
+        re.captures_iter(&self.metrics())
+            .filter(|c| &c[1] != "GET /metrics")
+            .map(|c| (format!("{} {}", &c[1], &c[2]), c[3].parse().unwrap()))
+            .collect()
+    }
+
+    /// The per-domain gauges of `domain` by name.
+    fn gauges(&self, domain: &str) -> BTreeMap<String, u64> {
+        let re = regex::Regex::new(&format!(
+            r#"(?m)^(lvchain_domain_[a-z_]+)\{{domain="{}"\}} (\d+)"#,
+            regex::escape(domain)
+        ))
+        .unwrap();
+        re.captures_iter(&self.metrics())
+            .map(|c| (c[1].to_string(), c[2].parse().unwrap()))
+            .collect()
+    }
+}
+
+impl Drop for FdAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A file domain's path as one API path segment.
+fn segment(path: &str) -> String {
+    path.replace('%', "%25")
+        .replace('/', "%2F")
+        .replace(' ', "%20")
+}
+
+/// What one CLI run printed.
+#[derive(Debug, PartialEq)]
+struct Run {
+    args: String,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// `lvchain ARGS` through the agent on `socket` (the engine's environment removed), or
+/// `--direct` (in-process).
+fn lvchain(socket: &Path, direct: bool, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut c = Command::new(bin());
+    for v in ENGINE_ENV {
+        c.env_remove(v);
+    }
+    if direct {
+        c.arg("--direct");
+    }
+    c.arg("--agent-socket").arg(socket).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    Run {
+        args: args.join(" "),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+/// Only what differs between two runs of the same command at different times: timestamps,
+/// durations and the file system's free space (other files come and go beside the domain).
+fn normalized(r: &Run) -> Run {
+    let fixes = [
+        (r#""ctime": \d+"#, "\"ctime\": T"),
+        (r#""seconds": [0-9.e-]+"#, "\"seconds\": S"),
+        (r"orphan\(s\) in [0-9.]+s", "orphan(s) in Ss"),
+        (r#""vg_free": \d+"#, "\"vg_free\": F"),
+    ];
+    // `domain info`'s table: the sizes, and the column widths they make.
+    let table = r.args.starts_with("domain info") && !r.args.contains("--json");
+    let fix = |s: &str| {
+        let mut s = s.to_string();
+        for (re, to) in fixes {
+            s = regex::Regex::new(re)
+                .unwrap()
+                .replace_all(&s, to)
+                .into_owned();
+        }
+        if table {
+            s = regex::Regex::new(r"\d+(\.\d+)?[KMGTPE]?i?B\b")
+                .unwrap()
+                .replace_all(&s, "SIZE")
+                .into_owned();
+            s = regex::Regex::new(r" +")
+                .unwrap()
+                .replace_all(&s, " ")
+                .into_owned();
+        }
+        s
+    };
+    Run {
+        args: r.args.clone(),
+        code: r.code,
+        stdout: fix(&r.stdout),
+        stderr: fix(&r.stderr),
+    }
+}
+
+const IMAGE: &str = "6f1b8c1e-0a4e-4c55-9a57-1c0de0000f01";
+const BASE: &str = "6f1b8c1e-0a4e-4c55-9a57-1c0de0000f02";
+const SNAP: &str = "6f1b8c1e-0a4e-4c55-9a57-1c0de0000f03";
+const ORPHAN_IMAGE: &str = "6f1b8c1e-0a4e-4c55-9a57-1c0de0000f04";
+const ORPHAN: &str = "6f1b8c1e-0a4e-4c55-9a57-1c0de0000f05";
+const UNKNOWN: &str = "6f1b8c1e-0a4e-4c55-9a57-1c0de0000f06";
+
+/// Every command a client runs on a domain, in an order that ends where it began (nothing
+/// left, wipe back to zero), so a second run starts from the same state: same ids, same output.
+/// `after_gc` is called after each gc.
+fn agent_scenario(
+    d: &Fd,
+    socket: &Path,
+    direct: bool,
+    source: &Path,
+    after_gc: &mut dyn FnMut(&Run),
+) -> Vec<Run> {
+    let p = d.path.as_str();
+    let src = source.to_str().unwrap();
+    #[rustfmt::skip]
+    let steps: Vec<(Vec<&str>, Option<i32>)> = vec![
+        (vec!["domain", "set", p, "--wipe", "none"], Some(0)),
+        (vec!["volume", "create", p, "--image", IMAGE, "--id", BASE, "--size", "64M",
+              "--description", "base"], Some(0)),
+        (vec!["volume", "create", p, "--parent", BASE, "--id", SNAP, "--json"], Some(0)),
+        (vec!["volume", "list", p, "--image", IMAGE], Some(0)),
+        (vec!["volume", "info", p, SNAP], Some(0)),
+        (vec!["volume", "info", p, BASE, "--json"], Some(0)),
+        (vec!["image", "chain", p, IMAGE], Some(0)),
+        (vec!["domain", "info", p, "--json"], Some(0)),
+        (vec!["volume", "extend", p, SNAP, "--size", "128M", "--json"], Some(0)),
+        (vec!["volume", "update", p, SNAP, "--generation", "0", "--description", "renamed"],
+         Some(0)),
+        (vec!["volume", "status", p, SNAP, "--generation", "0"], Some(0)),
+        (vec!["volume", "fence", p, SNAP, "--generation", "1", "--json"], Some(0)),
+        (vec!["volume", "status", p, SNAP, "--generation", "1"], Some(0)),
+        (vec!["volume", "copy", p, SNAP, "--from", src, "--generation", "4"], Some(0)),
+        (vec!["volume", "status", p, SNAP, "--generation", "4", "--json"], Some(0)),
+        (vec!["image", "prepare", p, IMAGE], Some(0)),
+        (vec!["image", "teardown", p, IMAGE, "--json"], Some(0)),
+        // Errors: unknown volume, not a leaf, a size the engine refuses, a stale generation,
+        // a copy (a job through the agent) that fails.
+        (vec!["volume", "info", p, UNKNOWN], Some(1)),
+        (vec!["volume", "remove", p, BASE], Some(1)),
+        (vec!["volume", "extend", p, SNAP, "--size", "1M"], Some(1)),
+        (vec!["volume", "update", p, SNAP, "--generation", "0", "--description", "late"],
+         Some(1)),
+        (vec!["volume", "copy", p, SNAP, "--from", src, "--generation", "0", "--json"], Some(1)),
+    ];
+    let mut runs: Vec<Run> = steps
+        .iter()
+        .map(|(args, want)| {
+            let r = lvchain(socket, direct, args, &[]);
+            assert_eq!(r.code, *want, "{r:#?}");
+            r
+        })
+        .collect();
+    // An orphan: a creation that died after its `.meta.creating` (in-process by its
+    // environment), then check (unclean: exit 1), gc, check again, and the removals.
+    let crash = lvchain(
+        socket,
+        true,
+        &[
+            "volume",
+            "create",
+            p,
+            "--image",
+            ORPHAN_IMAGE,
+            "--id",
+            ORPHAN,
+            "--size",
+            "8M",
+        ],
+        &[("LVCHAIN_CRASH_AT", "create.after-metadata")],
+    );
+    assert_ne!(crash.code, Some(0), "{crash:#?}");
+    #[rustfmt::skip]
+    let steps: Vec<(Vec<&str>, Option<i32>)> = vec![
+        (vec!["domain", "check", p], Some(1)),
+        (vec!["gc", p, "--dry-run", "--json"], Some(0)),
+        (vec!["gc", p], Some(0)),
+        (vec!["domain", "check", p, "--json"], Some(0)),
+        (vec!["volume", "remove", p, SNAP], Some(0)),
+        (vec!["image", "remove", p, IMAGE, "--json"], Some(0)),
+        (vec!["domain", "set", p, "--wipe", "zero", "--json"], Some(0)),
+        (vec!["volume", "list", p], Some(0)),
+        (vec!["domain", "info", p], Some(0)),
+    ];
+    for (args, want) in &steps {
+        let r = lvchain(socket, direct, args, &[]);
+        assert_eq!(r.code, *want, "{r:#?}");
+        if args[0] == "gc" {
+            after_gc(&r);
+        }
+        runs.push(r);
+    }
+    runs
+}
+
+#[test]
+fn file_agent_cli_prints_the_same_through_the_agent_and_in_process() {
+    let d = Fd::new();
+    let agent = FdAgent::start(&d.path, "0");
+    let source = d._tmp.path().join("source.raw");
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&source, &data).unwrap();
+    let before = agent.operations();
+    let mut gauges = Vec::new();
+    let through = agent_scenario(&d, &agent.socket, false, &source, &mut |_| {
+        gauges.push(agent.gauges(&d.path))
+    });
+    let after_agent = agent.operations();
+    let direct = agent_scenario(&d, &agent.socket, true, &source, &mut |_| {});
+    let after_direct = agent.operations();
+    assert_eq!(
+        after_direct, after_agent,
+        "a --direct run reached the agent"
+    );
+    // Same output, line for line.
+    assert_eq!(through.len(), direct.len());
+    for (a, b) in through.iter().zip(&direct) {
+        assert_eq!(normalized(a), normalized(b), "differs: {}", a.args);
+    }
+    // Every command went through the agent, on the routes of a file domain.
+    let count = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+    let delta = |k: &str| count(&after_agent, k) - count(&before, k);
+    let v = "/v1/domains/{vg}";
+    #[rustfmt::skip]
+    let expected = [
+        (format!("PATCH {v} ok"), 2),
+        (format!("POST {v}/volumes ok"), 2),
+        (format!("GET {v}/volumes ok"), 2),
+        (format!("GET {v}/volumes/{{volume}} ok"), 2),
+        (format!("GET {v}/volumes/{{volume}} volume_not_found"), 1),
+        (format!("DELETE {v}/volumes/{{volume}} not_a_leaf"), 1),
+        (format!("DELETE {v}/volumes/{{volume}} ok"), 1),
+        (format!("POST {v}/volumes/{{volume}}/extend ok"), 1),
+        (format!("POST {v}/volumes/{{volume}}/extend invalid_input"), 1),
+        (format!("POST {v}/volumes/{{volume}}/update ok"), 1),
+        (format!("POST {v}/volumes/{{volume}}/update wrong_generation"), 1),
+        (format!("POST {v}/volumes/{{volume}}/fence ok"), 1),
+        (format!("GET {v}/volumes/{{volume}}/status ok"), 3),
+        (format!("POST {v}/volumes/{{volume}}/copy ok"), 2),
+        (format!("GET {v}/images/{{image}} ok"), 1),
+        (format!("POST {v}/images/{{image}}/prepare ok"), 1),
+        (format!("POST {v}/images/{{image}}/teardown ok"), 1),
+        (format!("DELETE {v}/images/{{image}} ok"), 1),
+        (format!("GET {v} ok"), 2),
+        (format!("GET {v}/check ok"), 2),
+        (format!("POST {v}/gc ok"), 2),
+    ];
+    for (k, n) in &expected {
+        assert_eq!(delta(k), *n, "{k}: {after_agent:#?}\n{}", agent.log());
+    }
+    // The copy ran as jobs of the agent: one succeeded (the volume), one failed.
+    let (st, jobs) = agent.call("GET", "/v1/jobs", "");
+    assert_eq!(st, 200);
+    let states: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.len(), 2, "{jobs}");
+    assert!(
+        states.contains(&"succeeded") && states.contains(&"failed"),
+        "{jobs}"
+    );
+    // The gauges after each collection: the orphan, then none; free bytes; no slot series.
+    assert_eq!(gauges.len(), 2, "{gauges:?}");
+    assert_eq!(
+        gauges[0].get("lvchain_domain_orphans"),
+        Some(&1),
+        "{gauges:?}"
+    );
+    assert_eq!(
+        gauges[1].get("lvchain_domain_orphans"),
+        Some(&0),
+        "{gauges:?}"
+    );
+    assert!(gauges[1]["lvchain_domain_free_bytes"] > 0, "{gauges:?}");
+    assert!(
+        !gauges[1].contains_key("lvchain_domain_free_slots"),
+        "{gauges:?}"
+    );
+    // The collector's last run on the domain, by its path.
+    let (st, gc) = agent.call("GET", &format!("/v1/domains/{}/gc", segment(&d.path)), "");
+    assert_eq!(st, 200, "{gc}");
+    assert_eq!(gc["last"]["trigger"], "request", "{gc}");
+    assert_eq!(gc["last"]["outcome"], "collected", "{gc}");
+    assert_eq!(
+        gc["last"]["report"]["orphans"].as_array().map(Vec::len),
+        Some(1),
+        "{gc}"
+    );
+    d.check_clean();
+}
+
+#[test]
+fn file_agent_collects_a_served_file_domain_periodically() {
+    let d = Fd::new();
+    let agent = FdAgent::start(&d.path, "1");
+    let img = uuid();
+    let o = d.cmd(
+        &["volume", "create", &d.path, "--image", &img, "--size", "4M"],
+        &[("LVCHAIN_CRASH_AT", "create.after-metadata")],
+    );
+    assert!(crashed(&o), "{o:?}");
+    let gc_path = format!("/v1/domains/{}/gc", segment(&d.path));
+    let start = std::time::Instant::now();
+    let last = loop {
+        let (st, gc) = agent.call("GET", &gc_path, "");
+        assert_eq!(st, 200, "{gc}");
+        let orphans = gc["last"]["report"]["orphans"].as_array().map(Vec::len);
+        if gc["last"]["outcome"] == "collected" && orphans == Some(1) {
+            break gc;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no periodic collection of the orphan: {gc}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(last["last"]["trigger"], "periodic", "{last}");
+    assert_eq!(last["interval"], 1.0, "{last}");
+    d.check_clean();
+    assert!(!d
+        .image_dir(&img)
+        .join(format!("{img}.meta.creating"))
+        .exists());
+    let m = agent.metrics();
+    assert!(
+        m.contains(&format!(
+            "lvchain_agent_gc_runs_total{{domain=\"{}\",outcome=\"collected\"}}",
+            d.path
+        )),
+        "{m}"
+    );
+    assert_eq!(
+        agent.gauges(&d.path).get("lvchain_domain_orphans"),
+        Some(&0)
+    );
+}
+
+#[test]
+fn file_agent_refuses_an_unconfigured_path_and_changes_nothing() {
+    let served = Fd::new();
+    let other = Fd::new();
+    let agent = FdAgent::start(&served.path, "0");
+    let before = other.listing();
+    let img = uuid();
+    let body = format!(r#"{{"image": "{img}", "size": 1048576}}"#);
+    let outside = other._tmp.path().display().to_string();
+    for path in [
+        other.path.clone(),
+        outside,
+        format!("{}/../dom", served.path),
+    ] {
+        for (method, route, body) in [
+            ("POST", "volumes", body.as_str()),
+            ("GET", "volumes", ""),
+            ("POST", "gc", ""),
+            ("GET", "check", ""),
+        ] {
+            let (st, e) = agent.call(
+                method,
+                &format!("/v1/domains/{}/{route}", segment(&path)),
+                body,
+            );
+            assert_eq!(
+                (st, e["kind"].as_str()),
+                (404, Some("domain_not_served")),
+                "{method} {path} {route}: {e}"
+            );
+        }
+    }
+    assert_eq!(
+        other.listing(),
+        before,
+        "a refused request changed the domain"
+    );
+    // The CLI runs such a domain in-process (the agent refused it): the same answer as --direct.
+    let a = lvchain(
+        &agent.socket,
+        false,
+        &["volume", "list", &other.path, "--json"],
+        &[],
+    );
+    let b = lvchain(
+        &agent.socket,
+        true,
+        &["volume", "list", &other.path, "--json"],
+        &[],
+    );
+    assert_eq!((a.code, &a.stdout), (Some(0), &b.stdout), "{a:#?}");
+    let ops = agent.operations();
+    assert_eq!(
+        ops.get("GET /v1/domains/{vg}/volumes domain_not_served"),
+        Some(&4),
+        "{ops:#?}"
+    );
+    assert_eq!(other.listing(), before);
 }

@@ -329,7 +329,8 @@ async fn run_gc(
 
 async fn gc_status(State(agent): St, Path(vg): Path<String>) -> Answer<Json<gc::GcStatusView>> {
     agent.domains.open(&vg)?;
-    Ok(Json(agent.gc.status(&vg, agent.gc_interval)))
+    let key = super::domains::Domains::key(&vg);
+    Ok(Json(agent.gc.status(&key, agent.gc_interval)))
 }
 
 // Volumes.

@@ -1,23 +1,24 @@
 //! The census behind the per-domain gauges: every [`SCAN_INTERVAL`], and after each gc run,
-//! ONE LVM report of each served domain (the engine's `Domain::scan`, never one command per LV)
-//! gives its orphans, free bytes and free slots to the metrics. Never changes a domain and
+//! ONE LVM report of each served block domain, one listing of each file domain (the engine's
+//! `Domain::census`, never one command per LV) gives its orphans, free bytes and free slots to
+//! the metrics (a file domain has no slots: no free-slots series). Never changes a domain and
 //! never takes its lock.
 
 use super::metrics::DomainCounts;
 use super::Agent;
-use crate::domain::Snapshot;
+use crate::domain::Census;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Seconds between two scans of every served domain.
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(30);
 
-/// What the gauges show of one report.
-pub fn counts(snap: &Snapshot) -> DomainCounts {
+/// What the gauges show of one census.
+pub fn counts(c: &Census) -> DomainCounts {
     DomainCounts {
-        orphans: snap.orphans().count() as u64,
-        free_bytes: snap.info.vg_free.0,
-        free_slots: crate::cli::views::free_slots(snap) as u64,
+        orphans: c.orphans,
+        free_bytes: c.free_bytes,
+        free_slots: c.free_slots,
     }
 }
 
@@ -25,17 +26,17 @@ pub fn counts(snap: &Snapshot) -> DomainCounts {
 pub async fn scan(agent: &Arc<Agent>, vg: &str) {
     let worker = agent.clone();
     let name = vg.to_string();
-    let snap = tokio::task::spawn_blocking(move || {
+    let census = tokio::task::spawn_blocking(move || {
         let d = worker
             .domains
             .open(&name)
             .map_err(|e| super::errors::ApiError::from(e).message)?;
-        d.scan().map_err(|e| e.to_string())
+        d.census().map_err(|e| e.to_string())
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
-    match snap {
-        Ok(snap) => agent.metrics.domain_scanned(vg, Some(counts(&snap))),
+    match census {
+        Ok(c) => agent.metrics.domain_scanned(vg, Some(counts(&c))),
         Err(e) => {
             tracing::warn!(vg, "cannot scan the domain: {e}");
             agent.metrics.domain_scanned(vg, None);
@@ -52,13 +53,12 @@ pub async fn schedule(
 ) {
     loop {
         let worker = agent.clone();
-        match tokio::task::spawn_blocking(move || worker.domains.list()).await {
-            Ok(Ok(list)) => {
+        match tokio::task::spawn_blocking(move || worker.domains.list_for_rounds()).await {
+            Ok(list) => {
                 for vg in list {
                     scan(&agent, &vg).await;
                 }
             }
-            Ok(Err(e)) => tracing::warn!("cannot list the domains: {e}"),
             Err(e) => tracing::warn!("cannot list the domains: {e}"),
         }
         tokio::select! {

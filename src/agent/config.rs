@@ -28,7 +28,8 @@ pub struct AgentArgs {
     /// The unix socket to serve the API on (default /run/lvchain/agent.sock).
     #[arg(long)]
     pub socket: Option<PathBuf>,
-    /// A domain (VG) to serve; repeat for several (default: every lvchain domain visible).
+    /// A domain to serve: a VG, or a file domain's absolute path; repeat for several
+    /// (default: every lvchain VG visible, and no file domain; when given, exactly these).
     #[arg(long = "domain")]
     pub domains: Vec<String>,
     /// Seconds between periodic gc runs of each served domain (0: none; default 600).
@@ -74,8 +75,10 @@ pub struct FileConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub socket: PathBuf,
-    /// The domains served; `None`: every lvchain domain visible on the host (found again at
-    /// each gc round), and any VG a request names.
+    /// The domains served as configured: VG names and file domains' absolute paths
+    /// (normalized: [`super::domains::file_domain_key`]), exactly those; `None`: every lvchain
+    /// VG visible on the host (found again at each gc round) and any VG a request names, and
+    /// no file domain (a file domain is served only when listed).
     pub domains: Option<Vec<String>>,
     /// `None`: no periodic gc.
     pub gc_interval: Option<Duration>,
@@ -119,10 +122,14 @@ impl Settings {
         } else {
             Some(args.domains.clone())
         };
-        for vg in domains.iter().flatten() {
-            crate::format::ids::VgName::new(vg)
-                .map_err(|e| crate::error::Error::InvalidInput(e.to_string()))?;
-        }
+        let domains = match domains {
+            Some(list) => Some(
+                list.iter()
+                    .map(|d| configured_domain(d))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            None => None,
+        };
         let gc = args
             .gc_interval
             .or(file.gc_interval)
@@ -175,6 +182,21 @@ impl Settings {
     }
 }
 
+/// A configured domain checked: a VG name lvm accepts, or (containing a `/`) a file domain's
+/// absolute path without `..`, normalized.
+fn configured_domain(d: &str) -> Result<String> {
+    if !crate::fsdomain::is_file_domain(d) {
+        crate::format::ids::VgName::new(d).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        return Ok(d.to_string());
+    }
+    super::domains::file_domain_key(d).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "file domain {d:?}: give an absolute path without `..` components (the agent \
+             serves it for requests naming that directory)"
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +239,30 @@ mod tests {
         let file = FileConfig::parse("domains = [\"bad name\"]\n", Path::new("t.toml"));
         let e = Settings::resolve(&AgentArgs::default(), file.expect("parses"));
         assert!(matches!(e, Err(Error::InvalidInput(_))), "{e:?}");
+        for bad in ["srv/dom1", "/srv/../etc", "./dom"] {
+            let args = AgentArgs {
+                domains: vec![bad.into()],
+                ..Default::default()
+            };
+            let e = Settings::resolve(&args, FileConfig::default());
+            assert!(
+                matches!(e, Err(Error::InvalidInput(ref m)) if m.contains("absolute")),
+                "{bad}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_domains_are_configured_beside_vgs_by_their_normalized_path() {
+        let file = FileConfig::parse(
+            "domains = [\"vg1\", \"/srv//dom1/./\"]\n",
+            Path::new("t.toml"),
+        )
+        .expect("parses");
+        let s = Settings::resolve(&AgentArgs::default(), file).expect("resolves");
+        assert_eq!(
+            s.domains,
+            Some(vec!["vg1".to_string(), "/srv/dom1".to_string()])
+        );
     }
 }

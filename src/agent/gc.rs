@@ -108,7 +108,8 @@ pub async fn collect(
     trigger: Trigger,
     dry_run: bool,
 ) -> Result<serde_json::Value, ApiError> {
-    let board = agent.gc.of(vg);
+    let key = super::domains::Domains::key(vg);
+    let board = agent.gc.of(&key);
     let _running = match trigger {
         Trigger::Periodic => board.running.try_lock().map_err(|_| busy(vg))?,
         Trigger::Request => board.running.lock().await,
@@ -146,7 +147,7 @@ pub async fn collect(
         GcOutcome::Busy => "busy",
         GcOutcome::Failed => "failed",
     };
-    agent.metrics.gc_run(vg, outcome_name, orphans);
+    agent.metrics.gc_run(&key, outcome_name, orphans);
     let run = GcRun {
         trigger,
         started,
@@ -159,7 +160,7 @@ pub async fn collect(
     *board.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
     if outcome != GcOutcome::Busy {
         // What the collection changed shows in the gauges at once (one report).
-        super::census::scan(agent, vg).await;
+        super::census::scan(agent, &key).await;
     }
     match (result, report) {
         (Ok(_), Some(view)) => Ok(view),
@@ -213,9 +214,9 @@ pub async fn schedule(
     let mut started: HashSet<String> = HashSet::new();
     loop {
         let worker = agent.clone();
-        let found = tokio::task::spawn_blocking(move || worker.domains.list()).await;
+        let found = tokio::task::spawn_blocking(move || worker.domains.list_for_rounds()).await;
         match found {
-            Ok(Ok(list)) => {
+            Ok(list) => {
                 for vg in list {
                     if started.insert(vg.clone()) {
                         tracing::info!(vg, "periodic gc scheduled");
@@ -223,7 +224,6 @@ pub async fn schedule(
                     }
                 }
             }
-            Ok(Err(e)) => tracing::warn!("cannot list the domains: {e}"),
             Err(e) => tracing::warn!("cannot list the domains: {e}"),
         }
         if agent.domains.is_fixed() {

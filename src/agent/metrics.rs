@@ -79,7 +79,8 @@ pub struct Metrics {
 pub struct DomainCounts {
     pub orphans: u64,
     pub free_bytes: u64,
-    pub free_slots: u64,
+    /// None: a file domain, which has no slots (its series is left out).
+    pub free_slots: Option<u64>,
 }
 
 impl Default for Metrics {
@@ -262,7 +263,9 @@ impl Metrics {
             let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
             self.orphans.get_or_create(&d).set(gauge(c.orphans));
             self.free_bytes.get_or_create(&d).set(gauge(c.free_bytes));
-            self.free_slots.get_or_create(&d).set(gauge(c.free_slots));
+            if let Some(slots) = c.free_slots {
+                self.free_slots.get_or_create(&d).set(gauge(slots));
+            }
         }
     }
 
@@ -338,7 +341,7 @@ mod tests {
             Some(DomainCounts {
                 orphans: 1,
                 free_bytes: 4096,
-                free_slots: 7,
+                free_slots: Some(7),
             }),
         );
         m.domain_scanned("vg", None);

@@ -57,7 +57,9 @@ impl Prepared {
 /// cannot be taken is logged as an error: it stays prepared but unheld until torn down or
 /// prepared again.
 pub fn reacquire(agent: &Agent) {
-    let domains = match agent.domains.list() {
+    // A file domain's images are not linked on the host: which of them were prepared here
+    // is not known after a restart (they are held again by their next prepare).
+    let domains = match agent.domains.vgs() {
         Ok(list) => list,
         Err(e) => {
             tracing::error!("cannot list the domains to hold their prepared images: {e}");

@@ -521,3 +521,121 @@ async fn a_group_member_may_not_copy_from_a_file_the_agent_reads_as_root() {
     let (_, jobs) = s.call("GET", "/v1/jobs", "").await;
     assert_eq!(jobs, serde_json::json!([]), "a refused copy started a job");
 }
+
+/// A file domain served beside the simulated LVM's: addressed by its path percent-encoded in
+/// one segment, answers valid against the spec, an image prepared through the agent held
+/// (its shared leases) until teardown, and an unconfigured path refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_file_domain_is_served_by_its_encoded_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("dom1");
+    std::fs::create_dir(&root).unwrap();
+    let path = root.to_str().unwrap().to_string();
+    let other = dir.path().join("dom2");
+    std::fs::create_dir(&other).unwrap();
+    let sim = Arc::new(SimLvm::new(&dir.path().join("sim")).unwrap());
+    let locks = dir.path().join("lock");
+    for p in [&root, &other] {
+        let name = crate::format::ids::VgName::file_domain(p.to_str().unwrap()).unwrap();
+        Domain::new_local_in(name, sim.clone(), &locks)
+            .format(&FormatRequest {
+                pvs: vec![],
+                max_volumes: 0,
+                lock_manager: crate::lock::LockKind::Local,
+                wipe: crate::tags::Wipe::Zero,
+            })
+            .unwrap();
+    }
+    // Configured with a trailing slash: the same directory.
+    let agent = Arc::new(Agent::new(
+        Domains::on(sim, vec![format!("{path}/")], locks),
+        Access::default(),
+        None,
+        Arc::new(Metrics::new()),
+    ));
+    let s = SimAgent {
+        _dir: dir,
+        vg: path.clone(),
+        agent,
+        source: std::path::PathBuf::new(),
+    };
+    let enc = |p: &str| p.replace('/', "%2F");
+    let dom = format!("/v1/domains/{}", enc(&path));
+    let image = uuid::Uuid::new_v4();
+    let (st, base) = s
+        .call(
+            "POST",
+            &format!("{dom}/volumes"),
+            &format!(r#"{{"image": "{image}", "size": 1048576}}"#),
+        )
+        .await;
+    assert_eq!(st, 201, "{base}");
+    let id = base["id"].as_str().unwrap().to_string();
+    assert!(root
+        .join("images")
+        .join(image.to_string())
+        .join(&id)
+        .is_file());
+    let (st, list) = s.call("GET", &format!("{dom}/volumes"), "").await;
+    assert_eq!(
+        (st, list.as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{list}"
+    );
+    let (st, info) = s.call("GET", &dom, "").await;
+    assert_eq!(
+        (st, info["vg"].as_str()),
+        (200, Some(path.as_str())),
+        "{info}"
+    );
+    // Prepared through the agent: held until teardown.
+    let (st, p) = s
+        .call("POST", &format!("{dom}/images/{image}/prepare"), "")
+        .await;
+    assert_eq!(st, 200, "{p}");
+    let (_, v) = s.call("GET", &format!("{dom}/volumes/{id}"), "").await;
+    assert_eq!(v["prepared_on"], serde_json::json!([0]), "{v}");
+    let (st, e) = s.call("DELETE", &format!("{dom}/volumes/{id}"), "").await;
+    assert_eq!((st, e["kind"].as_str()), (423, Some("prepared")), "{e}");
+    let (st, _) = s
+        .call("POST", &format!("{dom}/images/{image}/teardown"), "")
+        .await;
+    assert_eq!(st, 200);
+    let (_, v) = s.call("GET", &format!("{dom}/volumes/{id}"), "").await;
+    assert_eq!(v["prepared_on"], serde_json::json!([]), "{v}");
+    // gc on request, and its last run.
+    let (st, gc) = s.call("POST", &format!("{dom}/gc"), "").await;
+    assert_eq!((st, gc["orphans"].as_array().map(Vec::len)), (200, Some(0)));
+    let (st, gcs) = s.call("GET", &format!("{dom}/gc"), "").await;
+    assert_eq!(
+        (st, gcs["last"]["outcome"].as_str()),
+        (200, Some("collected"))
+    );
+    // Other paths are not served: another domain, a relative path, `..`.
+    let other = other.to_str().unwrap().to_string();
+    for p in [
+        other.clone(),
+        path.trim_start_matches('/').into(),
+        format!("{path}/../dom1"),
+    ] {
+        let (st, e) = s
+            .call(
+                "POST",
+                &format!("/v1/domains/{}/volumes", enc(&p)),
+                &format!(r#"{{"image": "{image}", "size": 1048576}}"#),
+            )
+            .await;
+        assert_eq!(
+            (st, e["kind"].as_str()),
+            (404, Some("domain_not_served")),
+            "{p}: {e}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(std::path::Path::new(&other).join("images"))
+            .unwrap()
+            .count(),
+        0,
+        "a refused request created something"
+    );
+}

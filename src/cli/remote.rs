@@ -7,8 +7,10 @@
 //! listening (quietly, at debug level); a socket that does not answer the probe within
 //! [`PROBE_TIMEOUT`] or an agent of another version (a warning); an environment that sets the
 //! in-process engine ([`ENGINE_ENV`]: those settings cannot reach the agent); a command the
-//! API has no route for, or whose arguments only this process can read (relative paths, a VG
-//! name that is not one); a domain the agent does not serve (`domain_not_served`).
+//! API has no route for, or whose arguments only this process can read (relative paths, a
+//! file domain's included; a VG name that is not one); a domain the agent does not serve
+//! (`domain_not_served`: a VG outside its configured ones, a file domain it is not configured
+//! for). A file domain is addressed by its path percent-encoded into one path segment.
 //! Once a request is sent, the agent owns it: a connection lost then is an error whose outcome
 //! is unknown, never a second run in-process.
 //! Owns no storage logic and no output format.
@@ -119,15 +121,37 @@ fn plan(method: &'static str, path: String, body: Option<Value>, show: Show) -> 
     })
 }
 
-/// A VG name the agent can be asked about (else the command runs in-process, which refuses it
-/// with the engine's message).
-fn vg_ok(vg: &str) -> bool {
-    crate::format::ids::VgName::new(vg).is_ok()
+/// The API path of a domain: a VG name as it is, a file domain's path percent-encoded into
+/// one segment (`/v1/domains/%2Fsrv%2Fdom1`); None for a name the agent cannot be asked about
+/// (the command runs in-process, which refuses a bad VG name with the engine's message): a
+/// name lvm refuses, a relative path (it names a directory of this process's).
+fn domain_path(vg: &str) -> Option<String> {
+    if crate::fsdomain::is_file_domain(vg) {
+        return vg
+            .starts_with('/')
+            .then(|| format!("/v1/domains/{}", encode_segment(vg)));
+    }
+    crate::format::ids::VgName::new(vg)
+        .is_ok()
+        .then(|| format!("/v1/domains/{vg}"))
+}
+
+/// `s` as one URL path segment: every byte but the unreserved ones (RFC 3986) percent-encoded.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The request for a command, or None: no route, or arguments only this process can read.
 fn request(cmd: &Command) -> Option<Plan> {
-    let vg_of = |vg: &str| vg_ok(vg).then(|| format!("/v1/domains/{vg}"));
+    let vg_of = domain_path;
     match cmd {
         Command::Domain(c) => match c {
             DomainCmd::Create {
@@ -643,6 +667,18 @@ fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_domain_is_one_percent_encoded_segment_and_a_relative_one_stays_here() {
+        assert_eq!(
+            domain_path("/srv/dom 1").as_deref(),
+            Some("/v1/domains/%2Fsrv%2Fdom%201")
+        );
+        assert_eq!(domain_path("vg0").as_deref(), Some("/v1/domains/vg0"));
+        assert_eq!(domain_path("srv/dom1"), None);
+        assert_eq!(domain_path("./dom1"), None);
+        assert_eq!(domain_path("bad name"), None);
+    }
 
     #[test]
     fn answers_are_read_with_a_length_chunked_or_to_the_end() {

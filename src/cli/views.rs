@@ -99,9 +99,7 @@ pub struct DomainSummaryView {
 
 /// The metadata slots of a domain no LV owns (what `domain info` and the agent's gauge show).
 pub fn free_slots(snap: &crate::domain::Snapshot) -> usize {
-    let max = snap.info.max_volumes;
-    // Damaged tags may name slots beyond the area: they take none of its slots.
-    max as usize - snap.used_slots().iter().filter(|&&n| n < max).count()
+    snap.free_slots() as usize
 }
 
 impl From<&Catalog> for DomainSummaryView {

@@ -238,7 +238,11 @@ impl Domain {
     /// Takes again the shared leases of `image`, still prepared on this host (its links exist).
     pub fn hold_prepared(&self, image: &ImageId) -> Result<HeldImage> {
         if let Some(f) = &self.file {
-            return hold_file(f, image);
+            // Nothing on the host says a file domain's image is prepared here.
+            return Err(crate::error::Error::InvalidInput(format!(
+                "{}: images of a file domain are not linked on the host; prepare it again",
+                f.name
+            )));
         }
         crate::image::hold_prepared(self, image)
     }
@@ -246,6 +250,10 @@ impl Domain {
     /// Refreshes the mapping of the volumes of `images` (prepared here) whose LV grew
     /// elsewhere; the volumes refreshed.
     pub fn refresh_prepared(&self, images: &[ImageId]) -> Result<Vec<VolumeId>> {
+        if self.file.is_some() {
+            // A file has no mapping on the host: its readers see its size at once.
+            return Ok(Vec::new());
+        }
         crate::image::refresh(self, images)
     }
 
@@ -269,6 +277,42 @@ fn hold_file(f: &crate::fsdomain::FileDomain, image: &ImageId) -> Result<HeldIma
         leases.push(f.lease_shared(&v.image, &v.id)?);
     }
     Ok(HeldImage::new(chain.iter().map(|v| v.id).collect(), leases))
+}
+
+/// What a domain's gauges show (the host agent's census): read without the domain lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    /// What gc would take up: marked volumes (and on a file domain its stray files).
+    pub orphans: u64,
+    /// Free bytes of the VG, or of the file domain's file system.
+    pub free_bytes: u64,
+    /// Free metadata slots; None on a file domain (it has no slots: a volume is its files).
+    pub free_slots: Option<u64>,
+}
+
+impl Domain {
+    /// The domain's census: one LVM report of a block domain, one listing of a file domain.
+    pub fn census(&self) -> Result<Census> {
+        if let Some(f) = &self.file {
+            let scan = crate::fsdomain::store::scan(f)?;
+            let marked = scan
+                .entries
+                .iter()
+                .filter(|e| e.marker != crate::fsdomain::Marker::None)
+                .count();
+            return Ok(Census {
+                orphans: (marked + scan.strays.len()) as u64,
+                free_bytes: scan.catalog.snap.info.vg_free.0,
+                free_slots: None,
+            });
+        }
+        let snap = self.scan()?;
+        Ok(Census {
+            orphans: snap.orphans().count() as u64,
+            free_bytes: snap.info.vg_free.0,
+            free_slots: Some(u64::from(snap.free_slots())),
+        })
+    }
 }
 
 /// A file domain's image is ready where it lies (its directory is its link directory, the

@@ -8,6 +8,7 @@
 
 pub mod burst;
 mod facade;
+pub use facade::Census;
 pub mod format;
 mod scan;
 
@@ -61,14 +62,15 @@ impl Domain {
 
     /// [`Domain::new`] with other local lock settings (lock file directory, timeout).
     pub fn with_local(vg: VgName, lvm: Arc<dyn Backend>, local: Local) -> Domain {
+        let lock_timeout = local.lock.timeout;
         Domain {
             lvm,
             local,
             manager: OnceLock::new(),
             fresh: Arc::default(),
-            file: vg
-                .is_file_domain()
-                .then(|| Arc::new(crate::fsdomain::FileDomain::new(&vg))),
+            file: vg.is_file_domain().then(|| {
+                Arc::new(crate::fsdomain::FileDomain::new(&vg).with_lock_timeout(lock_timeout))
+            }),
             vg,
         }
     }

@@ -227,6 +227,14 @@ impl Snapshot {
         self.lvs.iter().filter_map(|l| l.slot).collect()
     }
 
+    /// The metadata slots no LV owns (damaged tags may name slots beyond the area: they take
+    /// none of its slots).
+    pub fn free_slots(&self) -> u32 {
+        let max = self.info.max_volumes;
+        let used = self.used_slots().iter().filter(|&&n| n < max).count();
+        max.saturating_sub(u32::try_from(used).unwrap_or(u32::MAX))
+    }
+
     /// The lowest slot no LV owns.
     pub fn lowest_free_slot(&self) -> Option<u32> {
         let used = self.used_slots();

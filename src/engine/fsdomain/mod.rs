@@ -178,6 +178,13 @@ impl FileDomain {
         Ok((kind == LockKind::Sanlock).then(|| self.areas_of(id)))
     }
 
+    /// The same domain, waiting at most `timeout` for its domain lock (the host agent's
+    /// periodic gc waits briefly and skips a busy round).
+    pub fn with_lock_timeout(mut self, timeout: std::time::Duration) -> FileDomain {
+        self.lock.timeout = timeout;
+        self
+    }
+
     pub(crate) fn dom_md(&self) -> PathBuf {
         self.root.join(DOM_MD)
     }
