@@ -184,6 +184,9 @@ impl Finished {
     }
 }
 
+/// Where a streamed program's stdout goes, chunk by chunk.
+type StdoutSink<'a> = &'a mut dyn FnMut(&[u8]);
+
 /// One command to run: program, arguments, extra environment, deadline, optional stdin text.
 #[derive(Debug, Clone)]
 pub struct Cmd {
@@ -262,10 +265,7 @@ impl Cmd {
         self.run_observed(Some(on_stdout))
     }
 
-    fn run_observed(
-        &self,
-        on_stdout: Option<&mut dyn FnMut(&[u8])>,
-    ) -> Result<Finished, ExecError> {
+    fn run_observed(&self, on_stdout: Option<StdoutSink<'_>>) -> Result<Finished, ExecError> {
         let start = Instant::now();
         let result = self.run_unobserved(on_stdout);
         if let Some(observer) = OBSERVER.get() {
@@ -285,10 +285,7 @@ impl Cmd {
         result
     }
 
-    fn run_unobserved(
-        &self,
-        mut on_stdout: Option<&mut dyn FnMut(&[u8])>,
-    ) -> Result<Finished, ExecError> {
+    fn run_unobserved(&self, mut on_stdout: Option<StdoutSink<'_>>) -> Result<Finished, ExecError> {
         let _slot = SLOTS.acquire();
         let argv = self.display();
         let start = Instant::now();

@@ -76,13 +76,14 @@ impl QemuProgress {
     /// Text that is not a record is skipped.
     pub fn feed(&mut self, chunk: &[u8]) -> Option<f64> {
         self.partial.extend_from_slice(chunk);
-        let Some(end) = self.partial.iter().rposition(|&b| b == b'\r' || b == b'\n') else {
-            return None;
-        };
+        // Nothing ends in this chunk: all of it waits for the next.
+        let end = self
+            .partial
+            .iter()
+            .rposition(|&b| b == b'\r' || b == b'\n')?;
         let last = self.partial[..end]
-            .split(|&b| b == b'\r' || b == b'\n')
-            .filter_map(parse_record)
-            .last();
+            .rsplit(|&b| b == b'\r' || b == b'\n')
+            .find_map(parse_record);
         self.partial.drain(..=end);
         last
     }
