@@ -282,11 +282,13 @@ fn lvm_agent_copy_runs_as_a_job() {
 }
 
 /// A qemu-img that copies at `rate` bytes per second (`convert -r`), the real one otherwise.
+/// It copies one chunk at a time (`-m 1`): with several in flight, qemu-img counts a chunk
+/// done when a coroutine takes it, and a small copy would show 100% at its start.
 fn slowed_qemu_img(dir: &std::path::Path, rate: &str) -> PathBuf {
     let wrapper = dir.join("qemu-img");
     let script = format!(
         "#!/bin/sh\nif [ \"$1\" = convert ]; then\n  shift\n  \
-         exec /usr/bin/qemu-img convert -r {rate} \"$@\"\nfi\nexec /usr/bin/qemu-img \"$@\"\n"
+         exec /usr/bin/qemu-img convert -m 1 -r {rate} \"$@\"\nfi\nexec /usr/bin/qemu-img \"$@\"\n"
     );
     std::fs::write(&wrapper, script).unwrap();
     std::fs::set_permissions(
