@@ -16,4 +16,4 @@ pub use engine::{
     chain, check, crash, domain, error, fsdomain, gc, image, lock, operation, volume,
 };
 pub use format::{ids, metadata, tags};
-pub use system::{directio, exec, links, lvm, qemu, units, wipe};
+pub use system::{directio, exec, links, lvm, progress, qemu, units, wipe};

@@ -281,6 +281,116 @@ fn lvm_agent_copy_runs_as_a_job() {
     assert_eq!(failed["error"]["kind"], "wrong_generation", "{failed}");
 }
 
+/// A qemu-img that copies at `rate` bytes per second (`convert -r`), the real one otherwise.
+/// It copies one chunk at a time (`-m 1`): with several in flight, qemu-img counts a chunk
+/// done when a coroutine takes it, and a small copy would show 100% at its start.
+fn slowed_qemu_img(dir: &std::path::Path, rate: &str) -> PathBuf {
+    let wrapper = dir.join("qemu-img");
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = convert ]; then\n  shift\n  \
+         exec /usr/bin/qemu-img convert -m 1 -r {rate} \"$@\"\nfi\nexec /usr/bin/qemu-img \"$@\"\n"
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    wrapper
+}
+
+/// Polls job `id` until it ends; the job as it ended, and every job view seen running.
+fn follow_job(agent: &Agent, id: &str) -> (Value, Vec<Value>) {
+    let start = Instant::now();
+    let mut running = Vec::new();
+    loop {
+        let j = agent.ok("GET", &format!("/v1/jobs/{id}"), json!({}));
+        if j["state"] != "running" {
+            return (j, running);
+        }
+        running.push(j);
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{running:?}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn lvm_agent_copy_job_reports_progress_while_it_runs() {
+    if !lvm_available("lvm_agent_copy_job_reports_progress_while_it_runs") {
+        return;
+    }
+    let d = Domain::new("agentprog");
+    let vg = d.name();
+    // qemu-img copies 1 MiB/s: an 8 MiB copy runs for seconds.
+    let slow = tempfile::tempdir().unwrap();
+    let qemu_img = slowed_qemu_img(slow.path(), "1M");
+    let agent = Agent::start_with_env(
+        &d,
+        &["--gc-interval", "0"],
+        &[("LVCHAIN_QEMU_IMG", qemu_img.as_path())],
+    );
+    let image = uuid();
+    let vol = d.create(&["--image", &image, "--size", "16M"]);
+    let data: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 253) as u8 | 1).collect();
+    let (_src_dir, src) = common::dir_file(&data);
+    let job = agent.ok(
+        "POST",
+        &format!("/v1/domains/{vg}/volumes/{vol}/copy"),
+        json!({"generation": 0, "from_file": src}),
+    );
+    let (done, running) = follow_job(&agent, job["id"].as_str().unwrap());
+    let percents: Vec<f64> = running
+        .iter()
+        .filter_map(|j| j["progress"]["percent"].as_f64())
+        .collect();
+    assert!(
+        percents.iter().any(|p| *p > 0.0 && *p < 100.0),
+        "no progress between 0 and 100 seen while running: {percents:?}"
+    );
+    assert!(
+        percents.windows(2).all(|w| w[0] <= w[1]),
+        "progress went back: {percents:?}"
+    );
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["progress"]["percent"], 100.0, "{done}");
+    assert_eq!(common::read_volume(&d, &image, &vol, data.len()), data);
+
+    // A stream (a FIFO) has no total: its bytes count, and it is 100% when it ends.
+    let (_fifo_dir, fifo) = common::make_fifo();
+    let job = agent.ok(
+        "POST",
+        &format!("/v1/domains/{vg}/volumes/{vol}/copy"),
+        json!({"generation": 1, "from_file": fifo}),
+    );
+    let id = job["id"].as_str().unwrap().to_string();
+    let mut feed = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    feed.write_all(&data[..1 << 20]).unwrap();
+    let start = Instant::now();
+    let midway = loop {
+        let j = agent.ok("GET", &format!("/v1/jobs/{id}"), json!({}));
+        if j["progress"]["bytes"] == (1 << 20) {
+            break j;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{j}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(midway["state"], "running", "{midway}");
+    assert_eq!(midway["progress"]["percent"], Value::Null, "{midway}");
+    feed.write_all(&data[1 << 20..(3 << 20) / 2]).unwrap();
+    drop(feed);
+    let (done, _) = follow_job(&agent, &id);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        done["progress"],
+        json!({"percent": 100.0, "bytes": (3 << 20) / 2}),
+        "{done}"
+    );
+}
+
 /// Holds the domain lock of `vg` as another lvchain process would, until dropped.
 fn hold_domain_lock(vg: &str) -> std::fs::File {
     use std::os::unix::io::AsRawFd;

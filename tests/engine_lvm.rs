@@ -245,7 +245,7 @@ fn lvm_engine_operations_run_the_generation_protocol_round_trip() {
                 path: file,
                 format: Format::Raw,
             },
-            false,
+            lvchain::progress::ProgressSink::none(),
         )
         .unwrap();
     assert_eq!(

@@ -125,7 +125,12 @@ impl Host {
             path: self.source.clone(),
             format: Format::Raw,
         };
-        self.d.copy(id, generation, from, false)
+        self.d.copy(
+            id,
+            generation,
+            from,
+            lvchain::progress::ProgressSink::none(),
+        )
     }
 
     fn catalog(&self) -> BTreeMap<VolumeId, Volume> {

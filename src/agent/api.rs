@@ -538,13 +538,15 @@ async fn copy_volume(
     // Refuse an unserved domain now rather than in the job.
     agent.domains.open(&vg)?;
     let worker = agent.clone();
-    let job = agent.jobs.spawn("copy", &vg.clone(), Some(id), move || {
-        let d = worker.domains.open(&vg)?;
-        let v = d.copy(&id, generation, source, false)?;
-        serde_json::to_value(VolumeView::from(&v)).map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })
-    });
+    let job = agent
+        .jobs
+        .spawn("copy", &vg.clone(), Some(id), move |progress| {
+            let d = worker.domains.open(&vg)?;
+            let v = d.copy(&id, generation, source, progress)?;
+            serde_json::to_value(VolumeView::from(&v)).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })
+        });
     Ok((StatusCode::ACCEPTED, Json(job)))
 }
 

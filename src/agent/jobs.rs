@@ -1,11 +1,12 @@
 //! Jobs: long work (a copy) run apart from the request that started it, under an id. The
-//! request answers at once (202 and the job); `GET /v1/jobs/{id}` tells its state; the work
-//! goes on when the client goes away. Also [`InFlight`], the count of background work
+//! request answers at once (202 and the job); `GET /v1/jobs/{id}` tells its state and how far
+//! it has come (`progress`, reported by the work as it runs); the work goes on when the client goes away. Also [`InFlight`], the count of background work
 //! (jobs, gc runs) that shutdown waits for. A job lost with its agent is not here any more:
 //! its volume's status still comes from shared storage (`volume status`).
 
 use super::errors::ApiError;
 use super::metrics::Metrics;
+use crate::progress::{Progress, ProgressSink};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -76,6 +77,8 @@ pub struct JobView {
     pub finished: Option<u64>,
     /// How long it has run (or ran).
     pub seconds: f64,
+    /// How far the work has come, as it last reported (`None` before its first report).
+    pub progress: Option<Progress>,
     /// What the operation answered (its JSON view), once succeeded.
     pub result: Option<serde_json::Value>,
     pub error: Option<ApiError>,
@@ -109,7 +112,8 @@ impl Jobs {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts `work` on a blocking thread as a new job; returns the job as it starts.
+    /// Starts `work` on a blocking thread as a new job; returns the job as it starts. What
+    /// `work` reports to the sink it is given is the job's `progress`.
     pub fn spawn<F>(
         self: &Arc<Self>,
         kind: &'static str,
@@ -118,7 +122,7 @@ impl Jobs {
         work: F,
     ) -> JobView
     where
-        F: FnOnce() -> Outcome + Send + 'static,
+        F: FnOnce(ProgressSink) -> Outcome + Send + 'static,
     {
         let view = JobView {
             id: Uuid::new_v4(),
@@ -129,6 +133,7 @@ impl Jobs {
             started: crate::volume::now(),
             finished: None,
             seconds: 0.0,
+            progress: None,
             result: None,
             error: None,
         };
@@ -147,8 +152,16 @@ impl Jobs {
         self.metrics.job_started();
         let ticket = self.inflight.start();
         let jobs = self.clone();
+        let reporter = Arc::downgrade(self);
+        let sink = ProgressSink::new(move |p| {
+            if let Some(jobs) = reporter.upgrade() {
+                if let Some(job) = jobs.lock().get_mut(&id) {
+                    job.view.progress = Some(p);
+                }
+            }
+        });
         tokio::task::spawn_blocking(move || {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(sink)))
                 .unwrap_or_else(|_| {
                     Err(ApiError::new(
                         axum::http::StatusCode::INTERNAL_SERVER_ERROR,

@@ -42,6 +42,7 @@ fn validate(spec: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), Str
             "oneOf",
             "format",
             "minimum",
+            "maximum",
             "description",
         ];
         if !known.contains(&key.as_str()) {
@@ -102,6 +103,11 @@ fn validate(spec: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), Str
     if let Some(min) = s.get("minimum").and_then(Value::as_f64) {
         if v.as_f64().is_some_and(|n| n < min) {
             return Err(format!("{at}: {v} < {min}"));
+        }
+    }
+    if let Some(max) = s.get("maximum").and_then(Value::as_f64) {
+        if v.as_f64().is_some_and(|n| n > max) {
+            return Err(format!("{at}: {v} > {max}"));
         }
     }
     if let Some(o) = v.as_object() {
@@ -357,6 +363,7 @@ async fn answers_validate_against_the_spec() {
     }
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["result"]["generation"], 1, "{done}");
+    assert_eq!(done["progress"]["percent"], 100.0, "{done}");
     let (st, jobs) = s.call("GET", "/v1/jobs", "").await;
     assert_eq!((st, jobs.as_array().map(Vec::len)), (200, Some(1)));
     let (st, about) = s.call("GET", "/v1/agent", "").await;

@@ -15,6 +15,7 @@ use crate::lock::LockKind;
 use crate::lvm::{Lvm, LvmConfig};
 use crate::metadata::{Format, Legality};
 use crate::operation::{self, Source};
+use crate::progress::{Progress, ProgressSink};
 use crate::tags::Wipe;
 use crate::units::{parse_size, Bytes};
 use crate::volume::CreateRequest;
@@ -373,6 +374,43 @@ fn wipe_progress(enabled: bool) -> impl FnMut(&str, u64, u64) {
     }
 }
 
+/// A copy's progress on stderr, as `qemu-img convert -p` shows it (`    (12.34/100%)`, each
+/// line over the one before, a newline at the end); a stream's bytes while its total is
+/// unknown. The same from the in-process engine's reports as from an agent's job.
+#[derive(Default)]
+pub(crate) struct ProgressLine {
+    /// The line shown last.
+    last: Option<String>,
+}
+
+impl ProgressLine {
+    pub(crate) fn show(&mut self, p: Progress) {
+        let line = match (p.percent, p.bytes) {
+            (Some(percent), _) => format!("    ({percent:.2}/100%)"),
+            (None, Some(bytes)) => format!("    ({} copied)", Bytes(bytes)),
+            (None, None) => return,
+        };
+        if self.last.as_ref() == Some(&line) {
+            return;
+        }
+        // Spaces over what is left of a longer line before it.
+        let width = self.last.as_ref().map_or(0, String::len);
+        eprint!("{line:<width$}\r");
+        self.last = Some(line);
+    }
+
+    /// Ends the line, when one was shown.
+    pub(crate) fn end(&mut self) {
+        if self.last.take().is_some() {
+            eprintln!();
+        }
+    }
+
+    fn lock(line: &std::sync::Mutex<ProgressLine>) -> std::sync::MutexGuard<'_, ProgressLine> {
+        line.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// The domain `vg`: its lock manager is the one its `LVC_LOCK` tag names.
 fn domain(vg: &VgName) -> Result<Domain> {
     let lvm = Lvm::new(LvmConfig::from_env()?);
@@ -552,8 +590,16 @@ fn run_here(cli: &Cli, out: &output::Out) -> Result<()> {
                         format: *from_format,
                     },
                 };
-                let v = domain(vg)?.copy(volume, *generation, source, tty(cli))?;
-                out.volume(&VolumeView::from(&v))
+                let line = std::sync::Arc::new(std::sync::Mutex::new(ProgressLine::default()));
+                let sink = if tty(cli) {
+                    let line = line.clone();
+                    ProgressSink::new(move |p| ProgressLine::lock(&line).show(p))
+                } else {
+                    ProgressSink::none()
+                };
+                let copied = domain(vg)?.copy(volume, *generation, source, sink);
+                ProgressLine::lock(&line).end();
+                out.volume(&VolumeView::from(&copied?))
             }
             VolumeCmd::Update {
                 vg,

@@ -370,6 +370,7 @@ pub fn run(cli: &Cli, out: &super::output::Out) -> Ran {
     }
     let agent = Agent {
         socket: socket(cli),
+        show_progress: super::tty(cli),
     };
     if !agent.answers() {
         return Ran::InProcess;
@@ -399,6 +400,8 @@ struct Job {
     state: String,
     result: Option<Value>,
     error: Option<ErrorBody>,
+    #[serde(default)]
+    progress: Option<crate::progress::Progress>,
 }
 
 /// `GET /v1/agent`.
@@ -409,6 +412,8 @@ struct About {
 
 struct Agent {
     socket: PathBuf,
+    /// Show a job's progress on stderr as the in-process command does.
+    show_progress: bool,
 }
 
 impl Agent {
@@ -504,8 +509,14 @@ impl Agent {
             Show::Status => out.status(&self.view(v)?)?,
             Show::Message => out.message(&self.view::<MessageView>(v)?.result)?,
             Show::CopyJob => {
-                let result = self.wait(self.view(v)?)?;
-                out.volume(&self.view(result)?)?
+                let mut line = super::ProgressLine::default();
+                let result = self.wait(self.view(v)?, &mut |p| {
+                    if self.show_progress {
+                        line.show(p)
+                    }
+                });
+                line.end();
+                out.volume(&self.view(result?)?)?
             }
         }
         Ok(())
@@ -519,10 +530,18 @@ impl Agent {
         })
     }
 
-    /// Waits for a job to end; its result, or its error.
-    fn wait(&self, mut job: Job) -> Result<Value, AgentError> {
+    /// Waits for a job to end, handing its progress to `progress` as it changes; its result,
+    /// or its error.
+    fn wait(
+        &self,
+        mut job: Job,
+        progress: &mut dyn FnMut(crate::progress::Progress),
+    ) -> Result<Value, AgentError> {
         let path = format!("/v1/jobs/{}", job.id);
         loop {
+            if let Some(p) = job.progress {
+                progress(p);
+            }
             match job.state.as_str() {
                 "running" => {}
                 "succeeded" => {

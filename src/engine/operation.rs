@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::format::ids::{Generation, VolumeId};
 use crate::lvm::Activation;
 use crate::metadata::{FenceRecord, Format, Legality, Role, SlotStore, VolumeMeta};
+use crate::progress::{Progress, ProgressSink};
 use crate::qemu;
 use crate::units::Bytes;
 use crate::volume::{Catalog, Volume};
@@ -91,7 +92,8 @@ pub enum Source {
 pub enum Work {
     Copy {
         from: Source,
-        progress: bool,
+        /// Where the copy reports how far it has come while it runs.
+        progress: ProgressSink,
     },
     Update {
         description: Option<String>,
@@ -138,7 +140,7 @@ pub(crate) fn run(
     match work {
         Work::Copy { progress, .. } => {
             if let Some(source) = &source {
-                copy(domain, &cat, &vol, source, *progress)?;
+                copy(domain, &cat, &vol, source, progress)?;
             }
         }
         Work::Update { legality: l, .. } => legality = *l,
@@ -337,7 +339,7 @@ fn copy(
     cat: &Catalog,
     vol: &Volume,
     source: &CopySource,
-    progress: bool,
+    progress: &ProgressSink,
 ) -> Result<()> {
     let mut activated = Vec::new();
     // qemu-img opens a qcow2 target's backing chain (bare ids, beside the target in /dev/VG).
@@ -358,7 +360,7 @@ fn copy(
     }
     let dst = domain.volume_device(&vol.id);
     let r = match &source.read {
-        Read::Stream(fifo) => stream_copy(domain, fifo, &dst),
+        Read::Stream(fifo) => stream_copy(domain, fifo, &dst, progress),
         Read::Image(spec) => domain
             .lvm
             .convert(spec, &dst, vol.format, progress)
@@ -374,13 +376,27 @@ fn copy(
 }
 
 /// Copies a stream into a raw device with direct writes, padding the last block with zeros.
-fn stream_copy(domain: &Domain, src: &std::path::Path, dst: &std::path::Path) -> Result<()> {
+/// Its total is unknown until it ends: the progress counts bytes, and is 100% at the end.
+fn stream_copy(
+    domain: &Domain,
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    progress: &ProgressSink,
+) -> Result<()> {
+    let streamed = |bytes: u64, done: bool| {
+        progress.report(Progress {
+            percent: done.then_some(100.0),
+            bytes: Some(bytes),
+        })
+    };
     use std::io::Read;
     let mut input =
         std::fs::File::open(src).map_err(Error::io(format!("opening {}", src.display())))?;
     let chunk = 1 << 20;
     let mut buf = vec![0u8; chunk];
     let mut offset = 0u64;
+    let mut copied = 0u64;
+    streamed(0, false);
     loop {
         let mut filled = 0;
         while filled < chunk {
@@ -393,6 +409,7 @@ fn stream_copy(domain: &Domain, src: &std::path::Path, dst: &std::path::Path) ->
             filled += n;
         }
         if filled == 0 {
+            streamed(copied, true);
             return Ok(());
         }
         let len = filled.div_ceil(4096) * 4096;
@@ -402,7 +419,10 @@ fn stream_copy(domain: &Domain, src: &std::path::Path, dst: &std::path::Path) ->
             .write_at(dst, offset, &buf[..len])
             .map_err(Error::io("writing the volume"))?;
         offset += len as u64;
-        if filled < chunk {
+        copied += filled as u64;
+        let done = filled < chunk;
+        streamed(copied, done);
+        if done {
             return Ok(());
         }
     }

@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::ffi::OsString;
 use std::io::Read;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -184,6 +184,9 @@ impl Finished {
     }
 }
 
+/// Where a streamed program's stdout goes, chunk by chunk.
+type StdoutSink<'a> = &'a mut dyn FnMut(&[u8]);
+
 /// One command to run: program, arguments, extra environment, deadline, optional stdin text.
 #[derive(Debug, Clone)]
 pub struct Cmd {
@@ -191,8 +194,6 @@ pub struct Cmd {
     pub args: Vec<OsString>,
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
-    /// Send the program's stdout to our stderr as it comes (progress output), not captured.
-    pub stdout_to_stderr: bool,
     /// Kill the program when lvchain dies (data writers: no write may outlive lvchain).
     /// Together with a lease handed to the child ([`crate::lock::Holding`]), the lease lasts
     /// until the writer is gone.
@@ -210,7 +211,6 @@ impl Cmd {
             args: Vec::new(),
             env: vec![("LC_ALL".into(), "C".into())],
             timeout,
-            stdout_to_stderr: false,
             die_with_parent: false,
             closes_inherited_fds: false,
         }
@@ -255,8 +255,19 @@ impl Cmd {
     /// Runs the command to completion or to its deadline; the observer (if one is set) sees
     /// how it ended.
     pub fn run(&self) -> Result<Finished, ExecError> {
+        self.run_observed(None)
+    }
+
+    /// [`Cmd::run`], handing the program's stdout to `on_stdout` as it comes (progress
+    /// output), in chunks split anywhere, on this thread; [`Finished::stdout`] is then empty.
+    /// The deadline holds while it reads.
+    pub fn run_streaming(&self, on_stdout: &mut dyn FnMut(&[u8])) -> Result<Finished, ExecError> {
+        self.run_observed(Some(on_stdout))
+    }
+
+    fn run_observed(&self, on_stdout: Option<StdoutSink<'_>>) -> Result<Finished, ExecError> {
         let start = Instant::now();
-        let result = self.run_unobserved();
+        let result = self.run_unobserved(on_stdout);
         if let Some(observer) = OBSERVER.get() {
             let outcome = match &result {
                 Ok(f) if f.success() => Outcome::Success,
@@ -274,7 +285,7 @@ impl Cmd {
         result
     }
 
-    fn run_unobserved(&self) -> Result<Finished, ExecError> {
+    fn run_unobserved(&self, mut on_stdout: Option<StdoutSink<'_>>) -> Result<Finished, ExecError> {
         let _slot = SLOTS.acquire();
         let argv = self.display();
         let start = Instant::now();
@@ -283,19 +294,7 @@ impl Cmd {
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(if self.stdout_to_stderr {
-                Stdio::from(
-                    std::io::stderr()
-                        .as_fd()
-                        .try_clone_to_owned()
-                        .map_err(|source| ExecError::Spawn {
-                            argv: argv.clone(),
-                            source,
-                        })?,
-                )
-            } else {
-                Stdio::piped()
-            })
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
         if self.die_with_parent {
@@ -337,27 +336,43 @@ impl Cmd {
             source,
         })?;
         let pid = child.id() as libc::pid_t;
-        let out = child.stdout.take().map(reader_thread);
-        let err = child.stderr.take().map(reader_thread);
-
+        // Every event of the run comes to this thread: stdout chunks (when streamed), the end
+        // of stdout, the exit.
         let (tx, rx) = mpsc::channel();
+        let out = match (child.stdout.take(), on_stdout.is_some()) {
+            (Some(stdout), true) => {
+                chunk_thread(stdout, tx.clone());
+                None
+            }
+            (stdout, _) => stdout.map(reader_thread),
+        };
+        let err = child.stderr.take().map(reader_thread);
         std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
+            let _ = tx.send(Event::Exited(child.wait()));
         });
-        let status = match rx.recv_timeout(self.timeout) {
-            Ok(status) => status,
-            Err(_) => {
-                // SAFETY: kill(2) on our own child's process group; no memory is involved.
-                unsafe { libc::kill(-pid, libc::SIGKILL) };
-                let _ = rx.recv();
-                // Let the readers finish: the group is dead, so its pipes are closed.
-                let _ = out.map(|h| h.join());
-                let _ = err.map(|h| h.join());
-                tracing::debug!(argv = %argv, elapsed_ms = start.elapsed().as_millis() as u64, "command killed at its deadline");
-                return Err(ExecError::Timeout {
-                    argv,
-                    after: self.timeout,
-                });
+        let deadline = start + self.timeout;
+        let status = loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Event::Exited(status)) => break status,
+                Ok(Event::Out(chunk)) => {
+                    if let Some(f) = on_stdout.as_mut() {
+                        f(&chunk);
+                    }
+                }
+                Ok(Event::OutEnd) => {}
+                Err(_) => {
+                    // SAFETY: kill(2) on our own child's process group; no memory is involved.
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                    while !matches!(rx.recv(), Ok(Event::Exited(_)) | Err(_)) {}
+                    // Let the readers finish: the group is dead, so its pipes are closed.
+                    let _ = out.map(|h| h.join());
+                    let _ = err.map(|h| h.join());
+                    tracing::debug!(argv = %argv, elapsed_ms = start.elapsed().as_millis() as u64, "command killed at its deadline");
+                    return Err(ExecError::Timeout {
+                        argv,
+                        after: self.timeout,
+                    });
+                }
             }
         };
         let status = status.map_err(|source| ExecError::Io {
@@ -367,6 +382,12 @@ impl Cmd {
         // A program may leave children holding our pipes; they belong to its group: end them.
         // SAFETY: as above; ESRCH (group already gone) is the normal case and is ignored.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
+        // What the program wrote last, up to the end of its stdout (the group is dead).
+        if let Some(f) = on_stdout.as_mut() {
+            while let Ok(Event::Out(chunk)) = rx.recv() {
+                f(&chunk);
+            }
+        }
         let stdout = join_reader(out);
         let stderr = join_reader(err);
         let duration = start.elapsed();
@@ -422,6 +443,36 @@ fn fork_fd_holder(keep: &[i32]) -> std::io::Result<()> {
     }
 }
 
+/// What the thread running a command hears about it.
+enum Event {
+    /// A chunk of its stdout (streamed).
+    Out(Vec<u8>),
+    /// Its stdout ended (streamed).
+    OutEnd,
+    /// It exited.
+    Exited(std::io::Result<std::process::ExitStatus>),
+}
+
+/// Reads `r` on a thread and sends what comes, chunk by chunk, then [`Event::OutEnd`].
+fn chunk_thread<R: Read + Send + 'static>(mut r: R, tx: mpsc::Sender<Event>) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx.send(Event::Out(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = tx.send(Event::OutEnd);
+    });
+}
+
 fn reader_thread<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
@@ -471,6 +522,41 @@ impl Drop for SlotGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn streamed_output_arrives_while_the_program_runs() -> Result<(), ExecError> {
+        let start = Instant::now();
+        let mut seen: Vec<(Duration, Vec<u8>)> = Vec::new();
+        let f = Cmd::new("/bin/sh", Duration::from_secs(10))
+            .args([
+                "-c",
+                "printf 'one\\r'; sleep 1; printf 'two\\r'; echo err >&2; exit 2",
+            ])
+            .run_streaming(&mut |chunk| seen.push((start.elapsed(), chunk.to_vec())))?;
+        assert_eq!(f.code, Some(2));
+        assert_eq!(f.stderr, "err\n");
+        assert_eq!(f.stdout, "");
+        let all: Vec<u8> = seen.iter().flat_map(|(_, c)| c.clone()).collect();
+        assert_eq!(all, b"one\rtwo\r");
+        // The first chunk came before the program's second write, a second later.
+        assert!(seen[0].1.starts_with(b"one"), "{seen:?}");
+        assert!(
+            f.duration - seen[0].0 >= Duration::from_millis(700),
+            "{seen:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_streaming_program_is_killed_at_its_deadline() {
+        let mut chunks = 0usize;
+        let r = Cmd::new("/bin/sh", Duration::from_millis(500))
+            .args(["-c", "while :; do echo tick; sleep 0.05; done"])
+            .run_streaming(&mut |_| chunks += 1);
+        assert!(matches!(r, Err(ExecError::Timeout { .. })), "{r:?}");
+        assert!(chunks > 0);
+    }
 
     #[test]
     fn captures_output_and_exit_code() -> Result<(), ExecError> {

@@ -2,6 +2,7 @@
 
 use crate::directio::ALIGN;
 use crate::exec::Cmd;
+use crate::progress::{Progress, ProgressSink, QemuProgress};
 use std::fs::File;
 use std::io::{Read, Seek};
 use std::os::unix::io::FromRawFd;
@@ -115,12 +116,14 @@ pub fn resize_qcow2(target: &Path, capacity: u64) -> Result<(), QemuError> {
 
 /// Bytes of LV needed for a fully written qcow2 of `capacity`: data plus L1/L2 tables,
 /// refcounts and header, for 64 KiB clusters, with margin.
-/// qemu-img convert of `src` (a `json:` source spec) into the existing volume.
+/// qemu-img convert of `src` (a `json:` source spec) into the existing volume. With a sink
+/// that listens, qemu-img runs with `-p` and its progress is reported as it comes (100 once
+/// it succeeded).
 pub fn convert(
     src: &str,
     dst: &Path,
     dst_fmt: crate::metadata::Format,
-    progress: bool,
+    progress: &ProgressSink,
 ) -> Result<(), QemuError> {
     let timeout = std::env::var("LVCHAIN_COPY_TIMEOUT")
         .ok()
@@ -135,15 +138,20 @@ pub fn convert(
         &dst_fmt.to_string(),
     ]);
     c.die_with_parent = true;
-    if progress {
+    if progress.wanted() {
         c = c.arg("-p");
-        c.stdout_to_stderr = true;
     }
-    let f = c
-        .arg(src)
-        .arg(dst.as_os_str())
-        .run()
-        .map_err(QemuError::from)?;
+    let c = c.arg(src).arg(dst.as_os_str());
+    let f = if progress.wanted() {
+        let mut records = QemuProgress::default();
+        c.run_streaming(&mut |chunk| {
+            if let Some(percent) = records.feed(chunk) {
+                progress.report(Progress::percent(percent));
+            }
+        })?
+    } else {
+        c.run()?
+    };
     if !f.success() {
         return Err(QemuError::Failed {
             argv: f.argv,
@@ -151,6 +159,7 @@ pub fn convert(
             stderr: f.stderr.trim().to_string(),
         });
     }
+    progress.report(Progress::percent(100.0));
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use crate::format::ids::{Generation, ImageId, VolumeId};
 use crate::image::{HeldImage, Holding};
 use crate::metadata::Legality;
 use crate::operation::{self, Source, Status, Work};
+use crate::progress::ProgressSink;
 use crate::units::Bytes;
 use crate::volume::{self, undo::WipeProgress, Catalog, CreateRequest, Volume};
 
@@ -116,13 +117,14 @@ impl Domain {
         }
     }
 
-    /// Copies `from` into the volume under the protocol, started at `generation`.
+    /// Copies `from` into the volume under the protocol, started at `generation`; how far it
+    /// has come goes to `progress` while it runs.
     pub fn copy(
         &self,
         id: &VolumeId,
         generation: Generation,
         from: Source,
-        progress: bool,
+        progress: ProgressSink,
     ) -> Result<Volume> {
         if let Some(f) = &self.file {
             let work = Work::Copy { from, progress };

@@ -101,7 +101,7 @@ pub fn run(fd: &FileDomain, id: &VolumeId, generation: Generation, work: &Work) 
         Work::Copy { progress, .. } => {
             if let Some(spec) = &source {
                 let dst = fd.data_path(&vol.image, &vol.id);
-                crate::qemu::convert(spec, &dst, vol.format, *progress)?;
+                crate::qemu::convert(spec, &dst, vol.format, progress)?;
                 std::fs::File::open(&dst)
                     .and_then(|f| f.sync_all())
                     .map_err(Error::io(format!("syncing {}", dst.display())))?;

@@ -88,7 +88,7 @@ pub trait Backend: Send + Sync {
         source: &str,
         device: &Path,
         format: Format,
-        progress: bool,
+        progress: &crate::progress::ProgressSink,
     ) -> Result<(), QemuError>;
 }
 
@@ -222,7 +222,7 @@ impl Backend for super::Lvm {
         source: &str,
         device: &Path,
         format: Format,
-        progress: bool,
+        progress: &crate::progress::ProgressSink,
     ) -> Result<(), QemuError> {
         crate::qemu::convert(source, device, format, progress)
     }

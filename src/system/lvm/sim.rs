@@ -733,7 +733,7 @@ impl Backend for SimLvm {
         source: &str,
         device: &Path,
         _format: Format,
-        _progress: bool,
+        progress: &crate::progress::ProgressSink,
     ) -> Result<(), QemuError> {
         let spec: serde_json::Value = serde_json::from_str(source.trim_start_matches("json:"))
             .map_err(|e| QemuError::Scratch(std::io::Error::other(e.to_string())))?;
@@ -743,7 +743,11 @@ impl Backend for SimLvm {
             .ok_or_else(|| QemuError::Scratch(std::io::Error::other("no file in the spec")))?;
         let mut data = std::fs::read(file).map_err(QemuError::Scratch)?;
         data.resize(data.len().div_ceil(512) * 512, 0);
-        self.write_at(device, 0, &data).map_err(QemuError::Scratch)
+        progress.report(crate::progress::Progress::percent(0.0));
+        self.write_at(device, 0, &data)
+            .map_err(QemuError::Scratch)?;
+        progress.report(crate::progress::Progress::percent(100.0));
+        Ok(())
     }
 }
 
