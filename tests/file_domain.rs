@@ -904,7 +904,11 @@ fn sanlock_file_domain_lockspace_volume_leases_status_and_removal() {
     }
     let d = Fd::new_with(&["--lock-manager", "sanlock"]);
     let id = d.id();
-    let dump = sanlock(&["direct", "dump", &format!("{}/dom_md/leases:0", d.path)]);
+    let dump = sanlock(&[
+        "direct",
+        "dump",
+        &format!("{}/dom_md/leases:1048576", d.path),
+    ]);
     assert!(
         dump.contains(&id) && dump.contains("lvchain_domain"),
         "{dump}"
