@@ -472,12 +472,12 @@ const FILE_POINTS: &[&str] = &[
     "op.after-illegal",
     "op.after-work",
     "op.after-legal",
+    "domain-remove.after-mark",
 ];
 const BLOCK_ONLY: &[&str] = &[
     "create.after-lvcreate",
     "remove.after-lvremove",
     "gc.after-lvremove",
-    "domain-remove.after-mark",
 ];
 
 #[test]
@@ -937,6 +937,21 @@ fn sanlock_file_domain_lockspace_volume_leases_status_and_removal() {
         status.contains(&format!("s {id}:1:{}/dom_md/ids:0", d.path)),
         "{status}"
     );
+    // A copy of the domain keeps its id, so its lockspace name: joining it is refused.
+    let copy = d._tmp.path().join("copy");
+    let o = Command::new("cp")
+        .args(["-a", &d.path])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let o = d.run(&["host", "join", copy.to_str().unwrap(), "--host-id", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("same id"),
+        "{o:?}"
+    );
+    std::fs::remove_dir_all(&copy).unwrap();
     let (img, ids) = d.image_with(1);
     for v in &ids {
         let lease = d.image_dir(&img).join(format!("{v}.lease"));
@@ -1523,4 +1538,71 @@ fn file_agent_refuses_an_unconfigured_path_and_changes_nothing() {
         "{ops:#?}"
     );
     assert_eq!(other.listing(), before);
+}
+
+/// A domain removal that died after its point of no return (the record renamed
+/// `metadata.removing`): the directory is no domain any more, a format there is refused (it
+/// would reuse what the removal still has to finish), and running the removal again finishes
+/// it, leaving the directory empty.
+#[test]
+fn file_a_domain_removal_that_died_is_finished_by_running_it_again() {
+    let d = Fd::new();
+    let (img, _ids) = d.image_with(1);
+    let o = d.cmd(
+        &["domain", "remove", &d.path, "--force"],
+        &[("LVCHAIN_CRASH_AT", "domain-remove.after-mark")],
+    );
+    assert!(crashed(&o), "{o:?}");
+    assert!(Path::new(&d.path).join("dom_md/metadata.removing").exists());
+    assert_eq!(d.run(&["volume", "list", &d.path]).status.code(), Some(1));
+    let before = d.listing();
+    let o = d.run(&["domain", "create", "--path", &d.path]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("domain remove"),
+        "{o:?}"
+    );
+    assert_eq!(d.listing(), before);
+    d.ok(&["domain", "remove", &d.path]);
+    assert_eq!(std::fs::read_dir(&d.path).unwrap().count(), 0);
+    assert!(!d.image_dir(&img).exists());
+    // A new domain can be made there again.
+    d.ok(&["domain", "create", "--path", &d.path]);
+    d.check_clean();
+}
+
+/// The agent keeps a file domain's prepared image held across its own restart (this host
+/// records the prepare), and a teardown releases it whatever spelling of the path it names.
+#[test]
+fn file_agent_holds_prepared_images_again_after_a_restart() {
+    let d = Fd::new();
+    let (img, ids) = d.image_with(1);
+    let leaf = ids[1].clone();
+    let refused = |what: &str| {
+        let o = d.run(&["volume", "remove", &d.path, &leaf]);
+        assert_eq!(o.status.code(), Some(1), "{what}: {o:?}");
+        assert_eq!(d.chain(&img).len(), 2, "{what}");
+    };
+    let agent = FdAgent::start(&d.path, "0");
+    let slashed = segment(&format!("{}/", d.path));
+    let (st, v) = agent.call(
+        "POST",
+        &format!("/v1/domains/{slashed}/images/{img}/prepare"),
+        "{}",
+    );
+    assert_eq!(st, 200, "{v}");
+    refused("prepared through the agent");
+    drop(agent);
+    let agent = FdAgent::start(&d.path, "0");
+    let (st, _) = agent.call("GET", "/v1/agent", "");
+    assert_eq!(st, 200);
+    refused("after the agent's restart");
+    let (st, v) = agent.call(
+        "POST",
+        &format!("/v1/domains/{}/images/{img}/teardown", segment(&d.path)),
+        "",
+    );
+    assert_eq!(st, 200, "{v}");
+    d.ok(&["volume", "remove", &d.path, &leaf]);
+    d.check_clean();
 }

@@ -578,7 +578,10 @@ async fn prepare_image(
     let holder = agent.clone();
     let chain = on_domain(&agent, vg, move |d| {
         let (chain, held) = d.prepare_held(&image, allow)?;
-        holder.prepared.keep(&d.vg, image, held);
+        // Keyed by the served name (a file domain's normalized path), however spelled.
+        holder
+            .prepared
+            .keep(&super::domains::Domains::key(&d.vg), image, held);
         Ok(chain)
     })
     .await?;
@@ -594,7 +597,9 @@ async fn teardown_image(
     let holder = agent.clone();
     on_domain(&agent, vg, move |d| {
         d.teardown(&image)?;
-        holder.prepared.release(&d.vg, &image);
+        holder
+            .prepared
+            .release(&super::domains::Domains::key(&d.vg), &image);
         Ok(())
     })
     .await?;

@@ -133,6 +133,7 @@ pub fn from_engine(e: &Error) -> ApiError {
                 (S::BAD_REQUEST, "invalid_input")
             }
             LockError::JoinedAs { .. } => (S::CONFLICT, "joined_as"),
+            LockError::SameLockspaceElsewhere { .. } => (S::CONFLICT, "same_lockspace_elsewhere"),
             LockError::Io { .. } | LockError::Sanlock { .. } | LockError::HostIdFile { .. } => {
                 (S::INTERNAL_SERVER_ERROR, "lock")
             }

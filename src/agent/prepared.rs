@@ -53,13 +53,12 @@ impl Prepared {
 }
 
 /// Takes again the shared leases of every image still prepared on this host (its link
-/// directory exists) in the served domains; run before the agent serves. An image whose leases
+/// directory exists; on a file domain, this host's record of the prepare) in the served
+/// domains; run before the agent serves. An image whose leases
 /// cannot be taken is logged as an error: it stays prepared but unheld until torn down or
 /// prepared again.
 pub fn reacquire(agent: &Agent) {
-    // A file domain's images are not linked on the host: which of them were prepared here
-    // is not known after a restart (they are held again by their next prepare).
-    let domains = match agent.domains.vgs() {
+    let domains = match agent.domains.list() {
         Ok(list) => list,
         Err(e) => {
             tracing::error!("cannot list the domains to hold their prepared images: {e}");
@@ -67,16 +66,6 @@ pub fn reacquire(agent: &Agent) {
         }
     };
     for vg in domains {
-        let images = match crate::image::prepared_images(&vg) {
-            Ok(images) => images,
-            Err(e) => {
-                tracing::error!(vg, "cannot list the images prepared on this host: {e}");
-                continue;
-            }
-        };
-        if images.is_empty() {
-            continue;
-        }
         let domain = match agent.domains.open(&vg) {
             Ok(d) => d,
             Err(e) => {
@@ -84,11 +73,20 @@ pub fn reacquire(agent: &Agent) {
                 continue;
             }
         };
+        let images = match domain.prepared_images() {
+            Ok(images) => images,
+            Err(e) => {
+                tracing::error!(vg, "cannot list the images prepared on this host: {e}");
+                continue;
+            }
+        };
         for image in images {
             match domain.hold_prepared(&image) {
                 Ok(held) => {
                     tracing::info!(vg, %image, volumes = held.volumes.len(), "holding the shared leases of an image prepared before the restart");
-                    agent.prepared.keep(&vg, image, held);
+                    agent
+                        .prepared
+                        .keep(&super::domains::Domains::key(&vg), image, held);
                 }
                 Err(e) => {
                     tracing::error!(vg, %image, "an image prepared on this host is NOT held (its volumes are not protected from other hosts): {e}")

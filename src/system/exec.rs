@@ -352,7 +352,13 @@ impl Cmd {
         });
         let deadline = start + self.timeout;
         let status = loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            // Checked on every event: a program that keeps writing never postpones its kill.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = match left.is_zero() {
+                true => Err(mpsc::RecvTimeoutError::Timeout),
+                false => rx.recv_timeout(left),
+            };
+            match event {
                 Ok(Event::Exited(status)) => break status,
                 Ok(Event::Out(chunk)) => {
                     if let Some(f) = on_stdout.as_mut() {

@@ -225,8 +225,10 @@ impl Domain {
         allow_illegal: bool,
     ) -> Result<(Vec<Volume>, HeldImage)> {
         if let Some(f) = &self.file {
-            let held = hold_file(f, image)?;
-            let chain = prepare_file(f, image, allow_illegal)?;
+            let (chain, held) = hold_file(f, image)?;
+            let chain = legal_chain(image, chain, allow_illegal)?;
+            // Recorded on this host, so a restarted agent holds the image again.
+            f.mark_prepared(image)?;
             return Ok((chain, held));
         }
         match crate::image::prepare(self, image, allow_illegal, Holding::Leases)? {
@@ -237,14 +239,17 @@ impl Domain {
         }
     }
 
-    /// Takes again the shared leases of `image`, still prepared on this host (its links exist).
+    /// Takes again the shared leases of `image`, still prepared on this host (its links exist;
+    /// on a file domain: this host's record of its prepare).
     pub fn hold_prepared(&self, image: &ImageId) -> Result<HeldImage> {
         if let Some(f) = &self.file {
-            // Nothing on the host says a file domain's image is prepared here.
-            return Err(crate::error::Error::InvalidInput(format!(
-                "{}: images of a file domain are not linked on the host; prepare it again",
-                f.name
-            )));
+            if !f.prepared_images()?.contains(image) {
+                return Err(crate::error::Error::InvalidInput(format!(
+                    "image {image} of {} is not prepared on this host",
+                    f.name
+                )));
+            }
+            return hold_file(f, image).map(|(_, held)| held);
         }
         crate::image::hold_prepared(self, image)
     }
@@ -262,23 +267,43 @@ impl Domain {
     /// Removes `image`'s links and deactivates its volumes on this host.
     pub fn teardown(&self, image: &ImageId) -> Result<()> {
         if let Some(f) = &self.file {
-            // Nothing to undo: a file domain's image directory is its link directory.
+            // Nothing is linked or mapped: a file domain's image directory is its link
+            // directory. This host's record of the prepare goes.
             crate::chain::walk(&crate::fsdomain::store::scan(f)?.catalog, image)?;
-            return Ok(());
+            return f.unmark_prepared(image);
         }
         crate::image::teardown(self, image)
     }
+
+    /// The images prepared on this host (linked; on a file domain: recorded at prepare).
+    pub fn prepared_images(&self) -> Result<Vec<ImageId>> {
+        match &self.file {
+            Some(f) => f.prepared_images(),
+            None => crate::image::prepared_images(&self.vg),
+        }
+    }
 }
 
-/// The shared lease of every volume of `image`'s chain (taken before the chain is checked, as
-/// on block domains; a member whose lease is held exclusively refuses).
-fn hold_file(f: &crate::fsdomain::FileDomain, image: &ImageId) -> Result<HeldImage> {
-    let chain = crate::chain::walk(&crate::fsdomain::store::scan(f)?.catalog, image)?;
-    let mut leases = Vec::with_capacity(chain.len());
-    for v in &chain {
-        leases.push(f.lease_shared(&v.image, &v.id)?);
+/// The shared lease of every volume of `image`'s chain, and the chain they hold: the chain is
+/// read again once the leases are taken, and must be the one held (a snapshot made meanwhile
+/// by another host would be a leaf without a lease); tried three times.
+fn hold_file(f: &crate::fsdomain::FileDomain, image: &ImageId) -> Result<(Vec<Volume>, HeldImage)> {
+    let walk = || crate::chain::walk(&crate::fsdomain::store::scan(f)?.catalog, image);
+    let ids = |c: &[Volume]| c.iter().map(|v| v.id).collect::<Vec<_>>();
+    for _ in 0..3 {
+        let chain = walk()?;
+        let mut leases = Vec::with_capacity(chain.len());
+        for v in &chain {
+            leases.push(f.lease_shared(&v.image, &v.id)?);
+        }
+        let now = walk()?;
+        if ids(&now) == ids(&chain) {
+            return Ok((now, HeldImage::new(ids(&chain), leases)));
+        }
     }
-    Ok(HeldImage::new(chain.iter().map(|v| v.id).collect(), leases))
+    Err(crate::error::Error::InvalidInput(format!(
+        "the chain of image {image} kept changing while its leases were taken; try again"
+    )))
 }
 
 /// What a domain's gauges show (the host agent's census): read without the domain lock.
@@ -325,6 +350,11 @@ fn prepare_file(
     allow_illegal: bool,
 ) -> Result<Vec<Volume>> {
     let chain = crate::chain::walk(&crate::fsdomain::store::scan(f)?.catalog, image)?;
+    legal_chain(image, chain, allow_illegal)
+}
+
+/// `chain`, refused when a member is illegal unless `allow_illegal`.
+fn legal_chain(image: &ImageId, chain: Vec<Volume>, allow_illegal: bool) -> Result<Vec<Volume>> {
     match chain.iter().find(|v| v.legality != Legality::Legal) {
         Some(v) if !allow_illegal => Err(crate::error::Error::IllegalMember {
             image: *image,

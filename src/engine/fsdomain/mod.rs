@@ -409,6 +409,49 @@ impl FileDomain {
         }
     }
 
+    /// This host's record of the images prepared here through the agent (in `/run`: gone at
+    /// reboot, like the preparation itself).
+    fn prepared_dir(&self) -> Result<PathBuf> {
+        Ok(crate::links::run_dir()
+            .join(self.facts()?.0.to_string())
+            .join("prepared"))
+    }
+
+    /// Records `image` as prepared on this host.
+    pub(crate) fn mark_prepared(&self, image: &ImageId) -> Result<()> {
+        let dir = self.prepared_dir()?;
+        let io = |e| Error::io(format!("recording the prepare in {}", dir.display()))(e);
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        std::fs::write(dir.join(image.to_string()), format!("{}\n", self.name)).map_err(io)
+    }
+
+    /// Forgets `image`'s prepare on this host.
+    pub(crate) fn unmark_prepared(&self, image: &ImageId) -> Result<()> {
+        let path = self.prepared_dir()?.join(image.to_string());
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("removing {}", path.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The images recorded as prepared on this host.
+    pub fn prepared_images(&self) -> Result<Vec<ImageId>> {
+        let dir = self.prepared_dir()?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("reading {}", dir.display()))(e)),
+        };
+        let mut images: Vec<ImageId> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect();
+        images.sort();
+        Ok(images)
+    }
+
     fn removing_path(&self) -> PathBuf {
         self.dom_md().join("metadata.removing")
     }
@@ -434,6 +477,13 @@ impl FileDomain {
             return Err(Error::InvalidInput(format!(
                 "{} is not a directory",
                 self.name
+            )));
+        }
+        if self.removing_path().exists() {
+            return Err(Error::InvalidInput(format!(
+                "a removal of the domain in {} did not finish: run `lvchain domain remove {}` \
+                 to finish it first",
+                self.name, self.name
             )));
         }
         match self.record() {
@@ -524,19 +574,24 @@ impl FileDomain {
     }
 
     /// Removes the domain (with `force`, its volumes first, the way image removal goes);
-    /// how many volumes went. Refused while other hosts are joined (sanlock). Order, under the
-    /// domain lock: `images/`, then the record renamed `metadata.removing` (from then on the
-    /// directory is no domain); then, the lock released, this host leaves the lockspace and
-    /// `dom_md` goes. A removal that died is finished by running it again.
+    /// how many volumes went. Refused while other hosts are joined (sanlock). Under the domain
+    /// lock, the record is renamed `metadata.removing` (from then on the directory is no domain
+    /// and no host can join it); other hosts are asked again (one that joined meanwhile keeps
+    /// the domain: the record is renamed back and the removal refused); then `images/` goes,
+    /// the lock is released, this host leaves the lockspace and `dom_md` goes. A removal that
+    /// died is finished by running it again.
     pub fn remove(&self, force: bool) -> Result<usize> {
-        if let Some(rec) = self.removing_record() {
-            return self.finish_remove(&rec).map(|()| 0);
-        }
-        // A removal that died after `dom_md/metadata.removing` went: only `dom_md` is left.
-        if !self.record_path().exists() && !self.images_dir().exists() && self.dom_md().is_dir() {
-            std::fs::remove_dir_all(self.dom_md())
-                .map_err(Error::io(format!("removing {}/dom_md", self.name)))?;
-            return Ok(0);
+        if !self.record_path().exists() {
+            // A removal that died after its record was renamed (the record names the
+            // lockspace to leave), or, from older versions, after the record went.
+            if let Some(rec) = self.removing_record() {
+                return self.finish_remove(&rec).map(|()| 0);
+            }
+            if !self.images_dir().exists() && self.dom_md().is_dir() {
+                std::fs::remove_dir_all(self.dom_md())
+                    .map_err(Error::io(format!("removing {}/dom_md", self.name)))?;
+                return Ok(0);
+            }
         }
         let hosts = self.other_hosts()?;
         if !hosts.is_empty() {
@@ -568,18 +623,34 @@ impl FileDomain {
             });
         }
         let rec = self.record()?;
-        let io = Error::io(format!("removing {}", self.name));
-        let _ = std::fs::remove_dir_all(self.images_dir());
-        // The record goes first: from then on nothing takes the directory for a domain.
+        let io = |e| Error::io(format!("removing {}", self.name))(e);
+        // The point of no return: nothing takes the directory for a domain from now on.
         atomic::rename(&self.record_path(), &self.removing_path()).map_err(io)?;
+        let hosts = self.other_hosts()?;
+        if !hosts.is_empty() {
+            atomic::rename(&self.removing_path(), &self.record_path()).map_err(io)?;
+            return Err(Error::HostsJoined {
+                vg: self.name.clone(),
+                hosts,
+            });
+        }
+        crate::crash::point(crate::crash::CrashPoint::DomainRemoveAfterMark);
+        let _ = std::fs::remove_dir_all(self.images_dir());
         drop(guard);
         self.finish_remove(&rec)?;
         Ok(removed)
     }
 
-    /// The end of a removal whose record is `metadata.removing`: leaves the lockspace (the
-    /// daemon keeps `dom_md/ids` open while joined), then `dom_md` goes.
+    /// The end of a removal whose record is `metadata.removing`: `images/` (emptied under the
+    /// lock), then this host leaves the lockspace (the daemon keeps `dom_md/ids` open while
+    /// joined), then `dom_md` goes.
     fn finish_remove(&self, rec: &DomainRecord) -> Result<()> {
+        match std::fs::remove_dir_all(self.images_dir()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(format!("removing {}/images", self.name))(e))
+            }
+            _ => {}
+        }
         if rec.lock == LockKind::Sanlock {
             let a = self.areas_of(rec.id);
             if crate::lock::sanlock::joined(&a).is_some() {

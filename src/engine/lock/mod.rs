@@ -139,6 +139,12 @@ pub enum LockError {
     },
     #[error("{vg}: a sanlock domain's VG name has at most {max} characters")]
     NameTooLong { vg: String, max: usize },
+    #[error("cannot join the lockspace of {vg}: this host has joined lockspace {lockspace} on {joined}, a domain with the same id (a copy of this one?); one domain id, one domain")]
+    SameLockspaceElsewhere {
+        vg: String,
+        lockspace: String,
+        joined: String,
+    },
 }
 
 /// Errors of volume leases.

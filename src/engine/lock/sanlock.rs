@@ -202,6 +202,18 @@ pub fn join(a: &Areas, host_id: u64) -> Result<Joined, LockError> {
             host_id,
         });
     }
+    // A lockspace name is one domain's: the same name on other storage (a copied file
+    // domain keeps its id) would have its leases judged against the wrong hosts.
+    let ids_file = a.host_id_file().with_file_name("ids");
+    if let Ok(joined) = std::fs::read_to_string(&ids_file) {
+        if joined.trim_end() != a.ids.display().to_string() && self::joined(a).is_some() {
+            return Err(LockError::SameLockspaceElsewhere {
+                vg: vg.to_string(),
+                lockspace: a.lockspace.clone(),
+                joined: joined.trim_end().to_string(),
+            });
+        }
+    }
     let new = match sanlock::join_lockspace(&ls, IO_TIMEOUT) {
         Ok(()) => true,
         Err(SanlockError::LockspaceAlreadyJoined { .. }) => false,
@@ -214,6 +226,12 @@ pub fn join(a: &Areas, host_id: u64) -> Result<Joined, LockError> {
     std::fs::write(&file, format!("{host_id}\n")).map_err(|source| LockError::HostIdFile {
         path: file.display().to_string(),
         source,
+    })?;
+    std::fs::write(&ids_file, format!("{}\n", a.ids.display())).map_err(|source| {
+        LockError::HostIdFile {
+            path: ids_file.display().to_string(),
+            source,
+        }
     })?;
     Ok(Joined { host_id, new })
 }
@@ -238,6 +256,7 @@ pub fn leave(a: &Areas) -> Result<u64, SanlockError> {
     })?;
     sanlock::leave_lockspace(&a.lockspace(host_id)?, LeaveMode::IfUnused)?;
     let _ = std::fs::remove_file(a.host_id_file());
+    let _ = std::fs::remove_file(a.host_id_file().with_file_name("ids"));
     Ok(host_id)
 }
 
@@ -357,7 +376,7 @@ impl LockManager for Sanlock {
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
         let a = Areas::block(vg);
-        let res = volume_resource(vg, volume, slot).map_err(|e| lease_error(vg, volume, e))?;
+        let res = block_resource(&a, volume, slot)?;
         acquire(&a, volume, &res, false)
     }
 
@@ -367,8 +386,9 @@ impl LockManager for Sanlock {
         volume: &VolumeId,
         slot: u32,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
-        let res = volume_resource(vg, volume, slot).map_err(|e| lease_error(vg, volume, e))?;
-        acquire(&Areas::block(vg), volume, &res, true)
+        let a = Areas::block(vg);
+        let res = block_resource(&a, volume, slot)?;
+        acquire(&a, volume, &res, true)
     }
 
     fn shared_holders(
@@ -412,6 +432,18 @@ impl LockManager for Sanlock {
     fn other_hosts(&self, vg: &str) -> Result<Vec<u64>, LockError> {
         other_joined_hosts(&Areas::block(vg)).map_err(failed(vg, SanlockAction::ListHosts))
     }
+}
+
+/// The lease of `volume` in `slot` of a block domain, for taking it: a host that has not
+/// joined the lockspace is told so first (its `leases` LV may not even be active).
+fn block_resource(a: &Areas, volume: &VolumeId, slot: u32) -> Result<Resource, LeaseError> {
+    if joined(a).is_none() {
+        return Err(LeaseError::NoLockspace {
+            vg: a.domain.clone(),
+        });
+    }
+    let path = a.leases.clone();
+    volume_resource_at(a, volume, path, lease_offset(slot))
 }
 
 /// Takes the lease of `volume` (resource `res`, in the lockspace of `a`) for this process,
