@@ -1015,20 +1015,14 @@ fn sanlock_file_domain_lockspace_volume_leases_status_and_removal() {
 
 // The host agent serving file domains: no root needed beyond the socket's access rule, no LVM.
 
-/// The in-process engine's settings, removed for runs that must go through the agent.
-const ENGINE_ENV: &[&str] = &[
-    "LVCHAIN_DEVICES",
-    "LVCHAIN_LVM",
-    "LVCHAIN_LVM_TIMEOUT",
-    "LVCHAIN_LOCK_TIMEOUT",
-    "LVCHAIN_QEMU_IMG",
-    "LVCHAIN_COPY_TIMEOUT",
-    "LVCHAIN_RUN_DIR",
-    "LVCHAIN_CRASH_AT",
-    "LVCHAIN_PAUSE_AT",
-    "LVCHAIN_PAUSE_FILE",
-    "LVCHAIN_AGENT_SOCKET",
-];
+/// The in-process engine's settings (the CLI's list) and the agent socket's, removed for
+/// runs that must go through the agent started here.
+fn engine_env() -> impl Iterator<Item = &'static str> {
+    lvchain::cli::remote::ENGINE_ENV
+        .iter()
+        .copied()
+        .chain(["LVCHAIN_AGENT_SOCKET"])
+}
 
 /// `lvchain agent` serving exactly the file domain `path` (so it never touches the host's VGs)
 /// on a socket of its own; killed on drop.
@@ -1056,7 +1050,7 @@ impl FdAgent {
             let o = Command::new("id").arg("-gn").output().unwrap();
             c.args(["--group", String::from_utf8_lossy(&o.stdout).trim()]);
         }
-        for v in ENGINE_ENV {
+        for v in engine_env() {
             c.env_remove(v);
         }
         let a = FdAgent {
@@ -1177,7 +1171,7 @@ struct Run {
 /// `--direct` (in-process).
 fn lvchain(socket: &Path, direct: bool, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut c = Command::new(bin());
-    for v in ENGINE_ENV {
+    for v in engine_env() {
         c.env_remove(v);
     }
     if direct {

@@ -240,7 +240,21 @@ pub fn join(a: &Areas, host_id: u64) -> Result<Joined, LockError> {
 /// are not known to be gone (live, failing, or joined too recently to judge).
 pub fn other_joined_hosts(a: &Areas) -> Result<Vec<u64>, SanlockError> {
     let me = joined(a).unwrap_or(0);
-    Ok(sanlock::get_hosts(&a.lockspace, 0)?
+    // Right after a join the daemon answers EAGAIN until it has read the other hosts' delta
+    // leases (its first renewal): asked again, for up to two renewals.
+    let start = Instant::now();
+    let hosts = loop {
+        match sanlock::get_hosts(&a.lockspace, 0) {
+            Err(SanlockError::Sanlock { rv, .. })
+                if rv == -libc::EAGAIN
+                    && start.elapsed() < Duration::from_secs(4 * u64::from(IO_TIMEOUT)) =>
+            {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            r => break r?,
+        }
+    };
+    Ok(hosts
         .into_iter()
         .filter(|h| h.host_id != me)
         .filter(|h| !matches!(h.state, sanlock::HostState::Free | sanlock::HostState::Dead))
