@@ -40,8 +40,8 @@ use crate::domain::DomainInfo;
 use crate::error::{Error, Result};
 use crate::format::ids::{ImageId, VolumeId};
 use crate::lock::local::{LocalLeases, LocalLock};
-use crate::lock::sanlock::Areas;
-use crate::lock::{Both, DomainGuard, LeaseGuard, LockError, LockKind};
+use crate::lock::sanlock::{failed, Areas};
+use crate::lock::{Both, DomainGuard, LeaseGuard, LockError, LockKind, SanlockAction};
 use crate::tags::Wipe;
 use crate::units::Bytes;
 use std::path::{Path, PathBuf};
@@ -373,14 +373,11 @@ impl FileDomain {
             },
             Err(e) => return Err(e),
         };
-        crate::lock::sanlock::leave(&a).map_err(|source| {
-            LockError::Sanlock {
-                vg: self.name.clone(),
-                action: crate::lock::SanlockAction::Leave,
-                source,
-            }
-            .into()
-        })
+        self.leave_lockspace(&a)
+    }
+
+    fn leave_lockspace(&self, a: &Areas) -> Result<u64> {
+        Ok(crate::lock::sanlock::leave(a).map_err(failed(&self.name, SanlockAction::Leave))?)
     }
 
     fn sanlock_or_refuse(&self) -> Result<Areas> {
@@ -398,14 +395,8 @@ impl FileDomain {
     pub fn other_hosts(&self) -> Result<Vec<u64>> {
         match self.sanlock()? {
             None => Ok(Vec::new()),
-            Some(a) => crate::lock::sanlock::other_joined_hosts(&a).map_err(|source| {
-                LockError::Sanlock {
-                    vg: self.name.clone(),
-                    action: crate::lock::SanlockAction::ListHosts,
-                    source,
-                }
-                .into()
-            }),
+            Some(a) => Ok(crate::lock::sanlock::other_joined_hosts(&a)
+                .map_err(failed(&self.name, SanlockAction::ListHosts))?),
         }
     }
 
@@ -544,13 +535,8 @@ impl FileDomain {
             f.sync_all().map_err(io(area))?;
         }
         if rec.lock == LockKind::Sanlock {
-            crate::lock::sanlock::format_domain(&self.areas_of(rec.id)).map_err(|source| {
-                LockError::Sanlock {
-                    vg: self.name.clone(),
-                    action: crate::lock::SanlockAction::Format,
-                    source,
-                }
-            })?;
+            crate::lock::sanlock::format_domain(&self.areas_of(rec.id))
+                .map_err(failed(&self.name, SanlockAction::Format))?;
         }
         std::fs::create_dir_all(self.images_dir()).map_err(io(IMAGES))?;
         atomic::fsync_dir(&self.dom_md()).map_err(io("dom_md"))?;
@@ -654,11 +640,7 @@ impl FileDomain {
         if rec.lock == LockKind::Sanlock {
             let a = self.areas_of(rec.id);
             if crate::lock::sanlock::joined(&a).is_some() {
-                crate::lock::sanlock::leave(&a).map_err(|source| LockError::Sanlock {
-                    vg: self.name.clone(),
-                    action: crate::lock::SanlockAction::Leave,
-                    source,
-                })?;
+                self.leave_lockspace(&a)?;
             }
         }
         std::fs::remove_dir_all(self.dom_md())

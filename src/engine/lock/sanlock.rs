@@ -170,7 +170,11 @@ pub fn format_domain(a: &Areas) -> Result<(), SanlockError> {
     sanlock::format_resource(&a.domain_resource()?)
 }
 
-fn failed(vg: &str, action: SanlockAction) -> impl FnOnce(SanlockError) -> LockError + '_ {
+/// The [`LockError`] of a sanlock call on domain `vg` that failed to do `action`.
+pub(crate) fn failed(
+    vg: &str,
+    action: SanlockAction,
+) -> impl FnOnce(SanlockError) -> LockError + '_ {
     move |source| LockError::Sanlock {
         vg: vg.to_string(),
         action,
