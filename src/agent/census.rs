@@ -4,23 +4,12 @@
 //! the metrics (a file domain has no slots: no free-slots series). Never changes a domain and
 //! never takes its lock.
 
-use super::metrics::DomainCounts;
 use super::Agent;
-use crate::domain::Census;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Seconds between two scans of every served domain.
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(30);
-
-/// What the gauges show of one census.
-pub fn counts(c: &Census) -> DomainCounts {
-    DomainCounts {
-        orphans: c.orphans,
-        free_bytes: c.free_bytes,
-        free_slots: c.free_slots,
-    }
-}
 
 /// Scans `vg` once and records what it saw (a failure is logged and counted).
 pub async fn scan(agent: &Arc<Agent>, vg: &str) {
@@ -36,7 +25,7 @@ pub async fn scan(agent: &Arc<Agent>, vg: &str) {
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
     match census {
-        Ok(c) => agent.metrics.domain_scanned(vg, Some(counts(&c))),
+        Ok(c) => agent.metrics.domain_scanned(vg, Some(c)),
         Err(e) => {
             tracing::warn!(vg, "cannot scan the domain: {e}");
             agent.metrics.domain_scanned(vg, None);

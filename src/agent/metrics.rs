@@ -5,6 +5,7 @@
 //! free bytes, free slots), and waits for domain locks by domain, part and outcome (a
 //! histogram; the lock layer's observer). Owns no behaviour: others record into it.
 
+use crate::domain::Census;
 use crate::exec::Observed;
 use crate::lock::Waited;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -72,15 +73,6 @@ pub struct Metrics {
     free_slots: Family<DomainLabels, Gauge>,
     scans: Family<GcLabels, Counter>,
     lock_waits: Histograms<WaitLabels>,
-}
-
-/// What one scan of a domain saw (the gauges of [`Metrics::domain_scanned`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DomainCounts {
-    pub orphans: u64,
-    pub free_bytes: u64,
-    /// None: a file domain, which has no slots (its series is left out).
-    pub free_slots: Option<u64>,
 }
 
 impl Default for Metrics {
@@ -248,7 +240,7 @@ impl Metrics {
     }
 
     /// A scan of `domain` saw `counts` (None: it failed; the gauges keep the last values).
-    pub fn domain_scanned(&self, domain: &str, counts: Option<DomainCounts>) {
+    pub fn domain_scanned(&self, domain: &str, counts: Option<Census>) {
         let d = DomainLabels {
             domain: domain.into(),
         };
@@ -338,7 +330,7 @@ mod tests {
         m.gc_run("vg", "collected", 2);
         m.domain_scanned(
             "vg",
-            Some(DomainCounts {
+            Some(Census {
                 orphans: 1,
                 free_bytes: 4096,
                 free_slots: Some(7),
