@@ -350,7 +350,11 @@ fn lvm_inuse_a_prepared_raw_volume_grows_and_the_agent_refreshes_its_mapping() {
     eprintln!("refreshed after {:?}", start.elapsed());
     let logged = Instant::now();
     while !agent.log().contains("refreshed the mapping") {
-        assert!(logged.elapsed() < Duration::from_secs(30), "{}", agent.log());
+        assert!(
+            logged.elapsed() < Duration::from_secs(30),
+            "{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut back = vec![0; 1 << 20];
