@@ -203,12 +203,16 @@ pub fn try_request_within(
     let started = Instant::now();
     let read = s.read_to_end(&mut raw);
     let _ = writer.join();
-    if let Err(e) = read {
-        return Err(Unanswered::Lost(format!(
-            "{e} after {:?} and {} bytes",
-            started.elapsed(),
-            raw.len()
-        )));
+    // A server that answers before reading the whole body (413) and closes the connection
+    // makes the kernel reset it; the answer read before the reset is whole all the same.
+    if let Err(e) = &read {
+        if e.kind() != std::io::ErrorKind::ConnectionReset || !complete(&raw) {
+            return Err(Unanswered::Lost(format!(
+                "{e} after {:?} and {} bytes",
+                started.elapsed(),
+                raw.len()
+            )));
+        }
     }
     if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
         return Err(Unanswered::Lost(format!(
@@ -219,6 +223,19 @@ pub fn try_request_within(
     }
     std::panic::catch_unwind(|| parse_response(&raw))
         .map_err(|_| Unanswered::Lost(String::from_utf8_lossy(&raw).into_owned()))
+}
+
+/// Whether `raw` holds a whole response: its head and as many body bytes as its
+/// Content-Length says.
+fn complete(raw: &[u8]) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .is_some_and(|n| raw.len() - (split + 4) >= n)
 }
 
 pub fn parse_response(raw: &[u8]) -> (u16, Vec<u8>) {
