@@ -318,9 +318,20 @@ fn lvm_agent_load_8_clients_400_requests_with_gc_and_a_kill() {
             None => {
                 assert!(
                     outage.overlaps(a.from, a.to),
-                    "{} lost outside the kill: {}",
+                    "{} lost outside the kill: {} (sent {:?} after the start, lost {:?} \
+                     later; killed at {:?}, back at {:?}); the agent's warnings:\n{}",
                     a.op,
-                    a.body
+                    a.body,
+                    a.from - start,
+                    a.to - a.from,
+                    outage.killed.map(|k| k - start),
+                    outage.back.map(|b| b - start),
+                    agent
+                        .log()
+                        .lines()
+                        .filter(|l| ["WARN", "ERROR", "panic"].iter().any(|w| l.contains(w)))
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 );
                 format!("{} cut off by the kill", a.op)
             }
