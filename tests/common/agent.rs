@@ -60,11 +60,22 @@ impl Agent {
         self.wait_for_socket();
     }
 
+    /// Waits until the agent answers a request (a 404 that touches no domain). A connection
+    /// alone proves nothing after a kill: a child of the killed agent caught between fork
+    /// and exec holds a copy of its listening socket until it dies, and accepts meanwhile.
     fn wait_for_socket(&self) {
         let start = Instant::now();
-        while UnixStream::connect(&self.socket).is_err() {
+        while try_request_within(
+            &self.socket,
+            "GET",
+            "/v1/elsewhere",
+            b"",
+            Duration::from_secs(5),
+        )
+        .is_err()
+        {
             assert!(
-                start.elapsed() < Duration::from_secs(30),
+                start.elapsed() < Duration::from_secs(60),
                 "the agent did not answer: {}",
                 self.log()
             );
