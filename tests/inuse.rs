@@ -44,15 +44,7 @@ impl Agent {
         }
         let child = c.spawn().unwrap();
         let a = Agent { child, socket, log };
-        let start = Instant::now();
-        while UnixStream::connect(&a.socket).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the agent did not answer: {}",
-                a.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::agent::wait_until_answering(&a.socket, Duration::from_secs(30), || a.log());
         a
     }
 

@@ -60,27 +60,8 @@ impl Agent {
         self.wait_for_socket();
     }
 
-    /// Waits until the agent answers a request (a 404 that touches no domain). A connection
-    /// alone proves nothing after a kill: a child of the killed agent caught between fork
-    /// and exec holds a copy of its listening socket until it dies, and accepts meanwhile.
     fn wait_for_socket(&self) {
-        let start = Instant::now();
-        while try_request_within(
-            &self.socket,
-            "GET",
-            "/v1/elsewhere",
-            b"",
-            Duration::from_secs(5),
-        )
-        .is_err()
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "the agent did not answer: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until_answering(&self.socket, Duration::from_secs(60), || self.log());
     }
 
     pub fn log(&self) -> String {
@@ -154,6 +135,22 @@ fn spawn(dir: &Path, args: &[String], env: &[(String, PathBuf)]) -> Child {
     c.spawn().unwrap()
 }
 
+/// Waits up to `limit` until the agent on `socket` answers a request (a 404 that touches no
+/// domain); `log` tells why not. A connection alone proves nothing after a kill: a child of
+/// the killed agent caught between fork and exec holds a copy of its listening socket until it
+/// dies, and accepts meanwhile.
+pub fn wait_until_answering(socket: &Path, limit: Duration, log: impl Fn() -> String) {
+    let start = Instant::now();
+    while try_request_within(socket, "GET", "/v1/elsewhere", b"", Duration::from_secs(5)).is_err() {
+        assert!(
+            start.elapsed() < limit,
+            "the agent did not answer: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A hand-written HTTP/1.1 request over the unix socket (`Connection: close`); the body is
 /// written from another thread so that a server refusing it early is seen, not a blocked
 /// write.
@@ -225,7 +222,7 @@ pub fn try_request_within(
             )));
         }
     }
-    if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+    if head_end(&raw).is_none() {
         return Err(Unanswered::Lost(format!(
             "the connection ended after {:?} with {} bytes, no HTTP head",
             started.elapsed(),
@@ -239,7 +236,7 @@ pub fn try_request_within(
 /// Whether `raw` holds a whole response: its head and as many body bytes as its
 /// Content-Length says.
 fn complete(raw: &[u8]) -> bool {
-    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+    let Some(split) = head_end(raw) else {
         return false;
     };
     let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
@@ -249,10 +246,13 @@ fn complete(raw: &[u8]) -> bool {
         .is_some_and(|n| raw.len() - (split + 4) >= n)
 }
 
+/// Where a response's head ends (the index of its blank line's `\r\n\r\n`).
+fn head_end(raw: &[u8]) -> Option<usize> {
+    raw.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
 pub fn parse_response(raw: &[u8]) -> (u16, Vec<u8>) {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
+    let split = head_end(raw)
         .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(raw)));
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
