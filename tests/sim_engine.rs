@@ -66,13 +66,19 @@ impl Host {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let vg = format!("sim{}x{n}", std::process::id());
         let d = Domain::new_local_in(vg.parse().unwrap(), sim.clone(), &dir.path().join("lock"));
-        d.format(&FormatRequest {
-            pvs: vec![pv],
-            max_volumes: 32,
-            lock_manager: lvchain::lock::LockKind::Local,
-            wipe: lvchain::tags::Wipe::Zero,
-        })
-        .unwrap();
+        let info = d
+            .format(&FormatRequest {
+                pvs: vec![pv],
+                max_volumes: 32,
+                lock_manager: lvchain::lock::LockKind::Local,
+                wipe: lvchain::tags::Wipe::Zero,
+            })
+            .unwrap();
+        // What the format answers (kept, not reported again) is what a scan reads after it.
+        assert_eq!(
+            format!("{info:?}"),
+            format!("{:?}", d.catalog().unwrap().snap.info)
+        );
         let source = dir.path().join("source.raw");
         std::fs::write(&source, [0xc5u8; 4096]).unwrap();
         Host {

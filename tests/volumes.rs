@@ -421,8 +421,12 @@ fn lvm_a_vg_with_lvs_or_half_formatted_is_not_taken_for_a_domain() {
         activate: false,
     };
     d.vg.lvm.lvcreate(d.name(), &small).unwrap();
-    d.ok(&["domain", "create", d.name()]);
+    let created = d.json(&["domain", "create", d.name()]);
     let info = d.json(&["domain", "info", d.name()]);
+    // What create answers (free space kept as it went, not reported again) is what is there.
+    for (k, v) in created.as_object().unwrap() {
+        assert_eq!(&info[k], v, "{k}: create said {created}, info says {info}");
+    }
     assert_eq!(info["volumes"], 0);
     assert_eq!(info["format"], lvchain::tags::FORMAT_VERSION);
     let md = d.vg.lvm.lvs(d.name()).unwrap();

@@ -180,11 +180,16 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
         (LEASES_LV, leases_size, false),
         (IDS_LV, Bytes(IDS_SIZE).round_up_to_extents(extent), false),
     ];
+    // The VG's free space after this run, kept as the LVs are made (no report at the end).
+    let mut free = info_row.vg_free;
     for (name, size, activate) in specials {
         match have_lvs.iter().find(|(n, _)| n == name) {
             Some((_, have)) if *have >= size.0 => continue,
             // Made by an earlier run for a smaller layout; it holds nothing yet.
-            Some(_) => lvm.lvremove(&[domain.lv_path(name)])?,
+            Some((_, have)) => {
+                lvm.lvremove(&[domain.lv_path(name)])?;
+                free += have;
+            }
             None => {}
         }
         lvm.lvcreate(
@@ -196,6 +201,7 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
                 activate,
             },
         )?;
+        free = free.saturating_sub(size.0);
     }
     if !domain.metadata_path().exists() {
         lvm.lvchange_activation(
@@ -220,12 +226,13 @@ pub fn format(domain: &Domain, req: &FormatRequest) -> Result<scan::DomainInfo> 
         &tags::strings(&[Tag::DomainUnready]),
         &tags::strings(&[Tag::Domain]),
     )?;
-    let row = lvm.vgs(vg)?;
-    super::info_from_tags(
-        vg,
-        &row.vg_tags,
-        Bytes(row.vg_extent_size),
-        Bytes(row.vg_size),
-        Bytes(row.vg_free),
-    )
+    // The VG as the commit left it: the layout tags with LVC_DOMAIN for LVC_DOMAIN_UNREADY.
+    let unready = Tag::DomainUnready.to_string();
+    let mut tags: Vec<String> = info_row
+        .vg_tags
+        .into_iter()
+        .filter(|t| *t != unready)
+        .collect();
+    tags.push(Tag::Domain.to_string());
+    super::info_from_tags(vg, &tags, extent, Bytes(info_row.vg_size), Bytes(free))
 }
