@@ -7,7 +7,8 @@
 
 mod common;
 
-use common::agent::{request, Agent};
+use common::agent::Agent;
+use common::http::request;
 use common::{lvm_available, Domain};
 use serde_json::{json, Value};
 use std::collections::HashMap;

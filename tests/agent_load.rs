@@ -14,7 +14,8 @@
 
 mod common;
 
-use common::agent::{try_request_within, Agent, Unanswered};
+use common::agent::Agent;
+use common::http::{try_request_within, Unanswered};
 use common::{lvm_available, uuid, Domain};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::agent::request;
+use common::http::request;
 use common::{lvm_available, BIN};
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;

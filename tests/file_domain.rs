@@ -13,6 +13,8 @@
 //! to run this suite on an NFS mount, and every domain checks it really is there.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/http.rs"]
+mod http;
 #[path = "common/scenario.rs"]
 mod scenario;
 
@@ -1058,15 +1060,7 @@ impl FdAgent {
             socket,
             dir,
         };
-        let start = std::time::Instant::now();
-        while std::os::unix::net::UnixStream::connect(&a.socket).is_err() {
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(30),
-                "the agent did not answer: {}",
-                a.log()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        http::wait_until_answering(&a.socket, std::time::Duration::from_secs(30), || a.log());
         a
     }
 

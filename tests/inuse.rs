@@ -44,7 +44,7 @@ impl Agent {
         }
         let child = c.spawn().unwrap();
         let a = Agent { child, socket, log };
-        common::agent::wait_until_answering(&a.socket, Duration::from_secs(30), || a.log());
+        common::http::wait_until_answering(&a.socket, Duration::from_secs(30), || a.log());
         a
     }
 

@@ -11,6 +11,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod agent;
+pub mod http;
 pub mod scenario;
 
 use lvchain::exec::Cmd;
