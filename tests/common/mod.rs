@@ -336,19 +336,16 @@ impl EngineDomain {
         let vg = TestVg::devices(test, 1, Bytes(4 * lvchain::units::GIB));
         let name = vg.name.parse().unwrap();
         let d = lvchain::domain::Domain::new(name, std::sync::Arc::new(vg.lvm.clone()));
-        let info = d
-            .format(&lvchain::domain::FormatRequest {
-                pvs: vg.loops.clone(),
-                max_volumes: 64,
-                lock_manager: lvchain::lock::LockKind::Local,
-                wipe: lvchain::tags::Wipe::Zero,
-            })
-            .unwrap();
-        // What the format answers (kept, not reported again) is what a scan reads after it.
-        assert_eq!(
-            format!("{info:?}"),
-            format!("{:?}", d.catalog().unwrap().snap.info)
-        );
+        let req = lvchain::domain::FormatRequest {
+            pvs: vg.loops.clone(),
+            max_volumes: 64,
+            lock_manager: lvchain::lock::LockKind::Local,
+            wipe: lvchain::tags::Wipe::Zero,
+        };
+        let answered = format!("{:?}", d.format(&req).unwrap());
+        // What the format answers (its free space kept, not reported again) is what a scan reads.
+        let scanned = format!("{:?}", d.catalog().unwrap().snap.info);
+        assert_eq!(answered, scanned);
         EngineDomain { d, vg }
     }
 }
