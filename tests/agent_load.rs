@@ -280,10 +280,11 @@ fn lvm_agent_load_8_clients_400_requests_with_gc_and_a_kill() {
                 })
             })
             .collect();
-        // The kill, once, in the middle of the run.
+        // The kill, once, in the middle of the run (after ~6 minutes in a full run beside the
+        // other jobs; the bound is against a hang).
         while done.load(Ordering::Relaxed) < KILL_AFTER {
             assert!(
-                start.elapsed() < Duration::from_secs(600),
+                start.elapsed() < Duration::from_secs(1200),
                 "{}",
                 agent.log()
             );
