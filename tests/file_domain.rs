@@ -1070,41 +1070,10 @@ impl FdAgent {
 
     /// One request (`Connection: close`); the status and the body as JSON (or a string).
     fn call(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
-        use std::io::{Read, Write};
-        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, rest) = text.split_once("\r\n\r\n").unwrap();
-        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            let mut out = String::new();
-            let mut rest = rest;
-            loop {
-                let (size, tail) = rest.split_once("\r\n").unwrap();
-                let n = usize::from_str_radix(size.trim(), 16).unwrap();
-                if n == 0 {
-                    break;
-                }
-                out.push_str(&tail[..n]);
-                rest = &tail[n + 2..];
-            }
-            out
-        } else {
-            rest.to_string()
-        };
-        let v = serde_json::from_str(&body).unwrap_or(Value::String(body));
-        (status, v)
+        let limit = http::ANSWER_WITHIN;
+        http::call_within(&self.socket, method, path, body.as_bytes(), limit, || {
+            self.log()
+        })
     }
 
     fn metrics(&self) -> String {

@@ -12,7 +12,6 @@ mod common;
 use common::{lvm_available, sanlock_available, uuid, Domain, BIN};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,32 +52,15 @@ impl Agent {
     }
 
     fn call(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
-        let mut s = UnixStream::connect(&self.socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
         let body = body.to_string();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
+        common::http::call_within(
+            &self.socket,
+            method,
+            path,
+            body.as_bytes(),
+            Duration::from_secs(120),
+            || self.log(),
         )
-        .unwrap();
-        let mut raw = Vec::new();
-        if let Err(e) = s.read_to_end(&mut raw) {
-            panic!("{method} {path}: {e}; the agent's log:\n{}", self.log());
-        }
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let (head, rest) = text.split_once("\r\n\r\n").unwrap();
-        let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let body = if head.to_ascii_lowercase().contains("chunked") {
-            // One chunk is all these answers take: size line, data, then the last chunk.
-            let (_, data) = rest.split_once("\r\n").unwrap();
-            data.rsplit_once("\r\n0\r\n").map_or(data, |(d, _)| d)
-        } else {
-            rest
-        };
-        let v = serde_json::from_str(body.trim()).unwrap_or(Value::String(body.into()));
-        (status, v)
     }
 
     fn ok(&self, method: &str, path: &str, body: Value) -> Value {

@@ -2,7 +2,7 @@
 //! temporary directory ([`Agent`], killed on drop); the HTTP/1.1 client over the socket is
 //! [`super::http`]'s.
 
-use super::http::{try_request, wait_until_answering};
+use super::http::{call_within, wait_until_answering, ANSWER_WITHIN};
 use super::{Domain, BIN};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -69,13 +69,9 @@ impl Agent {
 
     /// One request; the status and the body (JSON when it parses, else a string).
     pub fn call(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-        let (status, text) = match try_request(&self.socket, method, path, body) {
-            Ok(answer) => answer,
-            Err(e) => panic!("{method} {path}: {e:?}\nthe agent's log:\n{}", self.log()),
-        };
-        let v = serde_json::from_slice(&text)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&text).into()));
-        (status, v)
+        call_within(&self.socket, method, path, body, ANSWER_WITHIN, || {
+            self.log()
+        })
     }
 
     pub fn ok(&self, method: &str, path: &str, body: Value) -> Value {

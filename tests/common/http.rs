@@ -1,8 +1,9 @@
-//! A plain HTTP/1.1 client for the agent's unix socket ([`request`], [`try_request`]) and the
-//! agent's readiness ([`wait_until_answering`]). Shared by the block tests (through
-//! [`super::agent`]) and by `tests/file_domain.rs`, which includes this file alone.
+//! A plain HTTP/1.1 client for the agent's unix socket ([`request`], [`try_request`],
+//! [`call_within`] for JSON answers) and the agent's readiness ([`wait_until_answering`]).
+//! The block tests use it as `common::http`; `tests/file_domain.rs` includes this file alone.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use serde_json::Value;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -32,6 +33,25 @@ pub fn request(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Ve
         Ok(answer) => answer,
         Err(e) => panic!("{method} {path}: {e:?}"),
     }
+}
+
+/// One request answered within `limit`: the status and the body (JSON when it parses, else a
+/// string). A missing answer panics with the agent's log (`log`).
+pub fn call_within(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    limit: Duration,
+    log: impl Fn() -> String,
+) -> (u16, Value) {
+    let (status, text) = match try_request_within(socket, method, path, body, limit) {
+        Ok(answer) => answer,
+        Err(e) => panic!("{method} {path}: {e:?}\nthe agent's log:\n{}", log()),
+    };
+    let v = serde_json::from_slice(&text)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&text).into()));
+    (status, v)
 }
 
 /// Why [`try_request`] got no answer.
