@@ -252,7 +252,7 @@ fn lvm_agent_load_8_clients_400_requests_with_gc_and_a_kill() {
     if !lvm_available("lvm_agent_load_8_clients_400_requests_with_gc_and_a_kill") {
         return;
     }
-    // About 4 minutes of an idle test VM (more beside other jobs); LVCHAIN_TEST_LOAD=0 skips it.
+    // About 90 s of an idle test VM (minutes beside other jobs); LVCHAIN_TEST_LOAD=0 skips it.
     if std::env::var("LVCHAIN_TEST_LOAD").as_deref() == Ok("0") {
         eprintln!("SKIP lvm_agent_load: LVCHAIN_TEST_LOAD=0");
         return;
