@@ -43,7 +43,7 @@ fn scan(path: &str) -> (usize, bool) {
     let mut f = std::fs::File::open(path).unwrap();
     let mut buf = vec![0u8; 1 << 20];
     // Whole buffers of zeroes or of the pattern are recognised with one comparison each
-    // (memcmp): the byte-wise loops below are slow in this debug build under emulation.
+    // (memcmp): the byte-wise loops below are slow in a debug build under emulation.
     let zeroes = vec![0u8; buf.len()];
     let patterns = PATTERN.repeat(buf.len() / PATTERN.len());
     let (mut found, mut zero) = (0, true);

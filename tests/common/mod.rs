@@ -300,7 +300,7 @@ impl Domain {
             .unwrap();
         assert!(f.success(), "{}", f.stderr);
         let md = std::fs::read(format!("/dev/{}/metadata", self.name())).unwrap_or_default();
-        // Position-weighted, a word at a time (this debug build runs it in the emulated VM).
+        // Position-weighted, a word at a time (cheap in a debug build under emulation too).
         let sum: u64 = md
             .chunks(8)
             .enumerate()
