@@ -13,20 +13,20 @@
 //! to run this suite on an NFS mount, and every domain checks it really is there.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/file_kit.rs"]
+mod file_kit;
 #[path = "common/http.rs"]
 mod http;
 #[path = "common/scenario.rs"]
 mod scenario;
+
+use file_kit::{bin, domain_tmp, engine_env, segment, Fd, FdAgent};
 
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn bin() -> String {
-    std::env::var("LVCHAIN_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_lvchain").to_string())
-}
 
 fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -38,102 +38,7 @@ fn pattern() -> Vec<u8> {
     (0..65536u32).map(|i| (i * 7 % 251) as u8).collect()
 }
 
-/// A temporary directory under `$LVCHAIN_FILE_DOMAIN_ROOT`, on the file system type
-/// `$LVCHAIN_FILE_DOMAIN_FS` names when it is set (asserted).
-fn domain_tmp() -> tempfile::TempDir {
-    let tmp = match std::env::var_os("LVCHAIN_FILE_DOMAIN_ROOT") {
-        Some(root) => tempfile::tempdir_in(root).unwrap(),
-        None => tempfile::tempdir().unwrap(),
-    };
-    if let Ok(want) = std::env::var("LVCHAIN_FILE_DOMAIN_FS") {
-        let o = Command::new("stat")
-            .args(["-f", "-c", "%T"])
-            .arg(tmp.path())
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "stat -f {}", tmp.path().display());
-        let got = String::from_utf8_lossy(&o.stdout).trim().to_string();
-        assert_eq!(
-            got,
-            want,
-            "{} is on {got}, not on {want}",
-            tmp.path().display()
-        );
-    }
-    tmp
-}
-
-/// A file domain in a temporary directory, driven through the binary.
-struct Fd {
-    _tmp: tempfile::TempDir,
-    path: String,
-}
-
 impl Fd {
-    fn new() -> Fd {
-        Fd::new_with(&[])
-    }
-
-    /// A domain formatted with the extra `domain create` arguments `args`.
-    fn new_with(args: &[&str]) -> Fd {
-        let tmp = domain_tmp();
-        let path = tmp.path().join("dom").display().to_string();
-        std::fs::create_dir(&path).unwrap();
-        let d = Fd { _tmp: tmp, path };
-        let mut a = vec!["domain", "create", "--path", &d.path];
-        a.extend_from_slice(args);
-        let a: Vec<String> = a.iter().map(|s| s.to_string()).collect();
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        d.ok(&a);
-        d
-    }
-
-    /// The domain id its record holds.
-    fn id(&self) -> String {
-        std::fs::read_to_string(Path::new(&self.path).join("dom_md/metadata"))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("ID="))
-            .unwrap()
-            .to_string()
-    }
-
-    fn cmd(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut c = Command::new(bin());
-        c.arg("--direct").args(args);
-        c.env_remove("LVCHAIN_CRASH_AT");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.output().unwrap()
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args, &[])
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "lvchain {args:?} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-
-    fn create(&self, args: &[&str]) -> String {
-        let mut a = vec!["volume", "create", &self.path];
-        a.extend_from_slice(args);
-        self.json(&a)["id"].as_str().unwrap().to_string()
-    }
-
     fn image_dir(&self, img: &str) -> PathBuf {
         Path::new(&self.path).join("images").join(img)
     }
@@ -1017,110 +922,6 @@ fn sanlock_file_domain_lockspace_volume_leases_status_and_removal() {
 }
 
 // The host agent serving file domains: no root needed beyond the socket's access rule, no LVM.
-
-/// The in-process engine's settings (the CLI's list) and the agent socket's, removed for
-/// runs that must go through the agent started here.
-fn engine_env() -> impl Iterator<Item = &'static str> {
-    lvchain::cli::remote::ENGINE_ENV
-        .iter()
-        .copied()
-        .chain(["LVCHAIN_AGENT_SOCKET"])
-}
-
-/// `lvchain agent` serving exactly the file domain `path` (so it never touches the host's VGs)
-/// on a socket of its own; killed on drop.
-struct FdAgent {
-    child: std::process::Child,
-    socket: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl FdAgent {
-    fn start(path: &str, gc_interval: &str) -> FdAgent {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("agent.sock");
-        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        let mut c = Command::new(bin());
-        c.args(["agent", "--socket", socket.to_str().unwrap()])
-            .args(["--domain", path, "--gc-interval", gc_interval])
-            .args(["--census-interval", "0"])
-            .env("RUST_LOG", "lvchain=info")
-            .stdout(std::process::Stdio::null())
-            .stderr(log);
-        // Not root: the socket is served to this user's group.
-        // SAFETY: getuid and getgid cannot fail.
-        if unsafe { libc::getuid() } != 0 {
-            let o = Command::new("id").arg("-gn").output().unwrap();
-            c.args(["--group", String::from_utf8_lossy(&o.stdout).trim()]);
-        }
-        for v in engine_env() {
-            c.env_remove(v);
-        }
-        let a = FdAgent {
-            child: c.spawn().unwrap(),
-            socket,
-            dir,
-        };
-        http::wait_until_answering(&a.socket, std::time::Duration::from_secs(30), || a.log());
-        a
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
-    /// One request (`Connection: close`); the status and the body as JSON (or a string).
-    fn call(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
-        let limit = http::ANSWER_WITHIN;
-        http::call_within(&self.socket, method, path, body.as_bytes(), limit, || {
-            self.log()
-        })
-    }
-
-    fn metrics(&self) -> String {
-        let (st, v) = self.call("GET", "/metrics", "");
-        assert_eq!(st, 200);
-        v.as_str().unwrap().to_string()
-    }
-
-    /// The request counters by `op outcome` (the metrics requests left out).
-    fn operations(&self) -> BTreeMap<String, u64> {
-        let re = regex::Regex::new(
-            r#"(?m)^lvchain_agent_operations_total\{op="([^"]+)",outcome="([^"]+)"\} (\d+)"#,
-        )
-        .unwrap();
-        re.captures_iter(&self.metrics())
-            .filter(|c| &c[1] != "GET /metrics")
-            .map(|c| (format!("{} {}", &c[1], &c[2]), c[3].parse().unwrap()))
-            .collect()
-    }
-
-    /// The per-domain gauges of `domain` by name.
-    fn gauges(&self, domain: &str) -> BTreeMap<String, u64> {
-        let re = regex::Regex::new(&format!(
-            r#"(?m)^(lvchain_domain_[a-z_]+)\{{domain="{}"\}} (\d+)"#,
-            regex::escape(domain)
-        ))
-        .unwrap();
-        re.captures_iter(&self.metrics())
-            .map(|c| (c[1].to_string(), c[2].parse().unwrap()))
-            .collect()
-    }
-}
-
-impl Drop for FdAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A file domain's path as one API path segment.
-fn segment(path: &str) -> String {
-    path.replace('%', "%25")
-        .replace('/', "%2F")
-        .replace(' ', "%20")
-}
 
 /// What one CLI run printed.
 #[derive(Debug, PartialEq)]
