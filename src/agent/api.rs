@@ -649,12 +649,17 @@ async fn job(State(agent): St, Path(id): Path<Uuid>) -> Answer<Json<JobView>> {
     })
 }
 
-async fn metrics(State(agent): St) -> impl IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        agent.metrics.encode(),
-    )
+/// The metrics as OpenMetrics when `Accept` asks for it, else in the Prometheus text format.
+async fn metrics(State(agent): St, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    use super::exposition;
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let text = agent.metrics.encode();
+    let (kind, body) = if exposition::wants_openmetrics(accept) {
+        (exposition::OPENMETRICS, text)
+    } else {
+        (exposition::TEXT_0_0_4, exposition::to_text_0_0_4(&text))
+    };
+    ([(axum::http::header::CONTENT_TYPE, kind)], body)
 }

@@ -18,6 +18,7 @@ pub mod census;
 pub mod config;
 pub mod domains;
 pub mod errors;
+mod exposition;
 mod extract;
 pub mod gc;
 pub mod jobs;

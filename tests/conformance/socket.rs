@@ -1,1 +1,0 @@
-//! (empty: filled by its change)
