@@ -21,18 +21,16 @@ impl FdAgent {
         .unwrap();
         let mut raw = Vec::new();
         std::io::Read::read_to_end(&mut s, &mut raw).unwrap();
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let kind = head
+        let (status, body) = http::parse_response(&raw);
+        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        let kind = text
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
             .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-type: ")
-                    .map(str::to_string)
-            })
+            .find_map(|l| l.strip_prefix("content-type: ").map(str::to_string))
             .unwrap_or_default();
-        let (status, _) = http::parse_response(&raw);
-        (status, kind, body.to_string())
+        (status, kind, String::from_utf8(body).unwrap())
     }
 }
 
