@@ -564,17 +564,21 @@ fn lvm_a_killed_copy_leaves_no_qemu_img_and_its_lease_is_free_only_after_the_wri
     let killed = std::time::Instant::now();
     let (mut writer_gone, mut lease_free) = (None, None);
     while writer_gone.is_none() || lease_free.is_none() {
+        let now = killed.elapsed();
         let held = lease_held(&d, &vol);
-        let running = alive(writer);
+        let mut running = alive(writer);
         if running && writer_gone.is_none() && !held {
+            // The kernel drops a dying process's locks when it closes its files, after its
+            // memory and its I/O in flight are gone and a moment before it turns zombie: a
+            // writer that is dead 20 ms later was already past its last write.
             let seen = threads(writer);
             std::thread::sleep(std::time::Duration::from_millis(20));
             assert!(
                 !alive(writer),
                 "the lease was free while qemu-img ({writer}) still ran: threads {seen}"
             );
+            running = false;
         }
-        let now = killed.elapsed();
         if !running && writer_gone.is_none() {
             writer_gone = Some(now);
         }
