@@ -1,5 +1,6 @@
 //! Conformance on the host (no device-mapper): what outside tools meet on a file domain and
-//! its agent. [`metrics`]: the agent's metrics as `promtool` reads them.
+//! its agent. [`metrics`]: the agent's metrics as `promtool` reads them; [`files`]: the modes
+//! of a domain's files and what is left of directories that are no domain.
 #![allow(clippy::unwrap_used)]
 
 #[path = "common/file_kit.rs"]
@@ -8,5 +9,6 @@ mod file_kit;
 mod http;
 
 mod conformance {
+    pub mod files;
     pub mod metrics;
 }

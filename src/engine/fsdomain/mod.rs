@@ -202,6 +202,29 @@ impl FileDomain {
     }
 
     /// The domain record, refusing what is not a complete file domain.
+    /// NotADomain unless the domain record is there.
+    fn require_record(&self) -> Result<()> {
+        if self.record_path().is_file() {
+            Ok(())
+        } else {
+            Err(self.not_a_domain())
+        }
+    }
+
+    fn not_a_domain(&self) -> Error {
+        let hint = if self.removing_path().exists() {
+            " (its removal did not finish: run `lvchain domain remove` again)"
+        } else if self.root.is_dir() {
+            " (it has no dom_md/metadata)"
+        } else {
+            " (no such directory)"
+        };
+        Error::NotADomain {
+            vg: self.name.clone(),
+            hint: hint.into(),
+        }
+    }
+
     pub fn record(&self) -> Result<DomainRecord> {
         let not = |hint: String| Error::NotADomain {
             vg: self.name.clone(),
@@ -246,8 +269,18 @@ impl FileDomain {
 
     /// The domain lock: this host's `flock` on `dom_md/domain.lock`, then, on a sanlock
     /// domain, the domain lease in `dom_md/leases` (other hosts).
+    /// Nothing is written before the directory is known to be a domain: the lock file is made
+    /// only in the `dom_md` of a directory that has a record, and the record is looked for
+    /// again once the lock is held (a removal may have run meanwhile).
     pub(crate) fn lock(&self) -> Result<Box<dyn DomainGuard>> {
-        let local = self.lock.lock_domain("domain")?;
+        self.require_record()?;
+        let local = match self.lock.lock_in_place("domain", &self.name) {
+            Err(LockError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(self.not_a_domain())
+            }
+            r => r?,
+        };
+        self.require_record()?;
         match self.sanlock()? {
             None => Ok(local),
             Some(a) => {
@@ -333,14 +366,9 @@ impl FileDomain {
         let path = self.lease_path(image, id);
         let io = |e| Error::io(format!("creating {}", path.display()))(e);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            atomic::make_dir_all(dir).map_err(io)?;
         }
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
+        let f = atomic::create_file(&path, false).map_err(io)?;
         if let Some(a) = self.sanlock()? {
             f.set_len(::sanlock::ALIGN).map_err(io)?;
             f.sync_all().map_err(io)?;
@@ -412,8 +440,10 @@ impl FileDomain {
     pub(crate) fn mark_prepared(&self, image: &ImageId) -> Result<()> {
         let dir = self.prepared_dir()?;
         let io = |e| Error::io(format!("recording the prepare in {}", dir.display()))(e);
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        std::fs::write(dir.join(image.to_string()), format!("{}\n", self.name)).map_err(io)
+        atomic::make_dir_all(&dir).map_err(io)?;
+        let mut f = atomic::create_file(&dir.join(image.to_string()), false).map_err(io)?;
+        f.set_len(0).map_err(io)?;
+        std::io::Write::write_all(&mut f, format!("{}\n", self.name).as_bytes()).map_err(io)
     }
 
     /// Forgets `image`'s prepare on this host.
@@ -510,11 +540,11 @@ impl FileDomain {
             }
         }
         let io = |what: &str| Error::io(format!("formatting {}: {what}", self.name));
-        std::fs::create_dir_all(self.dom_md()).map_err(io("dom_md"))?;
+        atomic::make_dir(&self.dom_md()).map_err(io("dom_md"))?;
         atomic::fsync_dir(&self.root).map_err(io("dom_md"))?;
         // This host's lock only: the domain lease is written below (no other host can use
         // a domain whose record says `formatting`).
-        let _guard = self.lock.lock_domain("domain")?;
+        let _guard = self.lock.lock_in_place("domain", &self.name)?;
         let mut rec = half.unwrap_or(DomainRecord {
             id: uuid::Uuid::new_v4(),
             complete: false,
@@ -525,12 +555,7 @@ impl FileDomain {
         rec.wipe = req.wipe;
         atomic::replace(&self.record_path(), &rec.encode()).map_err(io("dom_md/metadata"))?;
         for area in ["ids", "leases"] {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(self.dom_md().join(area))
-                .map_err(io(area))?;
+            let f = atomic::create_file(&self.dom_md().join(area), false).map_err(io(area))?;
             f.set_len(AREA_SIZE).map_err(io(area))?;
             f.sync_all().map_err(io(area))?;
         }
@@ -538,7 +563,7 @@ impl FileDomain {
             crate::lock::sanlock::format_domain(&self.areas_of(rec.id))
                 .map_err(failed(&self.name, SanlockAction::Format))?;
         }
-        std::fs::create_dir_all(self.images_dir()).map_err(io(IMAGES))?;
+        atomic::make_dir(&self.images_dir()).map_err(io(IMAGES))?;
         atomic::fsync_dir(&self.dom_md()).map_err(io("dom_md"))?;
         atomic::fsync_dir(&self.root).map_err(io(IMAGES))?;
         rec.complete = true;
@@ -573,11 +598,14 @@ impl FileDomain {
             if let Some(rec) = self.removing_record() {
                 return self.finish_remove(&rec).map(|()| 0);
             }
-            if !self.images_dir().exists() && self.dom_md().is_dir() {
+            // A format that died before its first record left at most its lock and its
+            // record's temporary file; anything else in the directory is not ours.
+            if !self.images_dir().exists() && self.format_leftovers_only() {
                 std::fs::remove_dir_all(self.dom_md())
                     .map_err(Error::io(format!("removing {}/dom_md", self.name)))?;
                 return Ok(0);
             }
+            return Err(self.not_a_domain());
         }
         let hosts = self.other_hosts()?;
         if !hosts.is_empty() {
@@ -625,6 +653,20 @@ impl FileDomain {
         drop(guard);
         self.finish_remove(&rec)?;
         Ok(removed)
+    }
+
+    /// Whether `dom_md` exists and holds nothing but what a format writes before its record
+    /// (the lock files and the record's temporary file, see [`atomic::temp_of`]).
+    fn format_leftovers_only(&self) -> bool {
+        let temp = atomic::temp_of(&self.record_path());
+        let temp = temp.file_name().map(|n| n.to_string_lossy().into_owned());
+        let Ok(entries) = std::fs::read_dir(self.dom_md()) else {
+            return false;
+        };
+        entries.flatten().all(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name == "domain.lock" || name == "domain.want" || Some(&name) == temp.as_ref()
+        })
     }
 
     /// The end of a removal whose record is `metadata.removing`: `images/` (emptied under the

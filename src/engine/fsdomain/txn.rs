@@ -92,7 +92,7 @@ pub fn create(fd: &FileDomain, req: &CreateRequest) -> Result<Volume> {
     let dir = fd.image_dir(&meta.image);
     let creating = fd.meta_path(&meta.image, &meta.id, Marker::Creating);
     if !dir.exists() {
-        std::fs::create_dir(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        atomic::make_dir(&dir).map_err(io(format!("creating {}", dir.display())))?;
         atomic::fsync_dir(&fd.images_dir()).map_err(io("syncing images/"))?;
     }
     let bytes = store::encode_meta(&meta)?;
@@ -187,11 +187,7 @@ fn contents(
     let what = || format!("creating {}", data.display());
     match &plan.parent {
         None if meta.format == Format::Raw => {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&data)
-                .map_err(io(what()))?;
+            let f = atomic::create_file(&data, true).map_err(io(what()))?;
             f.set_len(meta.capacity.0).map_err(io(what()))?;
             f.sync_all().map_err(io(what()))?;
             atomic::fsync_dir(&fd.image_dir(&meta.image)).map_err(io(what()))?;

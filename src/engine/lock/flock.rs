@@ -12,6 +12,7 @@
 use super::{Descriptors, DomainGuard, LockError};
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -49,22 +50,44 @@ impl LocalLock {
     /// Every acquisition is reported to the wait observer ([`super::set_wait_observer`]).
     pub fn lock_domain(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError> {
         let start = Instant::now();
-        let r = self.take(vg);
+        let r = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|source| LockError::Io {
+                path: self.dir.display().to_string(),
+                source,
+            })
+            .and_then(|()| self.take(vg, vg));
         super::observe_wait(vg, super::LockPart::Local, start.elapsed(), &r);
         r
     }
 
-    fn take(&self, vg: &str) -> Result<Box<dyn DomainGuard>, LockError> {
-        let path = self.dir.join(format!("{vg}.lock"));
+    /// Takes the lock of the file `<stem>.lock` in `dir`, a directory that must exist (it is
+    /// never made here: a domain's own directory, whose absence means there is no domain);
+    /// `domain` names the domain in errors and wait reports.
+    pub fn lock_in_place(
+        &self,
+        stem: &str,
+        domain: &str,
+    ) -> Result<Box<dyn DomainGuard>, LockError> {
+        let start = Instant::now();
+        let r = self.take(stem, domain);
+        super::observe_wait(domain, super::LockPart::Local, start.elapsed(), &r);
+        r
+    }
+
+    fn take(&self, stem: &str, vg: &str) -> Result<Box<dyn DomainGuard>, LockError> {
+        let path = self.dir.join(format!("{stem}.lock"));
         let io = |source| LockError::Io {
             path: path.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(&self.dir).map_err(io)?;
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io)?;
         let start = Instant::now();
@@ -87,7 +110,7 @@ impl LocalLock {
                 return Err(io(e));
             }
             if want.is_none() {
-                want = self.announce(vg);
+                want = self.announce(stem);
             }
             if start.elapsed() >= self.timeout {
                 return Err(LockError::Busy {
@@ -113,6 +136,7 @@ impl LocalLock {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(self.want_path(vg))
             .ok()?;
         // SAFETY: flock on a file descriptor we own.
@@ -127,6 +151,7 @@ impl LocalLock {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(self.want_path(vg))
         else {
             return true;

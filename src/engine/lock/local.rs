@@ -11,6 +11,7 @@ use super::{
 use crate::format::ids::VolumeId;
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 /// The local lock manager: this host's domain lock and volume leases.
@@ -102,12 +103,17 @@ impl LocalLeases {
             what: path.display().to_string(),
             reason: e.to_string(),
         };
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io)?;
         OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)
             .map_err(io)
     }

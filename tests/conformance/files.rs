@@ -1,0 +1,233 @@
+//! What a file domain leaves to other local users, and to directories that are no domain:
+//! every file and directory lvchain makes is its owner's alone (or its group's, to read, in
+//! a set-group-ID domain directory), read as an unprivileged user to prove it; a plain
+//! directory that commands were wrongly pointed at is left exactly as it was; an agent never
+//! makes the files of a domain removed under it again.
+
+use crate::file_kit::{bin, domain_tmp, Fd, FdAgent};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// nobody / nogroup on Debian.
+const NOBODY: u32 = 65534;
+
+fn root() -> bool {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() == 0 }
+}
+
+/// Everything below `dir` (not `dir` itself), sorted.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        out.push(p.clone());
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&p));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `file`'s first byte read as user `uid` with group `gid` (no supplementary groups): Ok, or
+/// what the reader said.
+fn read_as(uid: u32, gid: u32, file: &Path) -> Result<(), String> {
+    let o = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "head",
+            "-c1",
+        ])
+        .arg(file)
+        .output()
+        .unwrap();
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// A domain directory `dom` in a temporary directory everyone may enter (as a mount point of
+/// a shared file system is); `shared`: group nogroup, set-group-ID.
+fn open_dir(shared: bool) -> (tempfile::TempDir, String) {
+    let tmp = domain_tmp();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dom = tmp.path().join("dom");
+    std::fs::create_dir(&dom).unwrap();
+    if shared {
+        std::os::unix::fs::chown(&dom, None, Some(NOBODY)).unwrap();
+        std::fs::set_permissions(&dom, std::fs::Permissions::from_mode(0o2755)).unwrap();
+    } else {
+        std::fs::set_permissions(&dom, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = dom.display().to_string();
+    (tmp, path)
+}
+
+/// A chain of every kind of file the domain holds: a raw base, a qcow2 snapshot of it, a
+/// qcow2 volume of another image, their metadata and lease files.
+fn fill(d: &Fd) -> Vec<String> {
+    let image = uuid::Uuid::new_v4().to_string();
+    let base = d.create(&["--image", &image, "--size", "1M", "--format", "raw"]);
+    let snap = d.create(&["--parent", &base]);
+    let other = uuid::Uuid::new_v4().to_string();
+    let other = d.create(&["--image", &other, "--size", "1M", "--format", "qcow2"]);
+    d.ok(&["volume", "status", &d.path, &snap, "--generation", "0"]);
+    vec![base, snap, other]
+}
+
+fn data_of(d: &Fd, id: &str) -> PathBuf {
+    walk(Path::new(&d.path))
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == id))
+        .unwrap()
+}
+
+#[test]
+fn a_file_domain_is_readable_by_its_owner_only() {
+    if !root() {
+        eprintln!("skipped: reading as another user needs root");
+        return;
+    }
+    let (_tmp, path) = open_dir(false);
+    let d = Fd {
+        _tmp: domain_tmp(),
+        path,
+    };
+    d.ok(&["domain", "create", "--path", &d.path]);
+    let ids = fill(&d);
+    let all = walk(Path::new(&d.path));
+    assert!(all.len() > 10, "{all:?}");
+    for p in &all {
+        let m = std::fs::metadata(p).unwrap();
+        let want = if m.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(
+            m.mode() & 0o7777,
+            want,
+            "{} is {:o}",
+            p.display(),
+            m.mode() & 0o7777
+        );
+    }
+    for id in &ids {
+        let data = data_of(&d, id);
+        let e = read_as(NOBODY, NOBODY, &data).unwrap_err();
+        assert!(e.contains("Permission denied"), "{e}");
+    }
+    // The owner reads them all the same.
+    let o = Command::new(bin())
+        .args(["--direct", "domain", "check", &d.path])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_set_group_id_domain_directory_shares_reads_with_its_group_only() {
+    if !root() {
+        eprintln!("skipped: reading as another user needs root");
+        return;
+    }
+    let (_tmp, path) = open_dir(true);
+    let d = Fd {
+        _tmp: domain_tmp(),
+        path,
+    };
+    d.ok(&["domain", "create", "--path", &d.path]);
+    let ids = fill(&d);
+    for p in walk(Path::new(&d.path)) {
+        let m = std::fs::metadata(&p).unwrap();
+        // This host's lock files (`flock`) hold no data and stay private.
+        let lock = p.extension().is_some_and(|e| e == "lock" || e == "want");
+        let want = match (m.is_dir(), lock) {
+            (true, _) => 0o2750,
+            (false, true) => 0o600,
+            (false, false) => 0o640,
+        };
+        assert_eq!(m.mode() & 0o7777, want, "{}", p.display());
+        assert_eq!(m.gid(), NOBODY, "{} has group {}", p.display(), m.gid());
+    }
+    for id in &ids {
+        let data = data_of(&d, id);
+        read_as(NOBODY - 1, NOBODY, &data).unwrap();
+        let e = read_as(NOBODY, NOBODY - 1, &data).unwrap_err();
+        assert!(e.contains("Permission denied"), "{e}");
+    }
+}
+
+#[test]
+fn commands_on_a_directory_that_is_no_domain_change_nothing_in_it() {
+    let tmp = domain_tmp();
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::write(plain.join("notes.txt"), "mine\n").unwrap();
+    let p = plain.display().to_string();
+    let before = walk(&plain);
+    let d = Fd {
+        _tmp: domain_tmp(),
+        path: p.clone(),
+    };
+    let vol = "2f794df7-eaf6-46ac-8195-28c9a02bc5ef";
+    for args in [
+        vec!["volume", "create", &p, "--image", vol, "--size", "1M"],
+        vec!["volume", "remove", &p, vol],
+        vec!["domain", "set", &p, "--wipe", "none"],
+        vec!["gc", &p],
+        vec!["domain", "check", &p],
+        vec!["volume", "list", &p],
+        vec!["domain", "remove", &p],
+        vec!["domain", "remove", &p, "--force"],
+    ] {
+        let o = d.run(&args);
+        assert!(!o.status.success(), "lvchain {args:?} succeeded");
+        let said = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            said.contains("not an lvchain domain"),
+            "lvchain {args:?}: {said}"
+        );
+        assert_eq!(walk(&plain), before, "after lvchain {args:?}");
+    }
+    // Somebody's own dom_md is not taken for a format's leftovers.
+    std::fs::create_dir(plain.join("dom_md")).unwrap();
+    std::fs::write(plain.join("dom_md/x"), "").unwrap();
+    let before = walk(&plain);
+    for args in [
+        vec!["gc", &p],
+        vec!["domain", "remove", &p],
+        vec!["volume", "create", &p, "--image", vol, "--size", "1M"],
+    ] {
+        assert!(!d.run(&args).status.success(), "lvchain {args:?}");
+        assert_eq!(walk(&plain), before, "after lvchain {args:?}");
+    }
+}
+
+#[test]
+fn an_agent_does_not_make_the_files_of_a_domain_removed_under_it() {
+    let d = Fd::new();
+    let agent = FdAgent::start(&d.path, "1");
+    let seg = crate::file_kit::segment(&d.path);
+    let image = uuid::Uuid::new_v4().to_string();
+    let vol = d.create(&["--image", &image, "--size", "1M"]);
+    let (st, v) = agent.call("GET", &format!("/v1/domains/{seg}/volumes"), "");
+    assert_eq!(st, 200, "{v}");
+    d.ok(&["volume", "remove", &d.path, &vol]);
+    d.ok(&["domain", "remove", &d.path]);
+    assert_eq!(walk(Path::new(&d.path)), Vec::<PathBuf>::new());
+    // Three of the agent's collections later, and requests for the removed domain.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    for (method, route) in [("GET", "volumes"), ("POST", "gc"), ("GET", "check")] {
+        let (st, v) = agent.call(method, &format!("/v1/domains/{seg}/{route}"), "");
+        assert!(st >= 400, "{method} {route}: {st} {v}");
+    }
+    assert_eq!(
+        walk(Path::new(&d.path)),
+        Vec::<PathBuf>::new(),
+        "agent log:\n{}",
+        agent.log()
+    );
+}
