@@ -449,14 +449,12 @@ fn lvm_agent_periodic_gc_waits_out_a_busy_lock_then_collects() {
     let metrics = metrics.as_str().unwrap_or_default().to_string();
     assert!(
         metrics.contains(&format!(
-            "lvchain_agent_gc_runs_total{{domain=\"{vg}\",outcome=\"busy\"}}"
+            "lvchain_gc_runs_total{{domain=\"{vg}\",outcome=\"busy\"}}"
         )),
         "{metrics}"
     );
     assert!(
-        metrics.contains(&format!(
-            "lvchain_agent_gc_orphans_total{{domain=\"{vg}\"}} 1"
-        )),
+        metrics.contains(&format!("lvchain_gc_orphans_total{{domain=\"{vg}\"}} 1")),
         "{metrics}"
     );
 }

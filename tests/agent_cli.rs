@@ -76,7 +76,7 @@ impl Agent {
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
         let re = regex::Regex::new(
-            r#"(?m)^lvchain_agent_operations_total\{op="([^"]+)",outcome="([^"]+)"\} (\d+)"#,
+            r#"(?m)^lvchain_operations_total\{op="([^"]+)",outcome="([^"]+)"\} (\d+)"#,
         )
         .unwrap();
         re.captures_iter(&text)

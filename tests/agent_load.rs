@@ -390,7 +390,7 @@ fn lvm_agent_load_8_clients_400_requests_with_gc_and_a_kill() {
     );
     let gc_runs: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("lvchain_agent_gc_runs_total{"))
+        .filter(|l| l.starts_with("lvchain_gc_runs_total{"))
         .collect();
     eprintln!("gc since the restart: {gc_runs:?}");
 

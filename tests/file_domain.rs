@@ -1228,7 +1228,7 @@ fn file_agent_collects_a_served_file_domain_periodically() {
     let m = agent.metrics();
     assert!(
         m.contains(&format!(
-            "lvchain_agent_gc_runs_total{{domain=\"{}\",outcome=\"collected\"}}",
+            "lvchain_gc_runs_total{{domain=\"{}\",outcome=\"collected\"}}",
             d.path
         )),
         "{m}"

@@ -97,12 +97,12 @@ impl Metrics {
         let scans = Family::<GcLabels, Counter>::default();
         let lock_waits: Histograms<WaitLabels> = Family::new_with_constructor(lock_wait);
         registry.register(
-            "lvchain_agent_operations",
+            "lvchain_operations",
             "API requests by route and outcome (ok or the error kind)",
             ops.clone(),
         );
         registry.register(
-            "lvchain_agent_operation_duration_seconds",
+            "lvchain_operation_duration_seconds",
             "API request latency by route and outcome",
             op_seconds.clone(),
         );
@@ -117,38 +117,38 @@ impl Metrics {
             command_seconds.clone(),
         );
         registry.register(
-            "lvchain_agent_gc_runs",
+            "lvchain_gc_runs",
             "Collector runs by domain and outcome (collected, busy, failed)",
             gc_runs.clone(),
         );
         registry.register(
-            "lvchain_agent_gc_orphans",
+            "lvchain_gc_orphans",
             "Orphans the collector found and acted on, by domain",
             gc_orphans.clone(),
         );
         registry.register(
-            "lvchain_agent_jobs_running",
+            "lvchain_jobs_running",
             "Jobs (copies) running now",
             jobs_running.clone(),
         );
         registry.register(
             "lvchain_domain_orphans",
-            "LVs with a transaction marker that no committed volume needs (gc's work; alert when it stays above 0), by domain, as the last scan saw them",
+            "Volumes (LVs, or a file domain's files) with a transaction marker that no committed volume needs (gc's work; alert when it stays above 0), by domain, as the last scan saw them",
             orphans.clone(),
         );
         registry.register(
             "lvchain_domain_free_bytes",
-            "Free space of the domain's VG (bytes) at the last scan",
+            "Free space of the domain (its VG, or a file domain's file system), bytes, at the last scan",
             free_bytes.clone(),
         );
         registry.register(
             "lvchain_domain_free_slots",
-            "Metadata slots (volumes) still free in the domain at the last scan",
+            "Metadata slots (volumes) still free in a block domain at the last scan (file domains have none)",
             free_slots.clone(),
         );
         registry.register(
-            "lvchain_agent_domain_scans",
-            "Scans of a served domain (one LVM report each) by domain and outcome (ok, failed)",
+            "lvchain_domain_scans",
+            "Scans of a served domain (one LVM report, or one read of a file domain's directory, each) by domain and outcome (ok, failed)",
             scans.clone(),
         );
         registry.register(
@@ -345,21 +345,19 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(
-                "lvchain_agent_operations_total{op=\"GET /v1/domains\",outcome=\"ok\"} 1"
-            ),
+            text.contains("lvchain_operations_total{op=\"GET /v1/domains\",outcome=\"ok\"} 1"),
             "{text}"
         );
         assert!(
-            text.contains("lvchain_agent_gc_orphans_total{domain=\"vg\"} 2"),
+            text.contains("lvchain_gc_orphans_total{domain=\"vg\"} 2"),
             "{text}"
         );
-        assert!(text.contains("lvchain_agent_jobs_running 0"), "{text}");
+        assert!(text.contains("lvchain_jobs_running 0"), "{text}");
         for line in [
             "lvchain_domain_orphans{domain=\"vg\"} 1",
             "lvchain_domain_free_bytes{domain=\"vg\"} 4096",
             "lvchain_domain_free_slots{domain=\"vg\"} 7",
-            "lvchain_agent_domain_scans_total{domain=\"vg\",outcome=\"failed\"} 1",
+            "lvchain_domain_scans_total{domain=\"vg\",outcome=\"failed\"} 1",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

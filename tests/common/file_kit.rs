@@ -183,7 +183,7 @@ impl FdAgent {
     /// The request counters by `op outcome` (the metrics requests left out).
     pub fn operations(&self) -> BTreeMap<String, u64> {
         let re = regex::Regex::new(
-            r#"(?m)^lvchain_agent_operations_total\{op="([^"]+)",outcome="([^"]+)"\} (\d+)"#,
+            r#"(?m)^lvchain_operations_total\{op="([^"]+)",outcome="([^"]+)"\} (\d+)"#,
         )
         .unwrap();
         re.captures_iter(&self.metrics())

@@ -1,6 +1,7 @@
 //! The agent's `/metrics` checked by `promtool check metrics` (Prometheus' own linter), after
 //! requests, a creation and a gc gave every counter family samples; and the content type
-//! each format is served with.
+//! each format is served with; one name space for every family, labels and help texts that
+//! fit file domains too.
 
 use crate::file_kit::{Fd, FdAgent};
 use crate::http;
@@ -77,6 +78,31 @@ fn metrics_pass_promtool_and_say_their_format() {
     assert_eq!(st, 200);
     assert_eq!(kind, "text/plain; version=0.0.4; charset=utf-8");
     assert!(text.contains("_total"), "no counter sample: {text}");
+    // One namespace; a file domain's lock waits labelled with the domain, not the lock file;
+    // help texts that speak of VGs or LVs say what a file domain has instead.
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(families.len() > 5, "{text}");
+    for f in &families {
+        assert!(
+            f.starts_with("lvchain_") && !f.starts_with("lvchain_agent_"),
+            "{f}"
+        );
+    }
+    let waits = format!(
+        "lvchain_lock_wait_seconds_count{{domain=\"{}\",part=\"local\",outcome=\"acquired\"}}",
+        d.path
+    );
+    assert!(text.contains(&waits), "no {waits} in\n{text}");
+    assert!(!text.contains("domain=\"domain\""), "{text}");
+    for help in text.lines().filter(|l| l.starts_with("# HELP ")) {
+        if help.contains("VG") || help.contains("LV") {
+            assert!(help.contains("file"), "{help}");
+        }
+    }
     let (ok, said) = promtool(&text);
     assert!(
         ok && said.trim().is_empty(),
