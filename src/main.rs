@@ -3,10 +3,6 @@
 use clap::Parser;
 
 fn main() {
-    // What lvchain and the programs it runs make (volume files, records under /run, lock
-    // files) is its owner's alone unless the code gives it wider modes on purpose.
-    // SAFETY: umask only sets this process's file mode mask.
-    unsafe { libc::umask(0o077) };
     let cli = lvchain::cli::Cli::parse();
     let default = if cli.verbose {
         "lvchain=debug"

@@ -114,7 +114,7 @@ pub(crate) fn prepare(
         .lvm
         .lvchange_activation(&inactive, Activation::Activate)?;
     let dir = links::image_dir(&domain.vg, image);
-    std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    links::make_dirs(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
     for v in &chain {
         links::add(&domain.vg, image, &v.id, &domain.volume_device(&v.id))
             .map_err(Error::io("creating a link"))?;

@@ -40,6 +40,24 @@ pub fn link_path(vg: &str, image: &ImageId, volume: &VolumeId) -> PathBuf {
     image_dir(vg, image).join(volume.to_string())
 }
 
+/// Makes `dir` and its missing parents `0755` whatever the umask (the agent's unit sets
+/// `0077`): a link directory and the socket's are walked by the users of what they hold (a
+/// VM's qemu, the agent's group), which the devices' and the socket's own modes guard.
+pub fn make_dirs(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(p) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        make_dirs(p)?;
+    }
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)),
+    }
+}
+
 /// Whether the image is prepared on this host.
 pub fn prepared(vg: &str, image: &ImageId) -> bool {
     image_dir(vg, image).is_dir()

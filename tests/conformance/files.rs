@@ -231,3 +231,43 @@ fn an_agent_does_not_make_the_files_of_a_domain_removed_under_it() {
         agent.log()
     );
 }
+
+#[test]
+fn an_agent_under_umask_0077_makes_its_socket_directory_walkable() {
+    use std::os::unix::process::CommandExt;
+    let d = Fd::new();
+    let run = tempfile::tempdir().unwrap();
+    let socket = run.path().join("lvchain/sub/agent.sock");
+    let mut c = Command::new(bin());
+    c.args(["agent", "--socket", socket.to_str().unwrap()])
+        .args([
+            "--domain",
+            &d.path,
+            "--gc-interval",
+            "0",
+            "--census-interval",
+            "0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for v in crate::file_kit::engine_env() {
+        c.env_remove(v);
+    }
+    // SAFETY: umask is async-signal-safe and only sets the child's mask.
+    unsafe {
+        c.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().unwrap();
+    crate::http::wait_until_answering(&socket, std::time::Duration::from_secs(30), String::new);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    let walked = [run.path().join("lvchain"), run.path().join("lvchain/sub")];
+    let modes: Vec<u32> = walked.iter().map(|p| mode(p)).collect();
+    let sock = mode(&socket);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(modes, vec![0o755, 0o755], "{walked:?}");
+    assert_eq!(sock, 0o600);
+}
