@@ -1,6 +1,7 @@
 //! Conformance on the host (no device-mapper): what outside tools meet on a file domain and
 //! its agent. [`metrics`]: the agent's metrics as `promtool` reads them; [`files`]: the modes
-//! of a domain's files and what is left of directories that are no domain.
+//! of a domain's files and what is left of directories that are no domain; [`validation`]: one
+//! check of the sizes every client sends.
 #![allow(clippy::unwrap_used)]
 
 #[path = "common/file_kit.rs"]
@@ -11,4 +12,5 @@ mod http;
 mod conformance {
     pub mod files;
     pub mod metrics;
+    pub mod validation;
 }

@@ -315,8 +315,11 @@ pub enum DebugCmd {
     CrashPoints,
 }
 
+/// A volume size (checked as the engine checks every client's).
 fn parse_bytes(s: &str) -> std::result::Result<Bytes, String> {
-    parse_size(s)
+    let size = parse_size(s)?;
+    crate::units::check_volume_size(size)?;
+    Ok(size)
 }
 
 /// A generation an operation can start at (its end, or a fence, must still count).

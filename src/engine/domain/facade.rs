@@ -4,7 +4,7 @@
 
 use super::burst::{Burst, BurstSettings};
 use super::{format, Domain, DomainInfo, FormatRequest};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::ids::{Generation, ImageId, VolumeId};
 use crate::image::{HeldImage, Holding};
 use crate::metadata::Legality;
@@ -105,6 +105,7 @@ impl Domain {
         size: Bytes,
         generation: Option<Generation>,
     ) -> Result<Volume> {
+        crate::units::check_volume_size(size).map_err(Error::InvalidInput)?;
         if let Some(f) = &self.file {
             return match generation {
                 Some(g) => crate::fsdomain::op::run(f, id, g, &Work::Extend { size }),

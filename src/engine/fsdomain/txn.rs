@@ -62,8 +62,19 @@ fn pass(p: Option<CrashPoint>) {
     }
 }
 
+/// An I/O error of `what`; a file larger than the file system takes (EFBIG) is the request's
+/// fault, not the system's.
 fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
-    Error::io(what.to_string())
+    let what = what.to_string();
+    move |e| {
+        if e.raw_os_error() == Some(libc::EFBIG) {
+            Error::InvalidInput(format!(
+                "{what}: the file system holds no file that large ({e})"
+            ))
+        } else {
+            Error::io(what)(e)
+        }
+    }
 }
 
 /// Creates a base volume or a snapshot of a leaf; returns it as committed.

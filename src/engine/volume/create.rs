@@ -88,6 +88,9 @@ pub(crate) fn plan_for(vg: &str, cat: &Catalog, req: &CreateRequest) -> Result<P
         (None, Some(_)) => Format::Qcow2,
         (None, None) => Format::Raw,
     };
+    if let Some(size) = req.size {
+        crate::units::check_volume_size(size).map_err(Error::InvalidInput)?;
+    }
     let capacity = match (req.size, &parent) {
         (Some(s), Some(p)) if s < p.capacity => {
             return Err(Error::InvalidInput(format!(
