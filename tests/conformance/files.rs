@@ -271,3 +271,77 @@ fn an_agent_under_umask_0077_makes_its_socket_directory_walkable() {
     assert_eq!(modes, vec![0o755, 0o755], "{walked:?}");
     assert_eq!(sock, 0o600);
 }
+
+/// A read-only bind mount of `dir` (unmounted on drop).
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    fn of(dir: &str) -> ReadOnly {
+        let at = PathBuf::from(format!("{dir}-ro"));
+        std::fs::create_dir(&at).unwrap();
+        let run = |args: &[&str]| {
+            let o = Command::new("mount").args(args).output().unwrap();
+            assert!(o.status.success(), "mount {args:?}: {o:?}");
+        };
+        run(&["--bind", dir, at.to_str().unwrap()]);
+        let ro = ReadOnly(at);
+        run(&["-o", "remount,ro,bind", ro.0.to_str().unwrap()]);
+        ro
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn every_read_works_on_a_read_only_mount() {
+    if !root() {
+        eprintln!("skipped: a read-only mount needs root");
+        return;
+    }
+    let d = Fd::new();
+    let image = uuid::Uuid::new_v4().to_string();
+    let base = d.create(&["--image", &image, "--size", "1M", "--format", "raw"]);
+    let snap = d.create(&["--parent", &base]);
+    let listing = walk(Path::new(&d.path));
+    let ro = ReadOnly::of(&d.path);
+    let r = ro.0.display().to_string();
+    let reads: Vec<Vec<&str>> = vec![
+        vec!["volume", "info", &r, &snap],
+        vec!["volume", "info", &r, &base],
+        vec!["volume", "status", &r, &snap, "--generation", "0"],
+        vec!["volume", "list", &r],
+        vec!["image", "chain", &r, &image],
+        vec!["domain", "info", &r],
+        vec!["domain", "check", &r],
+    ];
+    for args in &reads {
+        let mut json = vec!["--json"];
+        json.extend_from_slice(args);
+        let o = d.run(&json);
+        assert!(
+            o.status.success(),
+            "lvchain {args:?} on a read-only mount: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let rw: Vec<&str> = json
+            .iter()
+            .map(|a| if *a == r { d.path.as_str() } else { *a })
+            .collect();
+        let same = d.run(&rw);
+        let view = |out: &[u8]| {
+            let text = String::from_utf8_lossy(out).replace(&r, &d.path);
+            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("seconds");
+            }
+            v
+        };
+        assert_eq!(view(&o.stdout), view(&same.stdout), "lvchain {args:?}");
+    }
+    assert_eq!(walk(Path::new(&d.path)), listing, "a read wrote");
+}

@@ -120,6 +120,19 @@ impl LocalLeases {
 }
 
 impl LocalLeases {
+    /// The volume's lease file opened read-only; None when it does not exist.
+    fn open_to_read(&self, vg: &str, volume: &VolumeId) -> Result<Option<File>, LeaseError> {
+        let path = self.dir.join(vg).join(format!("{volume}.lease"));
+        match File::open(&path) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LeaseError::Io {
+                what: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
     pub fn acquire(
         &self,
         vg: &str,
@@ -171,8 +184,12 @@ impl LocalLeases {
 
     /// The type of a lock another open file description holds on the lease file (`F_UNLCK`:
     /// none): `F_OFD_GETLK` for a write lock reports any conflicting one without taking it.
+    /// Only reads: a missing lease file is a free lease (every holder makes it first), and a
+    /// read-only mount is read.
     fn conflicting(&self, vg: &str, volume: &VolumeId) -> Result<libc::c_short, LeaseError> {
-        let f = self.open(vg, volume)?;
+        let Some(f) = self.open_to_read(vg, volume)? else {
+            return Ok(libc::F_UNLCK as libc::c_short);
+        };
         let mut fl = whole_file_lock(libc::F_WRLCK as libc::c_short);
         // SAFETY: as above; F_OFD_GETLK fills `fl` with a conflicting lock, if any.
         let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
@@ -194,7 +211,16 @@ impl LocalLeases {
         volume: &VolumeId,
         kind: libc::c_short,
     ) -> Result<Box<dyn LeaseGuard>, LeaseError> {
-        let f = self.open(vg, volume)?;
+        // A shared lock needs the file open for reading only (a read-only mount's readers).
+        let existing = if kind == libc::F_RDLCK as libc::c_short {
+            self.open_to_read(vg, volume)?
+        } else {
+            None
+        };
+        let f = match existing {
+            Some(f) => f,
+            None => self.open(vg, volume)?,
+        };
         let fl = whole_file_lock(kind);
         // SAFETY: fcntl with a valid flock struct on a descriptor we own.
         let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
