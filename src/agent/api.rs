@@ -519,6 +519,11 @@ async fn copy_volume(
                 "forbidden",
                 "only root may copy from a file on the agent's host (the agent reads it as root)",
             )),
+            (Some(path), None) if !path.is_absolute() => {
+                return Err(ApiError::bad_request(format!(
+                    "from_file {path:?} is not an absolute path on the agent's host"
+                )))
+            }
             (Some(path), None) => Source::File {
                 path,
                 format: parse_opt::<Format>("from_format", &b.from_format)?.unwrap_or(Format::Raw),
@@ -535,8 +540,20 @@ async fn copy_volume(
                 ))
             }
         };
-    // Refuse an unserved domain now rather than in the job.
-    agent.domains.open(&vg)?;
+    // Refuse an unserved domain, a missing volume or source volume now rather than in the
+    // job (one scan).
+    let from = match &source {
+        Source::Volume(v) => Some(*v),
+        _ => None,
+    };
+    on_domain(&agent, vg.clone(), move |d| {
+        let cat = d.catalog()?;
+        for v in std::iter::once(id).chain(from) {
+            cat.get(d.vg(), &v)?;
+        }
+        Ok(())
+    })
+    .await?;
     let worker = agent.clone();
     let job = agent
         .jobs
