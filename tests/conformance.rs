@@ -1,5 +1,6 @@
 //! Conformance on the host (no device-mapper): what outside tools meet on a file domain and
-//! its agent. [`metrics`]: the agent's metrics as `promtool` reads them.
+//! its agent. [`metrics`]: the agent's metrics as `promtool` reads them; [`socket`]: the
+//! agent's listeners as slow, many or malformed clients meet them.
 #![allow(clippy::unwrap_used)]
 
 #[path = "common/file_kit.rs"]
@@ -9,4 +10,5 @@ mod http;
 
 mod conformance {
     pub mod metrics;
+    pub mod socket;
 }

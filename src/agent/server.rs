@@ -124,18 +124,19 @@ pub async fn serve<L: Listener>(
         }
         let state = slot.state.clone();
         let router = router.clone();
-        let service = tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-            let busy = Busy::start(&state);
-            if let Some(p) = peer {
-                req.extensions_mut().insert(ConnectInfo(p));
-            }
-            let answer = router.clone().oneshot(req);
-            async move {
-                let r = answer.await;
-                drop(busy);
-                r
-            }
-        });
+        let service =
+            tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                let busy = Busy::start(&state);
+                if let Some(p) = peer {
+                    req.extensions_mut().insert(ConnectInfo(p));
+                }
+                let answer = router.clone().oneshot(req);
+                async move {
+                    let r = answer.await;
+                    drop(busy);
+                    r
+                }
+            });
         let conn = builder.serve_connection(
             TokioIo::new(ErrorBodies::new(io)),
             TowerToHyperService::new(service),
@@ -445,7 +446,7 @@ fn hyper_error(status: u16) -> Option<ApiError> {
 
 /// Where the head hyper writes for a request it cannot read starts in `buf`, its status and
 /// its `date` line: it ends `buf` (hyper closes the connection after it), has status 400, 414
-/// or 431 and no header but `content-length: 0` and `date`. The API's own answers always
+/// or 431 and no header but `connection: close`, `content-length: 0` and `date`. The API's own answers always
 /// carry a body (JSON, which holds no raw CRLF; the metrics' text neither).
 fn bare_error_head(buf: &[u8]) -> Option<(usize, u16, Option<Vec<u8>>)> {
     if !buf.ends_with(b"\r\n\r\n") {
@@ -463,6 +464,7 @@ fn bare_error_head(buf: &[u8]) -> Option<(usize, u16, Option<Vec<u8>>)> {
         let (name, value) = l.split_once(':')?;
         match name.to_ascii_lowercase().as_str() {
             "content-length" if value.trim() == "0" => {}
+            "connection" if value.trim().eq_ignore_ascii_case("close") => {}
             "date" => date = Some(format!("{l}\r\n").into_bytes()),
             _ => return None,
         }
@@ -551,7 +553,9 @@ mod tests {
 
     #[test]
     fn hyper_bare_error_heads_are_found_at_the_end_only() {
-        let bare = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: Mon, 01 Jan 2024 00:00:00 GMT\r\n\r\n";
+        // As hyper 1.12 writes it.
+        let bare = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\
+                     date: Mon, 01 Jan 2024 00:00:00 GMT\r\n\r\n";
         let (at, status, date) = bare_error_head(bare).expect("found");
         assert_eq!((at, status), (0, 400));
         assert_eq!(
@@ -577,7 +581,10 @@ mod tests {
         let a = String::from_utf8(json_answer(&e, None)).expect("utf-8");
         let (head, body) = a.split_once("\r\n\r\n").expect("a head");
         assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
-        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
         let v: serde_json::Value = serde_json::from_str(body).expect("json");
         assert_eq!(v["kind"], "headers_too_large");
     }
