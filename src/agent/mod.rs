@@ -7,7 +7,8 @@
 //! as long as this process, and are taken again at start for images still prepared here.
 //!
 //! Life cycle: bind the socket (refused while another agent answers on it; a stale socket
-//! file is replaced), tell systemd it is ready (`READY=1` when `NOTIFY_SOCKET` is set), serve;
+//! file is replaced), tell systemd it is ready (`READY=1` when `NOTIFY_SOCKET` is set), serve
+//! (`server.rs`: the accept loops, with the limits that keep a client from exhausting them);
 //! on SIGTERM or SIGINT stop accepting, wait up to the shutdown timeout for in-flight requests,
 //! jobs and collections, remove the socket and end. Work still running then ends with the
 //! process: programs writing volume data die with it (their leases with them), and an

@@ -75,8 +75,63 @@ pub enum AgentError {
 pub enum Ran {
     /// The agent ran it (or refused it); the CLI ends with this.
     Done(std::result::Result<(), super::CliError>),
-    /// Run it in this process.
-    InProcess,
+    /// Run it in this process, for this reason.
+    InProcess(Here),
+}
+
+/// Why a command runs in this process instead of through the agent: said by a refusal that
+/// only the agent could have avoided (`image prepare` on a sanlock domain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Here {
+    /// `--direct` was given.
+    Direct,
+    /// The API has no route for the command, or its arguments are readable only here.
+    NoRoute,
+    /// The environment sets these settings of the in-process engine ([`ENGINE_ENV`]).
+    EngineEnv(Vec<&'static str>),
+    /// No agent (of this version) answered the probe on this socket.
+    NoAgent(PathBuf),
+    /// The agent does not serve the command's domain.
+    NotServed,
+}
+
+impl std::fmt::Display for Here {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Here::Direct => write!(f, "--direct was given"),
+            Here::NoRoute => write!(
+                f,
+                "its arguments can be read only by this process (a relative path, or a \
+                 domain name lvm refuses)"
+            ),
+            Here::EngineEnv(vars) => {
+                let (verb, pronoun) = if vars.len() == 1 {
+                    ("is", "it")
+                } else {
+                    ("are", "them")
+                };
+                write!(
+                    f,
+                    "{} {verb} set in the environment: settings of the in-process engine, \
+                     which the agent does not take; unset {pronoun} to go through the agent",
+                    vars.join(", ")
+                )
+            }
+            Here::NoAgent(socket) => {
+                write!(
+                    f,
+                    "no agent of this version answered on {}",
+                    socket.display()
+                )
+            }
+            Here::NotServed => write!(f, "the agent does not serve this domain"),
+        }
+    }
+}
+
+/// The [`ENGINE_ENV`] variables set, as `is_set` tells.
+fn engine_env_set(is_set: impl Fn(&str) -> bool) -> Vec<&'static str> {
+    ENGINE_ENV.iter().copied().filter(|v| is_set(v)).collect()
 }
 
 /// The socket the CLI talks to: `--agent-socket`, else `$LVCHAIN_AGENT_SOCKET`, else the
@@ -358,29 +413,30 @@ fn request(cmd: &Command) -> Option<Plan> {
 /// Runs `cli`'s command through the agent when it can (see the module doc).
 pub fn run(cli: &Cli, out: &super::output::Out) -> Ran {
     if cli.direct {
-        return Ran::InProcess;
+        return Ran::InProcess(Here::Direct);
     }
     let Some(plan) = request(&cli.command) else {
         tracing::debug!("no agent route for this command: in-process");
-        return Ran::InProcess;
+        return Ran::InProcess(Here::NoRoute);
     };
-    if let Some(var) = ENGINE_ENV.iter().find(|v| std::env::var_os(v).is_some()) {
-        tracing::debug!("{var} is set: in-process");
-        return Ran::InProcess;
+    let set = engine_env_set(|v| std::env::var_os(v).is_some());
+    if !set.is_empty() {
+        tracing::debug!("{} set: in-process", set.join(", "));
+        return Ran::InProcess(Here::EngineEnv(set));
     }
     let agent = Agent {
         socket: socket(cli),
         show_progress: super::tty(cli),
     };
     if !agent.answers() {
-        return Ran::InProcess;
+        return Ran::InProcess(Here::NoAgent(agent.socket));
     }
     match agent.perform(&plan, out) {
         Err(super::CliError::Agent(AgentError::Answered { kind, .. }))
             if kind == "domain_not_served" =>
         {
             tracing::debug!("the agent does not serve this domain: in-process");
-            Ran::InProcess
+            Ran::InProcess(Here::NotServed)
         }
         r => Ran::Done(r),
     }
@@ -710,6 +766,23 @@ mod tests {
         assert_eq!(parse_response(to_end).map(|r| r.0), Ok(404));
         assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nab").is_err());
         assert!(parse_response(b"garbage").is_err());
+    }
+
+    #[test]
+    fn the_engine_variables_that_keep_the_cli_here_are_named() {
+        let set = engine_env_set(|v| v == "LVCHAIN_DEVICES" || v == "LVCHAIN_LVM");
+        assert_eq!(set, ["LVCHAIN_DEVICES", "LVCHAIN_LVM"]);
+        assert!(engine_env_set(|_| false).is_empty());
+        let one = Here::EngineEnv(vec!["LVCHAIN_DEVICES"]).to_string();
+        assert!(
+            one.starts_with("LVCHAIN_DEVICES is set") && one.contains("unset it"),
+            "{one}"
+        );
+        let two = Here::EngineEnv(set).to_string();
+        assert!(
+            two.starts_with("LVCHAIN_DEVICES, LVCHAIN_LVM are set"),
+            "{two}"
+        );
     }
 
     /// Every `LVCHAIN_*` variable the engine reads is one that keeps the CLI in-process: a new
