@@ -451,14 +451,20 @@ pub enum CliError {
     /// Refused in this process where only the agent could have done it (`image prepare` on a
     /// sanlock domain); `why` says what kept the command from the agent.
     #[error("{source} (this command ran in this process, not through the agent: {why})")]
-    NeedsAgent { source: Error, why: remote::Here },
+    NeedsAgent {
+        source: Box<Error>,
+        why: remote::Here,
+    },
 }
 
 impl CliError {
     /// An error of the command run in this process because of `why`.
     pub fn in_process(e: Error, why: remote::Here) -> CliError {
         match e {
-            Error::NeedsAgent { .. } => CliError::NeedsAgent { source: e, why },
+            Error::NeedsAgent { .. } => CliError::NeedsAgent {
+                source: Box::new(e),
+                why,
+            },
             e => CliError::Engine(e),
         }
     }
