@@ -254,6 +254,30 @@ mod tests {
     }
 
     #[test]
+    fn the_connection_bound_is_64_unless_set_and_never_0() {
+        let d = Settings::resolve(&AgentArgs::default(), FileConfig::default()).expect("ok");
+        assert_eq!(d.max_connections, DEFAULT_MAX_CONNECTIONS);
+        let file = FileConfig::parse("max_connections = 8\n", Path::new("t.toml")).expect("parses");
+        let args = AgentArgs {
+            max_connections: Some(16),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&AgentArgs::default(), file).expect("resolves");
+        assert_eq!(s.max_connections, 8);
+        let s = Settings::resolve(&args, FileConfig::default()).expect("resolves");
+        assert_eq!(s.max_connections, 16);
+        let zero = AgentArgs {
+            max_connections: Some(0),
+            ..Default::default()
+        };
+        let e = Settings::resolve(&zero, FileConfig::default());
+        assert!(
+            matches!(e, Err(Error::InvalidInput(ref m)) if m.contains("max_connections")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_and_bad_names_are_refused() {
         let e = FileConfig::parse("sokcet = \"/x\"\n", Path::new("t.toml"));
         assert!(
