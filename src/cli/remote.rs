@@ -5,7 +5,8 @@
 //!
 //! In-process instead (the caller runs the command itself): `--direct`; no socket or nobody
 //! listening (quietly, at debug level); a socket that does not answer the probe within
-//! [`PROBE_TIMEOUT`] or an agent of another version (a warning); an environment that sets the
+//! [`PROBE_TIMEOUT`] or an agent of another version (a warning; an agent at its connection
+//! bound, 503, is probed once more a second later); an environment that sets the
 //! in-process engine ([`ENGINE_ENV`]: those settings cannot reach the agent); a command the
 //! API has no route for, or whose arguments only this process can read (relative paths, a
 //! file domain's included; a VG name that is not one); a domain the agent does not serve
@@ -117,13 +118,12 @@ impl std::fmt::Display for Here {
                     vars.join(", ")
                 )
             }
-            Here::NoAgent(socket) => {
-                write!(
-                    f,
-                    "no agent of this version answered on {}",
-                    socket.display()
-                )
-            }
+            Here::NoAgent(socket) => write!(
+                f,
+                "no agent of this version answered the probe on {} (when one listens there, \
+                 a warning above says why)",
+                socket.display()
+            ),
             Here::NotServed => write!(f, "the agent does not serve this domain"),
         }
     }
@@ -449,6 +449,11 @@ struct ErrorBody {
     message: String,
 }
 
+/// Whether an error body is the agent's refusal at its connection bound.
+fn at_connection_bound(body: &[u8]) -> bool {
+    serde_json::from_slice::<ErrorBody>(body).is_ok_and(|e| e.kind == "too_many_connections")
+}
+
 /// A job as the CLI reads it.
 #[derive(Deserialize)]
 struct Job {
@@ -476,7 +481,17 @@ impl Agent {
     /// Whether the agent answers the probe (logged why not).
     fn answers(&self) -> bool {
         let s = self.socket.display();
-        match exchange(&self.socket, "GET", "/v1/agent", None, Some(PROBE_TIMEOUT)) {
+        let probe = || exchange(&self.socket, "GET", "/v1/agent", None, Some(PROBE_TIMEOUT));
+        let mut answer = probe();
+        // At its connection bound the agent refuses at once; a connection that has waited
+        // longer than the grace for its request then gives way (`agent::server`): one more
+        // probe past the grace is answered unless every connection is busy.
+        if matches!(&answer, Ok((503, body)) if at_connection_bound(body)) {
+            tracing::debug!("the agent on {s} is at its connection bound: probing once more");
+            std::thread::sleep(crate::agent::server::WAITING_GRACE + Duration::from_millis(100));
+            answer = probe();
+        }
+        match answer {
             Err(Exchange::Connect(e))
                 if matches!(
                     e.kind(),

@@ -4,9 +4,10 @@
 //! connections a connection is answered 503 `too_many_connections` at once, and the agent
 //! logs it; a body that never completes gets 408, an announced body over the limit 413 at
 //! once, unreadable requests 400, 414 and 431: every one with the API's JSON error body. The
-//! metrics address keeps the same limits; SIGTERM still lets a request in flight finish.
+//! metrics address keeps the same limits; SIGTERM still lets a request in flight finish. The
+//! CLI, refused at the bound, probes once more and is answered.
 
-use crate::file_kit::{segment, Fd, FdAgent};
+use crate::file_kit::{bin, engine_env, segment, Fd, FdAgent};
 use crate::http;
 use serde_json::Value;
 use std::io::{ErrorKind, Read, Write};
@@ -222,6 +223,34 @@ fn half_open_connections_are_bounded_and_a_probe_is_answered_within_a_second() {
             start.elapsed()
         );
     }
+}
+
+#[test]
+fn the_cli_goes_to_the_agent_while_fresh_half_open_connections_fill_the_bound() {
+    let d = Fd::new();
+    let agent = FdAgent::start(&d.path, "0");
+    settle();
+    let _half_open: Vec<UnixStream> = (0..DEFAULT_BOUND)
+        .map(|_| {
+            let mut s = connect(&agent);
+            s.write_all(b"GET /v1/agent HTTP/1.1\r\nHost: agent\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let mut c = std::process::Command::new(bin());
+    c.args(["-v", "--agent-socket", agent.socket.to_str().unwrap()])
+        .args(["volume", "list", &d.path]);
+    for v in engine_env() {
+        c.env_remove(v);
+    }
+    let o = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // Refused at first (503), it probed again and sent the command to the agent.
+    assert!(stderr.contains("connection bound"), "{stderr}");
+    assert!(stderr.contains("request to the agent"), "{stderr}");
+    assert!(!stderr.contains("running in this process"), "{stderr}");
 }
 
 #[test]
