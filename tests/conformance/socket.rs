@@ -238,17 +238,22 @@ fn the_cli_goes_to_the_agent_while_fresh_half_open_connections_fill_the_bound() 
             s
         })
         .collect();
+    let opened = Instant::now();
     let mut c = std::process::Command::new(bin());
     c.args(["-v", "--agent-socket", agent.socket.to_str().unwrap()])
         .args(["volume", "list", &d.path]);
     for v in engine_env() {
         c.env_remove(v);
     }
+    let started = opened.elapsed();
     let o = c.output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
-    // Refused at first (503), it probed again and sent the command to the agent.
-    assert!(stderr.contains("connection bound"), "{stderr}");
+    // Refused at first (503: the half-open ones are fresh), it probed again and sent the
+    // command to the agent.
+    if started < Duration::from_millis(500) {
+        assert!(stderr.contains("connection bound"), "{stderr}");
+    }
     assert!(stderr.contains("request to the agent"), "{stderr}");
     assert!(!stderr.contains("running in this process"), "{stderr}");
 }
