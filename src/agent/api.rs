@@ -103,30 +103,58 @@ pub fn router(agent: Arc<Agent>) -> Router {
 
 /// Reads every request's body (up to the limit) before routing, whether its handler takes one
 /// or not: a connection closed with a request's bytes unread reaches the client as a reset
-/// instead of the answer.
+/// instead of the answer. A body announced larger than the limit is refused at once (413,
+/// unread); one that does not arrive within [`BODY_TIMEOUT`] is answered 408
+/// `request_timeout`. Both close the connection (the rest of the body is not read).
+///
+/// [`BODY_TIMEOUT`]: super::config::BODY_TIMEOUT
 async fn read_whole_body(req: axum::extract::Request, next: Next) -> Response {
+    use super::config::{BODY_LIMIT, BODY_TIMEOUT};
+    use axum::body::HttpBody;
     let (parts, body) = req.into_parts();
-    match axum::body::to_bytes(body, super::config::BODY_LIMIT).await {
-        Ok(bytes) => {
+    let too_large = || {
+        closing(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {BODY_LIMIT} bytes"),
+        ))
+    };
+    if body.size_hint().lower() > BODY_LIMIT as u64 {
+        return too_large();
+    }
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT)).await {
+        Ok(Ok(bytes)) => {
             next.run(axum::extract::Request::from_parts(parts, bytes.into()))
                 .await
         }
-        Err(_) => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+        Ok(Err(_)) => too_large(),
+        Err(_) => closing(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
             format!(
-                "the request body is larger than {} bytes",
-                super::config::BODY_LIMIT
+                "the request body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
             ),
-        )
-        .into_response(),
+        )),
     }
 }
 
-/// Only `/metrics`, for the optional TCP address (no peer credentials there).
+/// An error answer after which the connection closes (its request was not read whole).
+fn closing(e: ApiError) -> Response {
+    let mut r = e.into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    r
+}
+
+/// Only `/metrics`, for the optional TCP address (no peer credentials there), with the
+/// socket's body limits.
 pub fn metrics_router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/metrics", axum::routing::get(metrics))
+        .layer(axum::middleware::from_fn(read_whole_body))
         .with_state(agent)
 }
 

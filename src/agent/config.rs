@@ -18,6 +18,13 @@ pub const DEFAULT_GC_INTERVAL: u64 = 600;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 30;
 /// The largest request body accepted (bytes): requests are small JSON objects.
 pub const BODY_LIMIT: usize = 1 << 20;
+/// How long a connection has to send a request's head (request line and headers), from the
+/// moment the agent waits for it (at connect, and after each answer on a kept-alive one).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request's body has to arrive once its head has (408 `request_timeout` after).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once per listener (the socket, the metrics address) by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 
 /// `lvchain agent`: the command line. Every option overrides the config file's.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -54,6 +61,10 @@ pub struct AgentArgs {
     /// Seconds between the scans behind the per-domain gauges (default 30; 0: only after gc).
     #[arg(long)]
     pub census_interval: Option<u64>,
+    /// Connections served at once on the socket, and on the metrics address (default 64);
+    /// past it a connection is answered 503 `too_many_connections`.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
 }
 
 /// The config file. Unknown keys are refused (a typo must not pass silently).
@@ -69,6 +80,7 @@ pub struct FileConfig {
     pub burst_idle: Option<f64>,
     pub burst_max_hold: Option<f64>,
     pub census_interval: Option<u64>,
+    pub max_connections: Option<usize>,
 }
 
 /// The resolved settings.
@@ -89,6 +101,8 @@ pub struct Settings {
     pub burst: Option<BurstSettings>,
     /// How often the gauges' census scans the domains; None: only after each gc run.
     pub census_interval: Option<Duration>,
+    /// Connections served at once per listener.
+    pub max_connections: usize,
 }
 
 impl FileConfig {
@@ -161,7 +175,17 @@ impl Settings {
             .census_interval
             .or(file.census_interval)
             .unwrap_or(super::census::SCAN_INTERVAL.as_secs());
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if !(1..=65536).contains(&max_connections) {
+            return Err(Error::InvalidInput(format!(
+                "max_connections must be 1 to 65536, not {max_connections}"
+            )));
+        }
         Ok(Settings {
+            max_connections,
             burst,
             census_interval: (census > 0).then(|| Duration::from_secs(census)),
             socket: args
@@ -226,6 +250,30 @@ mod tests {
         assert_eq!(
             d.gc_interval,
             Some(Duration::from_secs(DEFAULT_GC_INTERVAL))
+        );
+    }
+
+    #[test]
+    fn the_connection_bound_is_64_unless_set_and_never_0() {
+        let d = Settings::resolve(&AgentArgs::default(), FileConfig::default()).expect("ok");
+        assert_eq!(d.max_connections, DEFAULT_MAX_CONNECTIONS);
+        let file = FileConfig::parse("max_connections = 8\n", Path::new("t.toml")).expect("parses");
+        let args = AgentArgs {
+            max_connections: Some(16),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&AgentArgs::default(), file).expect("resolves");
+        assert_eq!(s.max_connections, 8);
+        let s = Settings::resolve(&args, FileConfig::default()).expect("resolves");
+        assert_eq!(s.max_connections, 16);
+        let zero = AgentArgs {
+            max_connections: Some(0),
+            ..Default::default()
+        };
+        let e = Settings::resolve(&zero, FileConfig::default());
+        assert!(
+            matches!(e, Err(Error::InvalidInput(ref m)) if m.contains("max_connections")),
+            "{e:?}"
         );
     }
 

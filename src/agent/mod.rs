@@ -7,7 +7,8 @@
 //! as long as this process, and are taken again at start for images still prepared here.
 //!
 //! Life cycle: bind the socket (refused while another agent answers on it; a stale socket
-//! file is replaced), tell systemd it is ready (`READY=1` when `NOTIFY_SOCKET` is set), serve;
+//! file is replaced), tell systemd it is ready (`READY=1` when `NOTIFY_SOCKET` is set), serve
+//! (`server.rs`: the accept loops, with the limits that keep a client from exhausting them);
 //! on SIGTERM or SIGINT stop accepting, wait up to the shutdown timeout for in-flight requests,
 //! jobs and collections, remove the socket and end. Work still running then ends with the
 //! process: programs writing volume data die with it (their leases with them), and an
@@ -26,6 +27,7 @@ pub mod metrics;
 mod notify;
 pub mod peer;
 pub mod prepared;
+pub mod server;
 
 pub use config::{AgentArgs, Settings};
 
@@ -34,7 +36,7 @@ use crate::lvm::{Lvm, LvmConfig};
 use domains::Domains;
 use jobs::{InFlight, Jobs};
 use metrics::Metrics;
-use peer::{Access, Peer};
+use peer::Access;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,13 +161,13 @@ async fn serve(settings: Settings, lvm: Arc<Lvm>) -> Result<()> {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(Error::io(format!("binding the metrics address {addr}")))?;
-        let server = axum::serve(tcp, api::metrics_router(agent.clone()))
-            .with_graceful_shutdown(until_stopped(stopped.clone()));
-        tokio::spawn(async move {
-            if let Err(e) = server.await {
-                tracing::warn!("the metrics listener failed: {e}");
-            }
-        });
+        tokio::spawn(server::serve(
+            tcp,
+            "metrics",
+            api::metrics_router(agent.clone()),
+            settings.max_connections,
+            until_stopped(stopped.clone()),
+        ));
     }
     tokio::spawn(prepared::refresh_loop(agent.clone(), stopped.clone()));
     if let Some(interval) = settings.gc_interval {
@@ -174,20 +176,20 @@ async fn serve(settings: Settings, lvm: Arc<Lvm>) -> Result<()> {
     if let Some(interval) = settings.census_interval {
         tokio::spawn(census::schedule(agent.clone(), interval, stopped.clone()));
     }
-    let server = axum::serve(
+    let mut server = tokio::spawn(server::serve(
         listener,
-        api::router(agent.clone()).into_make_service_with_connect_info::<Peer>(),
-    )
-    .with_graceful_shutdown(until_stopped(stopped.clone()));
-    let mut server = tokio::spawn(async move { server.await });
+        "socket",
+        api::router(agent.clone()),
+        settings.max_connections,
+        until_stopped(stopped.clone()),
+    ));
     tracing::info!(socket = %settings.socket.display(), "serving");
     notify::notify("READY=1");
     let served = tokio::select! {
         r = signals => r.map_err(|e| Error::InvalidInput(e.to_string()))?.map_err(Error::io("waiting for signals")),
         r = &mut server => {
-            // The server ended without a signal: its error is the agent's.
-            let r = r.map_err(|e| Error::InvalidInput(e.to_string()))?;
-            r.map_err(Error::io("serving the socket"))
+            // The server ended without a signal (it only ends after `stop`): its task failed.
+            r.map_err(|e| Error::InvalidInput(format!("serving the socket: {e}")))
         }
     };
     notify::notify("STOPPING=1");

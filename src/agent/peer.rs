@@ -2,10 +2,8 @@
 //! connection is accepted) must be root's, or name the configured group as the peer's group or
 //! one of its user's groups.
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
 use nix::unistd::{Gid, Group, Uid, User};
-use tokio::net::UnixListener;
+use tokio::net::UnixStream;
 
 /// The credentials of a connection's peer (None when the kernel would not tell).
 #[derive(Debug, Clone, Copy)]
@@ -14,9 +12,10 @@ pub struct Peer {
     pub gid: Option<u32>,
 }
 
-impl Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        match stream.io().peer_cred() {
+impl Peer {
+    /// The peer of an accepted connection (`SO_PEERCRED`).
+    pub fn of(stream: &UnixStream) -> Peer {
+        match stream.peer_cred() {
             Ok(c) => Peer {
                 uid: Some(c.uid()),
                 gid: Some(c.gid()),

@@ -451,9 +451,27 @@ pub enum CliError {
     Engine(#[from] Error),
     #[error(transparent)]
     Agent(#[from] remote::AgentError),
+    /// Refused in this process where only the agent could have done it (`image prepare` on a
+    /// sanlock domain); `why` says what kept the command from the agent.
+    #[error("{source} (this command ran in this process, not through the agent: {why})")]
+    NeedsAgent {
+        source: Box<Error>,
+        why: remote::Here,
+    },
 }
 
 impl CliError {
+    /// An error of the command run in this process because of `why`.
+    pub fn in_process(e: Error, why: remote::Here) -> CliError {
+        match e {
+            Error::NeedsAgent { .. } => CliError::NeedsAgent {
+                source: Box::new(e),
+                why,
+            },
+            e => CliError::Engine(e),
+        }
+    }
+
     /// The reader of the output went away: the work is done, the CLI ends quietly.
     pub fn is_output_closed(&self) -> bool {
         matches!(self, CliError::Engine(Error::OutputClosed))
@@ -489,7 +507,9 @@ pub fn run(cli: &Cli) -> std::result::Result<(), CliError> {
     let out = output::Out::stdout(cli.json);
     match remote::run(cli, &out) {
         remote::Ran::Done(r) => r,
-        remote::Ran::InProcess => Ok(run_here(cli, &out)?),
+        remote::Ran::InProcess(why) => {
+            run_here(cli, &out).map_err(|e| CliError::in_process(e, why))
+        }
     }
 }
 
@@ -712,6 +732,22 @@ mod tests {
             }
             without_help(sub, &format!("{path} {}", sub.get_name()), missing);
         }
+    }
+
+    #[test]
+    fn a_refusal_only_the_agent_avoids_says_what_kept_the_cli_from_it() {
+        let why = remote::Here::EngineEnv(vec!["LVCHAIN_DEVICES"]);
+        let e = CliError::in_process(Error::NeedsAgent { vg: "vg0".into() }, why);
+        let text = e.to_string();
+        assert!(matches!(e, CliError::NeedsAgent { .. }), "{e:?}");
+        assert!(text.starts_with("domain vg0 is shared by hosts"), "{text}");
+        assert!(
+            text.contains("not through the agent: LVCHAIN_DEVICES is set"),
+            "{text}"
+        );
+        // Other errors are the engine's, unchanged.
+        let other = CliError::in_process(Error::InvalidInput("x".into()), remote::Here::Direct);
+        assert_eq!(other.to_string(), "x");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! In-process instead (the caller runs the command itself): `--direct`; no socket or nobody
 //! listening (quietly, at debug level); a socket that does not answer the probe within
-//! [`PROBE_TIMEOUT`] or an agent of another version (a warning); an environment that sets the
+//! [`PROBE_TIMEOUT`] or an agent of another version (a warning; an agent at its connection
+//! bound, 503, is probed once more a second later); an environment that sets the
 //! in-process engine ([`ENGINE_ENV`]: those settings cannot reach the agent); a command the
 //! API has no route for, or whose arguments only this process can read (relative paths, a
 //! file domain's included; a VG name that is not one); a domain the agent does not serve
@@ -75,8 +76,62 @@ pub enum AgentError {
 pub enum Ran {
     /// The agent ran it (or refused it); the CLI ends with this.
     Done(std::result::Result<(), super::CliError>),
-    /// Run it in this process.
-    InProcess,
+    /// Run it in this process, for this reason.
+    InProcess(Here),
+}
+
+/// Why a command runs in this process instead of through the agent: said by a refusal that
+/// only the agent could have avoided (`image prepare` on a sanlock domain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Here {
+    /// `--direct` was given.
+    Direct,
+    /// The API has no route for the command, or its arguments are readable only here.
+    NoRoute,
+    /// The environment sets these settings of the in-process engine ([`ENGINE_ENV`]).
+    EngineEnv(Vec<&'static str>),
+    /// No agent (of this version) answered the probe on this socket.
+    NoAgent(PathBuf),
+    /// The agent does not serve the command's domain.
+    NotServed,
+}
+
+impl std::fmt::Display for Here {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Here::Direct => write!(f, "--direct was given"),
+            Here::NoRoute => write!(
+                f,
+                "its arguments can be read only by this process (a relative path, or a \
+                 domain name lvm refuses)"
+            ),
+            Here::EngineEnv(vars) => {
+                let (verb, pronoun) = if vars.len() == 1 {
+                    ("is", "it")
+                } else {
+                    ("are", "them")
+                };
+                write!(
+                    f,
+                    "{} {verb} set in the environment: settings of the in-process engine, \
+                     which the agent does not take; unset {pronoun} to go through the agent",
+                    vars.join(", ")
+                )
+            }
+            Here::NoAgent(socket) => write!(
+                f,
+                "no agent of this version answered the probe on {} (when one listens there, \
+                 a warning above says why)",
+                socket.display()
+            ),
+            Here::NotServed => write!(f, "the agent does not serve this domain"),
+        }
+    }
+}
+
+/// The [`ENGINE_ENV`] variables set, as `is_set` tells.
+fn engine_env_set(is_set: impl Fn(&str) -> bool) -> Vec<&'static str> {
+    ENGINE_ENV.iter().copied().filter(|v| is_set(v)).collect()
 }
 
 /// The socket the CLI talks to: `--agent-socket`, else `$LVCHAIN_AGENT_SOCKET`, else the
@@ -358,29 +413,30 @@ fn request(cmd: &Command) -> Option<Plan> {
 /// Runs `cli`'s command through the agent when it can (see the module doc).
 pub fn run(cli: &Cli, out: &super::output::Out) -> Ran {
     if cli.direct {
-        return Ran::InProcess;
+        return Ran::InProcess(Here::Direct);
     }
     let Some(plan) = request(&cli.command) else {
         tracing::debug!("no agent route for this command: in-process");
-        return Ran::InProcess;
+        return Ran::InProcess(Here::NoRoute);
     };
-    if let Some(var) = ENGINE_ENV.iter().find(|v| std::env::var_os(v).is_some()) {
-        tracing::debug!("{var} is set: in-process");
-        return Ran::InProcess;
+    let set = engine_env_set(|v| std::env::var_os(v).is_some());
+    if !set.is_empty() {
+        tracing::debug!("{} set: in-process", set.join(", "));
+        return Ran::InProcess(Here::EngineEnv(set));
     }
     let agent = Agent {
         socket: socket(cli),
         show_progress: super::tty(cli),
     };
     if !agent.answers() {
-        return Ran::InProcess;
+        return Ran::InProcess(Here::NoAgent(agent.socket));
     }
     match agent.perform(&plan, out) {
         Err(super::CliError::Agent(AgentError::Answered { kind, .. }))
             if kind == "domain_not_served" =>
         {
             tracing::debug!("the agent does not serve this domain: in-process");
-            Ran::InProcess
+            Ran::InProcess(Here::NotServed)
         }
         r => Ran::Done(r),
     }
@@ -391,6 +447,11 @@ pub fn run(cli: &Cli, out: &super::output::Out) -> Ran {
 struct ErrorBody {
     kind: String,
     message: String,
+}
+
+/// Whether an error body is the agent's refusal at its connection bound.
+fn at_connection_bound(body: &[u8]) -> bool {
+    serde_json::from_slice::<ErrorBody>(body).is_ok_and(|e| e.kind == "too_many_connections")
 }
 
 /// A job as the CLI reads it.
@@ -420,7 +481,17 @@ impl Agent {
     /// Whether the agent answers the probe (logged why not).
     fn answers(&self) -> bool {
         let s = self.socket.display();
-        match exchange(&self.socket, "GET", "/v1/agent", None, Some(PROBE_TIMEOUT)) {
+        let probe = || exchange(&self.socket, "GET", "/v1/agent", None, Some(PROBE_TIMEOUT));
+        let mut answer = probe();
+        // At its connection bound the agent refuses at once; a connection that has waited
+        // longer than the grace for its request then gives way (`agent::server`): one more
+        // probe past the grace is answered unless every connection is busy.
+        if matches!(&answer, Ok((503, body)) if at_connection_bound(body)) {
+            tracing::debug!("the agent on {s} is at its connection bound: probing once more");
+            std::thread::sleep(crate::agent::server::WAITING_GRACE + Duration::from_millis(100));
+            answer = probe();
+        }
+        match answer {
             Err(Exchange::Connect(e))
                 if matches!(
                     e.kind(),
@@ -710,6 +781,23 @@ mod tests {
         assert_eq!(parse_response(to_end).map(|r| r.0), Ok(404));
         assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nab").is_err());
         assert!(parse_response(b"garbage").is_err());
+    }
+
+    #[test]
+    fn the_engine_variables_that_keep_the_cli_here_are_named() {
+        let set = engine_env_set(|v| v == "LVCHAIN_DEVICES" || v == "LVCHAIN_LVM");
+        assert_eq!(set, ["LVCHAIN_DEVICES", "LVCHAIN_LVM"]);
+        assert!(engine_env_set(|_| false).is_empty());
+        let one = Here::EngineEnv(vec!["LVCHAIN_DEVICES"]).to_string();
+        assert!(
+            one.starts_with("LVCHAIN_DEVICES is set") && one.contains("unset it"),
+            "{one}"
+        );
+        let two = Here::EngineEnv(set).to_string();
+        assert!(
+            two.starts_with("LVCHAIN_DEVICES, LVCHAIN_LVM are set"),
+            "{two}"
+        );
     }
 
     /// Every `LVCHAIN_*` variable the engine reads is one that keeps the CLI in-process: a new

@@ -132,6 +132,11 @@ pub struct FdAgent {
 
 impl FdAgent {
     pub fn start(path: &str, gc_interval: &str) -> FdAgent {
+        FdAgent::start_with(path, gc_interval, &[])
+    }
+
+    /// [`FdAgent::start`] with more `lvchain agent` arguments.
+    pub fn start_with(path: &str, gc_interval: &str, args: &[&str]) -> FdAgent {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
@@ -139,6 +144,7 @@ impl FdAgent {
         c.args(["agent", "--socket", socket.to_str().unwrap()])
             .args(["--domain", path, "--gc-interval", gc_interval])
             .args(["--census-interval", "0"])
+            .args(args)
             .env("RUST_LOG", "lvchain=info")
             .stdout(std::process::Stdio::null())
             .stderr(log);
