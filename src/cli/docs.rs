@@ -28,20 +28,59 @@ fn command() -> clap::Command {
 /// the parent before its subcommands.
 pub fn write_man_pages(dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-    let source = format!("lvchain {}", env!("CARGO_PKG_VERSION"));
+    let title = Title {
+        source: format!("lvchain {}", env!("CARGO_PKG_VERSION")),
+        date: page_date(),
+    };
     let mut written = Vec::new();
-    write_page(&command(), dir, &source, &mut written)?;
+    write_page(&command(), dir, &title, &mut written)?;
     Ok(written)
+}
+
+/// What every page's title line carries besides its name.
+struct Title {
+    source: String,
+    date: String,
+}
+
+/// The pages' date: the day of `$SOURCE_DATE_EPOCH` (the reproducible-builds convention:
+/// scripts/build-deb sets it to the last commit's time), else today's (UTC), as YYYY-MM-DD.
+fn page_date() -> String {
+    let secs = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        });
+    civil_date(secs / 86_400)
+}
+
+/// Days since 1970-01-01 -> YYYY-MM-DD (proleptic Gregorian; Howard Hinnant's algorithm).
+fn civil_date(days: u64) -> String {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
 }
 
 fn write_page(
     cmd: &clap::Command,
     dir: &Path,
-    source: &str,
+    title: &Title,
     written: &mut Vec<PathBuf>,
 ) -> Result<()> {
+    // (Every field given: an empty one would shift the others on the title line.)
     let man = clap_mangen::Man::new(cmd.clone())
-        .source(source)
+        .date(&title.date)
+        .source(&title.source)
         .manual("lvchain manual");
     let path = dir.join(man.get_filename());
     let mut page = Vec::new();
@@ -50,7 +89,7 @@ fn write_page(
     std::fs::write(&path, page).map_err(Error::io(format!("writing {}", path.display())))?;
     written.push(path);
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        write_page(sub, dir, source, written)?;
+        write_page(sub, dir, title, written)?;
     }
     Ok(())
 }
@@ -105,17 +144,32 @@ mod tests {
         );
         let create =
             std::fs::read_to_string(dir.path().join("lvchain-volume-create.1")).expect("page");
-        assert!(create.contains(".TH lvchain-volume-create 1"), "{create}");
-        assert!(create.contains(".SH NAME"), "{create}");
-        assert!(
-            create.contains(&format!("lvchain {}", env!("CARGO_PKG_VERSION"))),
-            "the version is the page's source: {create}"
+        let th = create
+            .lines()
+            .find(|l| l.starts_with(".TH"))
+            .expect("title line");
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            th,
+            format!(
+                ".TH lvchain-volume-create 1 {} \"lvchain {version}\" \"lvchain manual\"",
+                page_date()
+            )
         );
+        assert!(create.contains(".SH NAME"), "{create}");
         // An option's help text reaches its page.
         assert!(
             create.contains("Make a qcow2 snapshot of this leaf volume"),
             "{create}"
         );
+    }
+
+    #[test]
+    fn page_dates_are_calendar_days() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(11_016), "2000-02-29");
+        assert_eq!(civil_date(19_782), "2024-02-29");
+        assert_eq!(civil_date(20_453), "2025-12-31");
     }
 
     #[test]
