@@ -7,7 +7,7 @@
 //! the parser); it never touches a domain, and never writes outside the directory it is given.
 
 use super::Cli;
-use crate::error::{Error, Result};
+use crate::engine::error::{Error, Result};
 use clap::CommandFactory;
 use std::path::{Path, PathBuf};
 
