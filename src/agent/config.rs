@@ -313,4 +313,51 @@ mod tests {
             Some(vec!["vg1".to_string(), "/srv/dom1".to_string()])
         );
     }
+
+    /// The commented default config the Debian package installs as /etc/lvchain/agent.toml.
+    const SHIPPED: &str = include_str!("../../dist/agent.toml");
+
+    #[test]
+    fn the_shipped_config_changes_nothing_and_documents_every_key_with_its_default() {
+        let path = Path::new("dist/agent.toml");
+        // As shipped, every setting is commented out.
+        assert_eq!(
+            FileConfig::parse(SHIPPED, path).expect("parses"),
+            FileConfig::default()
+        );
+        // Uncommented (`#key = value` lines), every key is known and has a valid value...
+        let uncommented: String = SHIPPED
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let all = FileConfig::parse(&uncommented, path).expect("uncommented, it parses");
+        // ...and every key of the file format is there (a new one must be documented).
+        let FileConfig {
+            socket,
+            domains,
+            gc_interval,
+            metrics_address,
+            group,
+            shutdown_timeout,
+            burst_idle,
+            burst_max_hold,
+            census_interval,
+        } = &all;
+        assert!(socket.is_some() && domains.is_some() && gc_interval.is_some());
+        assert!(metrics_address.is_some() && group.is_some() && shutdown_timeout.is_some());
+        assert!(burst_idle.is_some() && burst_max_hold.is_some() && census_interval.is_some());
+        // The values shown for settings with a default are the defaults (the others are
+        // examples: domains, metrics_address, group).
+        let shown = Settings::resolve(&AgentArgs::default(), all).expect("resolves");
+        let default = Settings::resolve(&AgentArgs::default(), FileConfig::default()).expect("ok");
+        assert_eq!(shown.socket, default.socket);
+        assert_eq!(shown.gc_interval, default.gc_interval);
+        assert_eq!(shown.shutdown_timeout, default.shutdown_timeout);
+        assert_eq!(shown.burst, default.burst);
+        assert_eq!(shown.census_interval, default.census_interval);
+    }
 }

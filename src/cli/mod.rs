@@ -4,6 +4,7 @@
 //! Owns no storage logic: a command is sent to the host agent when it answers (`remote.rs`),
 //! else it calls the library in this process; both print the same views the same way.
 
+pub mod docs;
 mod output;
 pub mod remote;
 pub mod views;
@@ -70,7 +71,7 @@ pub enum Command {
     /// Run the host agent: the API (HTTP/1.1 + JSON) on a unix socket, jobs, periodic gc,
     /// metrics (until SIGTERM).
     Agent(crate::agent::AgentArgs),
-    /// Testing aids.
+    /// Testing and packaging aids.
     #[command(subcommand)]
     Debug(DebugCmd),
 }
@@ -313,6 +314,21 @@ pub enum ImageCmd {
 pub enum DebugCmd {
     /// List the crash points that LVCHAIN_CRASH_AT accepts (a testing aid).
     CrashPoints,
+    /// Write the manual pages (lvchain.1, one per subcommand: lvchain-volume-create.1, ...)
+    /// generated from this command line's definitions; prints the files written.
+    #[command(hide = true)]
+    Man {
+        /// The directory to write the pages into (made when missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Print the shell completion script of lvchain for SHELL.
+    #[command(hide = true)]
+    Completions {
+        /// The shell: bash, zsh, fish (also elvish, powershell).
+        #[arg(value_enum)]
+        shell: docs::Shell,
+    },
 }
 
 /// A volume size (checked as the engine checks every client's).
@@ -700,6 +716,12 @@ fn run_here(cli: &Cli, out: &output::Out) -> Result<()> {
         }
         Command::Agent(args) => crate::agent::run(args),
         Command::Debug(DebugCmd::CrashPoints) => out.list(&crate::crash::names()),
+        Command::Debug(DebugCmd::Man { out: dir }) => {
+            let pages = docs::write_man_pages(dir)?;
+            let names: Vec<String> = pages.iter().map(|p| p.display().to_string()).collect();
+            out.list(&names.iter().map(String::as_str).collect::<Vec<_>>())
+        }
+        Command::Debug(DebugCmd::Completions { shell }) => out.raw(&docs::completions(*shell)),
     }
 }
 

@@ -97,6 +97,14 @@ impl Out {
         }
     }
 
+    /// Writes bytes as they are (a generated script: never JSON).
+    pub fn raw(&self, bytes: &[u8]) -> Result<()> {
+        let mut w = self.w.borrow_mut();
+        w.write_all(bytes)
+            .and_then(|()| w.flush())
+            .map_err(write_error)
+    }
+
     pub fn list(&self, items: &[&str]) -> Result<()> {
         if self.json {
             return self.print_json(items);

@@ -2,7 +2,7 @@
 //! driven through the `lvchain` binary ([`Domain`]) or through the engine's facade
 //! ([`EngineDomain`]); and one helper per job: [`qemu_io`], [`check`], [`poll`] /
 //! [`wait_until`], [`sanlock_client_status`]; [`agent`]: a running `lvchain agent` and an HTTP
-//! client for its socket.
+//! client for its socket; [`unit`]: the agent as its systemd unit starts it.
 //!
 //! Each fixture has a unique VG name and its own loop devices, and lvm is restricted to those
 //! devices, so tests run in parallel. Everything is removed on drop, also when a test fails.
@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod http;
 pub mod scenario;
+pub mod unit;
 
 use lvchain::exec::Cmd;
 use lvchain::lvm::{Lvm, LvmConfig};
