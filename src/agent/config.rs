@@ -346,10 +346,12 @@ mod tests {
             burst_idle,
             burst_max_hold,
             census_interval,
+            max_connections,
         } = &all;
         assert!(socket.is_some() && domains.is_some() && gc_interval.is_some());
         assert!(metrics_address.is_some() && group.is_some() && shutdown_timeout.is_some());
         assert!(burst_idle.is_some() && burst_max_hold.is_some() && census_interval.is_some());
+        assert!(max_connections.is_some());
         // The values shown for settings with a default are the defaults (the others are
         // examples: domains, metrics_address, group).
         let shown = Settings::resolve(&AgentArgs::default(), all).expect("resolves");
@@ -359,5 +361,6 @@ mod tests {
         assert_eq!(shown.shutdown_timeout, default.shutdown_timeout);
         assert_eq!(shown.burst, default.burst);
         assert_eq!(shown.census_interval, default.census_interval);
+        assert_eq!(shown.max_connections, default.max_connections);
     }
 }
