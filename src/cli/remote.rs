@@ -167,7 +167,15 @@ struct Plan {
     show: Show,
 }
 
+/// A request; the body's fields without a value (`null`: an option not given) are left out,
+/// as the API reads an absent field, never a `null` one.
 fn plan(method: &'static str, path: String, body: Option<Value>, show: Show) -> Option<Plan> {
+    let body = body.map(|mut b| {
+        if let Value::Object(fields) = &mut b {
+            fields.retain(|_, v| !v.is_null());
+        }
+        b
+    });
     Some(Plan {
         method,
         path,
@@ -381,10 +389,11 @@ fn request(cmd: &Command) -> Option<Plan> {
                 image,
                 allow_illegal,
                 without_agent: _,
+                vm_lease,
             } => plan(
                 "POST",
                 format!("{}/images/{image}/prepare", vg_of(vg)?),
-                Some(json!({ "allow_illegal": allow_illegal })),
+                Some(json!({ "allow_illegal": allow_illegal, "vm_lease": vm_lease })),
                 Show::Prepared,
             ),
             ImageCmd::Teardown { vg, image } => plan(
@@ -393,6 +402,8 @@ fn request(cmd: &Command) -> Option<Plan> {
                 None,
                 Show::Message,
             ),
+            // Reads the chain and prints its paths: the same in-process on any host.
+            ImageCmd::Xml { .. } => None,
             ImageCmd::Remove { vg, image } => plan(
                 "DELETE",
                 format!("{}/images/{image}", vg_of(vg)?),
@@ -768,6 +779,27 @@ mod tests {
         assert_eq!(domain_path("srv/dom1"), None);
         assert_eq!(domain_path("./dom1"), None);
         assert_eq!(domain_path("bad name"), None);
+    }
+
+    #[test]
+    fn options_not_given_are_left_out_of_the_body() {
+        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from([
+            "lvchain",
+            "volume",
+            "create",
+            "vg0",
+            "--image",
+            "6f1b8c1e-0a4e-4c55-9a57-1c0de0000001",
+            "--size",
+            "1M",
+        ]);
+        let plan = cli.ok().and_then(|c| request(&c.command));
+        let body = plan.and_then(|p| p.body).unwrap_or_default();
+        let keys: Vec<&String> = body
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(keys, ["description", "image", "size"], "{body}");
     }
 
     #[test]
