@@ -345,11 +345,12 @@ impl UnitAgent {
             .set_read_timeout(Some(Duration::from_secs(120)))
             .unwrap();
         std::fs::create_dir_all("/run/lvchain").unwrap();
+        let argv = outside_private_tmp(service, argv);
         let mut c = Command::new("unshare");
         c.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
             .arg(sandbox_script(service, run_dir, config, shown))
             .arg("sh")
-            .args(argv)
+            .args(&argv)
             .env_clear()
             .env(
                 "PATH",
@@ -413,6 +414,25 @@ impl UnitAgent {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// `argv` with a program that PrivateTmp would hide (the binary under test, copied to the
+/// VM's /tmp by scripts/run-integration-tests) copied to /run first.
+fn outside_private_tmp(service: &Service, argv: &[String]) -> Vec<String> {
+    let mut argv = argv.to_vec();
+    let hidden = |p: &str| p.starts_with("/tmp/") || p.starts_with("/var/tmp/");
+    if let Some(program) = argv.first_mut().filter(|p| hidden(p)) {
+        if yes(one(service, "PrivateTmp")) {
+            let dir = PathBuf::from(format!("/run/lvchain-test-bin/{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let copy = dir.join("lvchain");
+            if !copy.exists() {
+                std::fs::copy(&*program, &copy).unwrap();
+            }
+            *program = copy.display().to_string();
+        }
+    }
+    argv
 }
 
 impl Drop for UnitAgent {
