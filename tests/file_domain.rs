@@ -19,6 +19,8 @@ mod file_kit;
 mod http;
 #[path = "common/scenario.rs"]
 mod scenario;
+#[path = "common/virt_xml.rs"]
+mod virt_xml;
 
 use file_kit::{bin, domain_tmp, engine_env, segment, Fd, FdAgent};
 
@@ -1364,4 +1366,53 @@ fn file_agent_holds_prepared_images_again_after_a_restart() {
     assert_eq!(st, 200, "{v}");
     d.ok(&["volume", "remove", &d.path, &leaf]);
     d.check_clean();
+}
+
+/// `image xml --lease` of a sanlock file domain: the leaf's lease file at offset 0 in the
+/// domain's lockspace, beside the disk XML in a domain libvirt's schema accepts; a process
+/// holding it as libvirt's sanlock plugin does (`sanlock client command`) takes it.
+#[test]
+fn sanlock_file_domain_image_xml_names_the_leaf_lease() {
+    if !sanlock_here("sanlock_file_domain_image_xml_names_the_leaf_lease") {
+        return;
+    }
+    let d = Fd::new_with(&["--lock-manager", "sanlock"]);
+    d.ok(&["host", "join", &d.path, "--host-id", "2"]);
+    let img = uuid();
+    let base = d.create(&["--image", &img, "--size", "4M"]);
+    let leaf = d.create(&["--parent", &base]);
+    let disk = d.ok(&["image", "xml", &d.path, &img]);
+    let lease = d.ok(&["image", "xml", &d.path, &img, "--lease"]);
+    virt_xml::assert_valid(&[&disk, &lease]);
+    let file = format!("{}/images/{img}/{leaf}.lease", d.path);
+    let want = format!(
+        "<lease>\n  <lockspace>{}</lockspace>\n  <key>{leaf}</key>\n  <target path='{file}' offset='0'/>\n</lease>\n",
+        d.id()
+    );
+    assert_eq!(lease, want);
+    let resource = format!("{}:{leaf}:{file}:0", d.id());
+    let mut vm = Command::new("sanlock")
+        .args([
+            "client",
+            "command",
+            "-r",
+            &resource,
+            "-c",
+            "/bin/sleep",
+            "600",
+        ])
+        .spawn()
+        .unwrap();
+    let held = poll(60, || {
+        assert!(
+            vm.try_wait().unwrap().is_none(),
+            "the lease was not granted"
+        );
+        sanlock(&["client", "status"]).contains(&format!("r {resource}"))
+    });
+    let _ = vm.kill();
+    let _ = vm.wait();
+    assert!(held, "never held");
+    d.ok(&["image", "remove", &d.path, &img]);
+    d.ok(&["host", "leave", &d.path]);
 }

@@ -4,10 +4,15 @@
 //! update, fence, the collector's undo) is refused naming the holding host and changes nothing;
 //! `volume info` shows where the volume is prepared; a raw volume prepared here may grow (the
 //! agent refreshes a mapping that an extend elsewhere left small), a qcow2 resize may not; a
-//! sanlock domain refuses an in-process prepare unless `--without-agent`.
+//! sanlock domain refuses an in-process prepare unless `--without-agent`; an image prepared
+//! for a VM leaves its leaf's lease to the VM's lock manager (libvirt's `<lease>`, taken
+//! here as libvirt's sanlock plugin takes it), and `image xml` prints a disk and a lease that
+//! libvirt's schema accepts.
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/virt_xml.rs"]
+mod virt_xml;
 
 use common::{lvm_available, sanlock_available, uuid, Domain, BIN};
 use serde_json::{json, Value};
@@ -393,5 +398,163 @@ fn sanlock_inuse_prepared_images_are_held_in_shared_mode_by_the_agent() {
     d.ok(&["volume", "remove", vg, &leaf]);
     d.ok(&["image", "remove", vg, &img]);
     drop(agent);
+    d.ok(&["host", "leave", vg]);
+}
+
+/// The `LOCKSPACE:NAME:PATH:OFFSET` of the `<lease>` element `xml`, as sanlock's client takes it.
+fn resource_of(xml: &str) -> String {
+    let between = |open: &str, close: &str| {
+        let from = xml
+            .find(open)
+            .unwrap_or_else(|| panic!("no {open} in {xml}"))
+            + open.len();
+        xml[from..].split(close).next().unwrap().to_string()
+    };
+    format!(
+        "{}:{}:{}:{}",
+        between("<lockspace>", "</lockspace>"),
+        between("<key>", "</key>"),
+        between("path='", "'"),
+        between("offset='", "'")
+    )
+}
+
+/// A process holding `resource` exclusively the way libvirt's sanlock plugin holds a VM's
+/// lease: registered with the daemon, the lease acquired, then running (`sanlock client
+/// command`). It ends at once when the lease cannot be acquired.
+fn hold_as_vm(resource: &str) -> Child {
+    Command::new("sanlock")
+        .args([
+            "client",
+            "command",
+            "-r",
+            resource,
+            "-c",
+            "/bin/sleep",
+            "600",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Whether process `pid` holds `resource` (`sanlock client status`).
+fn holds(pid: u32, resource: &str) -> bool {
+    let o = Command::new("sanlock")
+        .args(["client", "status"])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&o.stdout);
+    let mut owner = None;
+    for line in status.lines() {
+        if let Some(p) = line.strip_prefix("p ") {
+            owner = p
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u32>().ok());
+        } else if line.starts_with(&format!("r {resource}")) && owner == Some(pid) {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn sanlock_inuse_a_vm_lease_is_left_to_libvirt_and_the_chain_xml_validates() {
+    if !lvm_available("sanlock_inuse_vm_lease") || !sanlock_available("sanlock_inuse_vm_lease") {
+        return;
+    }
+    let d = Domain::new_sanlock("inusevm");
+    let vg = d.name();
+    d.ok(&["host", "join", vg, "--host-id", "4"]);
+    let img = uuid();
+    let base = d.create(&["--image", &img, "--size", "64M"]);
+    let leaf = d.create(&["--parent", &base]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(&d, dir.path());
+    let prepare = format!("/v1/domains/{vg}/images/{img}/prepare");
+
+    // Prepared as usual, the agent shares the leaf's lease: the VM's cannot be taken.
+    agent.prepare(&d, &img);
+    let disk = d.ok(&["image", "xml", vg, &img]);
+    let lease = d.ok(&["image", "xml", vg, &img, "--lease"]);
+    virt_xml::assert_valid(&[&disk]);
+    virt_xml::assert_valid(&[&disk, &lease]);
+    for want in [
+        "<disk type='block' device='disk'>".to_string(),
+        format!("<source dev='/run/lvchain/{vg}/{img}/{leaf}'/>"),
+        "<format type='raw'/>".into(),
+        format!("<source dev='/run/lvchain/{vg}/{img}/{base}'/>"),
+    ] {
+        assert!(disk.contains(&want), "no {want} in\n{disk}");
+    }
+    assert!(lease.contains(&format!("<key>{leaf}</key>")), "{lease}");
+    assert!(
+        lease.contains(&format!("path='/dev/{vg}/leases'")),
+        "{lease}"
+    );
+    let resource = resource_of(&lease);
+    let mut vm = hold_as_vm(&resource);
+    let refused_in = Instant::now();
+    let status = loop {
+        if let Some(s) = vm.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            refused_in.elapsed() < Duration::from_secs(60),
+            "the VM got a shared leaf"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        !status.success(),
+        "the VM's lease was granted beside the agent's"
+    );
+
+    // Prepared for a VM: the agent holds the other members; the leaf's lease is the VM's.
+    agent.ok("POST", &prepare, json!({ "vm_lease": true }));
+    assert_eq!(prepared_on(&d, &leaf), json!([]));
+    assert_eq!(prepared_on(&d, &base), json!([4]));
+    let mut vm = hold_as_vm(&resource);
+    let took = Instant::now();
+    while !holds(vm.id(), &resource) {
+        assert!(
+            vm.try_wait().unwrap().is_none(),
+            "the VM could not take its lease"
+        );
+        assert!(
+            took.elapsed() < Duration::from_secs(60),
+            "the VM never held its lease"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Nobody else changes the leaf (the VM's lease) or its base (the agent's) meanwhile.
+    refused(&d, &["volume", "remove", vg, &leaf], &[]);
+    refused(&d, &["volume", "remove", vg, &base], &["host 4"]);
+    // The agent's restart leaves the leaf to the VM again.
+    agent.kill();
+    let mut agent = Agent::start(&d, dir.path());
+    assert!(
+        agent.log().contains("holding the shared leases"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(prepared_on(&d, &base), json!([4]));
+    assert!(
+        holds(vm.id(), &resource),
+        "the restarted agent took the VM's lease"
+    );
+    assert!(vm.try_wait().unwrap().is_none());
+
+    // The VM stops; the image is torn down and forgets it left the leaf to a VM.
+    let _ = vm.kill();
+    let _ = vm.wait();
+    let (status, e) = agent.teardown(&d, &img);
+    assert_eq!(status, 200, "{e}");
+    assert!(!Path::new(&format!("/run/lvchain/vm-lease/{img}")).exists());
+    agent.kill();
+    d.ok(&["volume", "remove", vg, &leaf]);
+    d.ok(&["image", "remove", vg, &img]);
     d.ok(&["host", "leave", vg]);
 }

@@ -610,6 +610,8 @@ async fn image_chain(
 #[serde(deny_unknown_fields)]
 struct Prepare {
     allow_illegal: Option<bool>,
+    /// Leave the leaf's lease to the VM's lock manager (libvirt's `<lease>`).
+    vm_lease: Option<bool>,
 }
 
 async fn prepare_image(
@@ -620,9 +622,10 @@ async fn prepare_image(
     let image = ImageId::from_uuid(image);
     let name = vg.clone();
     let allow = b.allow_illegal.unwrap_or(false);
+    let vm_lease = b.vm_lease.unwrap_or(false);
     let holder = agent.clone();
     let chain = on_domain(&agent, vg, move |d| {
-        let (chain, held) = d.prepare_held(&image, allow)?;
+        let (chain, held) = d.prepare_held(&image, allow, vm_lease)?;
         // Keyed by the served name (a file domain's normalized path), however spelled.
         holder
             .prepared

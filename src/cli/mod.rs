@@ -5,6 +5,7 @@
 //! else it calls the library in this process; both print the same views the same way.
 
 pub mod docs;
+pub mod libvirt;
 mod output;
 pub mod remote;
 pub mod views;
@@ -293,6 +294,33 @@ pub enum ImageCmd {
         /// or changing the chain while it is in use (normally the host agent prepares).
         #[arg(long)]
         without_agent: bool,
+        /// Leave the leaf's lease to the VM's lock manager: the agent holds the shared leases
+        /// of the other members only, and libvirt's sanlock plugin holds the leaf's
+        /// exclusively while the VM runs (`image xml --lease` prints its `<lease>`). Sanlock
+        /// domains only.
+        #[arg(long)]
+        vm_lease: bool,
+    },
+    /// Print the libvirt XML of an image prepared on this host: the `<disk>` element (the
+    /// leaf's path, a `<backingStore>` per member with its format and path), or with --lease
+    /// the `<lease>` element of the leaf (sanlock domains). Each goes under the libvirt
+    /// domain's `<devices>` (`virsh attach-device VM FILE`). Reads only.
+    Xml {
+        /// The domain: its volume group, or a file domain's directory (any argument with a `/`).
+        vg: VgName,
+        /// The image (UUID).
+        image: ImageId,
+        /// The guest's name of the disk (`<target dev=>`).
+        #[arg(long, default_value = "vda")]
+        target: String,
+        /// The bus the guest sees the disk on (`<target bus=>`: virtio, scsi, sata, ...).
+        #[arg(long, default_value = "virtio")]
+        bus: String,
+        /// Print the leaf's `<lease>` instead (lockspace, key, target path and offset), for
+        /// libvirt's sanlock plugin to hold while the VM runs; the image must then be
+        /// prepared with --vm-lease.
+        #[arg(long)]
+        lease: bool,
     },
     /// Remove the links and deactivate the chain.
     Teardown {
@@ -671,7 +699,15 @@ fn run_here(cli: &Cli, out: &output::Out) -> Result<()> {
                 image,
                 allow_illegal,
                 without_agent,
+                vm_lease,
             } => {
+                if *vm_lease && !*without_agent {
+                    return Err(crate::error::Error::InvalidInput(format!(
+                        "--vm-lease is for a domain shared by hosts (sanlock), whose images the \
+                         host agent prepares; this command ran in-process ({vg} is not served \
+                         by an agent here, or uses the local lock manager)"
+                    )));
+                }
                 let d = domain(vg)?;
                 let chain = if *without_agent {
                     d.prepare_without_agent(image, *allow_illegal)?
@@ -679,6 +715,50 @@ fn run_here(cli: &Cli, out: &output::Out) -> Result<()> {
                     d.prepare(image, *allow_illegal)?
                 };
                 out.prepared(&PreparedView::new(vg, image, &chain))
+            }
+            ImageCmd::Xml {
+                vg,
+                image,
+                target,
+                bus,
+                lease,
+            } => {
+                let d = domain(vg)?;
+                let chain = d.chain(image)?;
+                let leaf = chain.last().ok_or_else(|| {
+                    crate::error::Error::InvalidInput(format!("image {image} has no volume"))
+                })?;
+                if !crate::links::prepared(vg, image) {
+                    return Err(crate::error::Error::InvalidInput(format!(
+                        "image {image} is not prepared on this host: run `lvchain image prepare \
+                         {vg} {image}` first (its paths exist only then)"
+                    )));
+                }
+                let text = if *lease {
+                    let at = d.lease_location(&leaf.id)?.ok_or_else(|| {
+                        crate::error::Error::InvalidInput(format!(
+                            "{vg} uses the local lock manager: it has no sanlock lease for \
+                             libvirt to hold"
+                        ))
+                    })?;
+                    libvirt::lease(&at)
+                } else {
+                    let paths: Vec<std::path::PathBuf> = chain
+                        .iter()
+                        .map(|v| crate::links::link_path(vg, image, &v.id))
+                        .collect();
+                    let members: Vec<libvirt::Member<'_>> = chain
+                        .iter()
+                        .zip(&paths)
+                        .map(|(v, path)| libvirt::Member {
+                            path,
+                            format: v.format,
+                        })
+                        .collect();
+                    let t = libvirt::Target { dev: target, bus };
+                    libvirt::disk(&members, !vg.is_file_domain(), &t)
+                };
+                out.xml(&text)
             }
             ImageCmd::Teardown { vg, image } => {
                 domain(vg)?.teardown(image)?;

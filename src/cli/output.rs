@@ -97,6 +97,14 @@ impl Out {
         }
     }
 
+    /// An XML document or element: as it is, or with --json as `{"xml": ...}`.
+    pub fn xml(&self, text: &str) -> Result<()> {
+        if self.json {
+            return self.print_json(&serde_json::json!({ "xml": text }));
+        }
+        self.raw(text.as_bytes())
+    }
+
     /// Writes bytes as they are (a generated script: never JSON).
     pub fn raw(&self, bytes: &[u8]) -> Result<()> {
         let mut w = self.w.borrow_mut();

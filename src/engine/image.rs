@@ -25,6 +25,9 @@ use std::io::Seek;
 pub enum Holding {
     /// The caller keeps the shared leases of the chain ([`HeldImage`]): the host agent.
     Leases,
+    /// As [`Holding::Leases`] but for the leaf, whose lease a VM's lock manager holds
+    /// exclusively while the VM runs (libvirt's `<lease>`).
+    LeasesLeafToVm,
     /// Nobody (a one-shot process): refused on a domain shared by hosts.
     None,
     /// Nobody, asked for explicitly (recovery work without the agent).
@@ -88,6 +91,9 @@ pub(crate) fn prepare(
         });
     }
     let chain = crate::chain::walk(&cat, image)?;
+    if holding == Holding::LeasesLeafToVm && cat.snap.info.lock_manager != LockKind::Sanlock {
+        return Err(no_vm_lease(&domain.vg));
+    }
     if let Some(v) = chain.iter().find(|v| v.legality != Legality::Legal) {
         if !allow_illegal {
             return Err(Error::IllegalMember {
@@ -103,6 +109,14 @@ pub(crate) fn prepare(
     }
     let held = match holding {
         Holding::Leases => Some(hold(domain, &cat, &chain.iter().collect::<Vec<_>>())?),
+        Holding::LeasesLeafToVm => {
+            let below = chain.len().saturating_sub(1);
+            Some(hold(
+                domain,
+                &cat,
+                &chain[..below].iter().collect::<Vec<_>>(),
+            )?)
+        }
         Holding::None | Holding::NoneForRecovery => None,
     };
     let inactive: Vec<String> = chain
@@ -166,8 +180,47 @@ pub fn prepared_images(vg: &str) -> Result<Vec<ImageId>> {
 pub(crate) fn hold_prepared(domain: &Domain, image: &ImageId) -> Result<HeldImage> {
     let cat = Catalog::load(domain)?;
     let ids = linked(&domain.vg, image)?;
-    let volumes: Vec<&Volume> = ids.iter().filter_map(|id| cat.volumes.get(id)).collect();
+    let leaf = vm_leaf(&cat, image);
+    let volumes: Vec<&Volume> = ids
+        .iter()
+        .filter(|id| Some(**id) != leaf)
+        .filter_map(|id| cat.volumes.get(id))
+        .collect();
     hold(domain, &cat, &volumes)
+}
+
+/// The leaf of `image` when this host left its lease to a VM ([`links::vm_lease_marker`]).
+pub(crate) fn vm_leaf(cat: &Catalog, image: &ImageId) -> Option<VolumeId> {
+    if !links::vm_lease_marker(image).exists() {
+        return None;
+    }
+    crate::chain::walk(cat, image)
+        .ok()
+        .and_then(|c| c.last().map(|v| v.id))
+}
+
+/// The refusal of a VM's lease on a domain with the local lock manager.
+pub(crate) fn no_vm_lease(vg: &str) -> Error {
+    Error::InvalidInput(format!(
+        "{vg} uses the local lock manager: its volumes have no sanlock lease for a VM's lock \
+         manager to hold"
+    ))
+}
+
+/// Records (or, with `to_vm` false, forgets) that the leaf of `image` is left to a VM.
+pub(crate) fn mark_vm_lease(vg: &str, image: &ImageId, to_vm: bool) -> Result<()> {
+    let marker = links::vm_lease_marker(image);
+    let io = |e| Error::io(format!("recording the VM's lease in {}", marker.display()))(e);
+    if !to_vm {
+        return match std::fs::remove_file(&marker) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+            _ => Ok(()),
+        };
+    }
+    if let Some(dir) = marker.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    std::fs::write(&marker, format!("{vg}\n")).map_err(io)
 }
 
 /// The size of a device as this host maps it.

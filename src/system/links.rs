@@ -58,6 +58,13 @@ pub fn make_dirs(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// This host's record that the leaf of `image`, prepared here, is left to a VM's lock
+/// manager (libvirt's sanlock plugin holds its lease exclusively while the VM runs): holders
+/// take the shared leases of the other members only. Image ids are unique on a host.
+pub fn vm_lease_marker(image: &ImageId) -> PathBuf {
+    run_dir().join("vm-lease").join(image.to_string())
+}
+
 /// Whether the image is prepared on this host.
 pub fn prepared(vg: &str, image: &ImageId) -> bool {
     image_dir(vg, image).is_dir()

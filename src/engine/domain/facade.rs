@@ -168,6 +168,23 @@ impl Domain {
         operation::fence(self, id, generation)
     }
 
+    /// Where volume `id`'s sanlock lease is, for a lock manager outside lvchain (libvirt's
+    /// sanlock plugin holding the leaf of a running VM); None on a local domain.
+    pub fn lease_location(
+        &self,
+        id: &VolumeId,
+    ) -> Result<Option<crate::lock::sanlock::LeaseLocation>> {
+        let cat = self.catalog()?;
+        let v = cat.get(&self.vg, id)?;
+        if let Some(f) = &self.file {
+            return f.lease_location(&v.image, id);
+        }
+        Ok(
+            (cat.snap.info.lock_manager == crate::lock::LockKind::Sanlock)
+                .then(|| crate::lock::sanlock::volume_location(&self.vg, id, v.slot)),
+        )
+    }
+
     /// One committed volume, with the hosts that hold it prepared (`prepared_on`; left out,
     /// with a warning, where the leases cannot be read: no sanlock daemon on this host).
     pub fn volume_info(&self, id: &VolumeId) -> Result<Volume> {
@@ -219,25 +236,40 @@ impl Domain {
     }
 
     /// Prepares `image` holding a shared lease on every chain member (the host agent keeps the
-    /// returned [`HeldImage`] until teardown); the chain, base first.
+    /// returned [`HeldImage`] until teardown); the chain, base first. With `leaf_to_vm`, the
+    /// leaf's lease is left to the VM's lock manager (libvirt's sanlock plugin takes it
+    /// exclusively while the VM runs, see [`Domain::lease_location`]); refused on a local
+    /// domain, which has no such lease.
     pub fn prepare_held(
         &self,
         image: &ImageId,
         allow_illegal: bool,
+        leaf_to_vm: bool,
     ) -> Result<(Vec<Volume>, HeldImage)> {
-        if let Some(f) = &self.file {
-            let (chain, held) = hold_file(f, image)?;
-            let chain = legal_chain(image, chain, allow_illegal)?;
-            // Recorded on this host, so a restarted agent holds the image again.
-            f.mark_prepared(image)?;
-            return Ok((chain, held));
-        }
-        match crate::image::prepare(self, image, allow_illegal, Holding::Leases)? {
-            (chain, Some(held)) => Ok((chain, held)),
-            (_, None) => Err(crate::error::Error::InvalidInput(
-                "prepare held no leases".into(),
-            )),
-        }
+        let result = if let Some(f) = &self.file {
+            hold_file(f, image, leaf_to_vm).and_then(|(chain, held)| {
+                if leaf_to_vm && f.lock_kind()? != crate::lock::LockKind::Sanlock {
+                    return Err(crate::image::no_vm_lease(&self.vg));
+                }
+                let chain = legal_chain(image, chain, allow_illegal)?;
+                // Recorded on this host, so a restarted agent holds the image again.
+                f.mark_prepared(image)?;
+                Ok((chain, held))
+            })
+        } else {
+            let holding = if leaf_to_vm {
+                Holding::LeasesLeafToVm
+            } else {
+                Holding::Leases
+            };
+            match crate::image::prepare(self, image, allow_illegal, holding)? {
+                (chain, Some(held)) => Ok((chain, held)),
+                (_, None) => Err(Error::InvalidInput("prepare held no leases".into())),
+            }
+        };
+        let (chain, held) = result?;
+        crate::image::mark_vm_lease(&self.vg, image, leaf_to_vm)?;
+        Ok((chain, held))
     }
 
     /// Takes again the shared leases of `image`, still prepared on this host (its links exist;
@@ -250,7 +282,8 @@ impl Domain {
                     f.name
                 )));
             }
-            return hold_file(f, image).map(|(_, held)| held);
+            let leaf_to_vm = crate::links::vm_lease_marker(image).exists();
+            return hold_file(f, image, leaf_to_vm).map(|(_, held)| held);
         }
         crate::image::hold_prepared(self, image)
     }
@@ -271,9 +304,11 @@ impl Domain {
             // Nothing is linked or mapped: a file domain's image directory is its link
             // directory. This host's record of the prepare goes.
             crate::chain::walk(&crate::fsdomain::store::scan(f)?.catalog, image)?;
-            return f.unmark_prepared(image);
+            f.unmark_prepared(image)?;
+            return crate::image::mark_vm_lease(&self.vg, image, false);
         }
-        crate::image::teardown(self, image)
+        crate::image::teardown(self, image)?;
+        crate::image::mark_vm_lease(&self.vg, image, false)
     }
 
     /// The images prepared on this host (linked; on a file domain: recorded at prepare).
@@ -288,18 +323,23 @@ impl Domain {
 /// The shared lease of every volume of `image`'s chain, and the chain they hold: the chain is
 /// read again once the leases are taken, and must be the one held (a snapshot made meanwhile
 /// by another host would be a leaf without a lease); tried three times.
-fn hold_file(f: &crate::fsdomain::FileDomain, image: &ImageId) -> Result<(Vec<Volume>, HeldImage)> {
+fn hold_file(
+    f: &crate::fsdomain::FileDomain,
+    image: &ImageId,
+    leaf_to_vm: bool,
+) -> Result<(Vec<Volume>, HeldImage)> {
     let walk = || crate::chain::walk(&crate::fsdomain::store::scan(f)?.catalog, image);
     let ids = |c: &[Volume]| c.iter().map(|v| v.id).collect::<Vec<_>>();
     for _ in 0..3 {
         let chain = walk()?;
-        let mut leases = Vec::with_capacity(chain.len());
-        for v in &chain {
+        let held = &chain[..chain.len() - usize::from(leaf_to_vm && !chain.is_empty())];
+        let mut leases = Vec::with_capacity(held.len());
+        for v in held {
             leases.push(f.lease_shared(&v.image, &v.id)?);
         }
         let now = walk()?;
         if ids(&now) == ids(&chain) {
-            return Ok((now, HeldImage::new(ids(&chain), leases)));
+            return Ok((now, HeldImage::new(ids(held), leases)));
         }
     }
     Err(crate::error::Error::InvalidInput(format!(

@@ -303,6 +303,17 @@ impl FileDomain {
         crate::lock::sanlock::volume_resource_at(a, id, self.lease_path(image, id), 0)
     }
 
+    /// Where volume `id`'s sanlock lease is (None with the local manager).
+    pub(crate) fn lease_location(
+        &self,
+        image: &ImageId,
+        id: &VolumeId,
+    ) -> Result<Option<crate::lock::sanlock::LeaseLocation>> {
+        Ok(self
+            .sanlock()?
+            .map(|a| a.location(id, self.lease_path(image, id), 0)))
+    }
+
     /// Volume `id`'s lease, exclusive (refused, naming the holders, while held elsewhere).
     pub(crate) fn lease(&self, image: &ImageId, id: &VolumeId) -> Result<Box<dyn LeaseGuard>> {
         if let Some(a) = self.sanlock()? {

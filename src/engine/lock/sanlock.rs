@@ -105,6 +105,35 @@ impl Areas {
     }
 }
 
+/// Where a volume's sanlock lease is, as a lock manager outside lvchain names it (libvirt's
+/// `<lease>`: lockspace, key, target path and offset). Nothing is read to make it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseLocation {
+    pub lockspace: String,
+    pub key: String,
+    pub path: PathBuf,
+    pub offset: u64,
+}
+
+impl Areas {
+    /// The location of `volume`'s lease at `path` + `offset`.
+    pub fn location(&self, volume: &VolumeId, path: PathBuf, offset: u64) -> LeaseLocation {
+        LeaseLocation {
+            lockspace: self.lockspace.clone(),
+            key: volume.to_string(),
+            path,
+            offset,
+        }
+    }
+}
+
+/// The location of the lease of the volume in `slot` of block domain `vg`.
+pub fn volume_location(vg: &str, volume: &VolumeId, slot: u32) -> LeaseLocation {
+    let a = Areas::block(vg);
+    let path = a.leases.clone();
+    a.location(volume, path, lease_offset(slot))
+}
+
 /// `vg`'s lockspace as `host_id`, in the sectors of its `ids` LV (which must be active).
 pub fn lockspace(vg: &str, host_id: u64) -> Result<Lockspace, SanlockError> {
     Areas::block(vg).lockspace(host_id)
