@@ -92,7 +92,8 @@ pub fn run(args: &AgentArgs) -> Result<()> {
 /// Binds the socket: its directory is made; a socket file nobody answers on is replaced.
 fn bind(path: &Path, access: &Access) -> Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {
-        crate::links::make_dirs(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        crate::engine::image::make_walkable_dirs(dir)
+            .map_err(Error::io(format!("creating {}", dir.display())))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {

@@ -4,15 +4,15 @@
 //! path and offset) that libvirt's sanlock plugin holds while the VM runs. Text only: the
 //! chain, its paths and the lease's location come from the engine.
 
-use crate::lock::sanlock::LeaseLocation;
-use crate::metadata::Format;
+use crate::engine::image::LeaseLocation;
 use std::fmt::Write;
 use std::path::Path;
 
 /// One member of a chain as libvirt sees it.
 pub struct Member<'a> {
     pub path: &'a Path,
-    pub format: Format,
+    /// Its format as qemu names it (`raw`, `qcow2`).
+    pub format: String,
 }
 
 /// Where the disk appears in the guest.
@@ -37,13 +37,6 @@ fn escape(s: &str) -> String {
     out
 }
 
-fn format_name(f: Format) -> &'static str {
-    match f {
-        Format::Raw => "raw",
-        Format::Qcow2 => "qcow2",
-    }
-}
-
 /// The `<disk>` element of `chain` (base first, leaf last; not empty): `block` devices
 /// (`<source dev=>`) on a block domain, files (`<source file=>`) on a file domain. Caching
 /// is off (`cache='none'`, `io='native'`), as storage shared by hosts needs.
@@ -61,7 +54,7 @@ pub fn disk(chain: &[Member<'_>], block: bool, target: &Target<'_>) -> String {
     let _ = writeln!(
         x,
         "  <driver name='qemu' type='{}' cache='none' io='native'/>",
-        format_name(leaf.format)
+        escape(&leaf.format)
     );
     let _ = writeln!(
         x,
@@ -71,7 +64,7 @@ pub fn disk(chain: &[Member<'_>], block: bool, target: &Target<'_>) -> String {
     let mut indent = String::from("  ");
     for m in below.iter().rev() {
         let _ = writeln!(x, "{indent}<backingStore type='{kind}'>");
-        let _ = writeln!(x, "{indent}  <format type='{}'/>", format_name(m.format));
+        let _ = writeln!(x, "{indent}  <format type='{}'/>", escape(&m.format));
         let _ = writeln!(
             x,
             "{indent}  <source {attr}='{}'/>",
@@ -121,15 +114,15 @@ mod tests {
         let chain = [
             Member {
                 path: &base,
-                format: Format::Raw,
+                format: "raw".into(),
             },
             Member {
                 path: &snap,
-                format: Format::Qcow2,
+                format: "qcow2".into(),
             },
             Member {
                 path: &leaf,
-                format: Format::Qcow2,
+                format: "qcow2".into(),
             },
         ];
         let t = Target {
@@ -156,7 +149,7 @@ mod tests {
         );
         let one = [Member {
             path: Path::new("/srv/d&m/images/i/v"),
-            format: Format::Raw,
+            format: "raw".into(),
         }];
         let x = disk(&one, false, &t);
         assert!(

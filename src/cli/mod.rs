@@ -362,7 +362,7 @@ pub enum DebugCmd {
 /// A volume size (checked as the engine checks every client's).
 fn parse_bytes(s: &str) -> std::result::Result<Bytes, String> {
     let size = parse_size(s)?;
-    crate::units::check_volume_size(size)?;
+    crate::engine::volume::check_size(size)?;
     Ok(size)
 }
 
@@ -724,18 +724,12 @@ fn run_here(cli: &Cli, out: &output::Out) -> Result<()> {
                 lease,
             } => {
                 let d = domain(vg)?;
-                let chain = d.chain(image)?;
+                let chain = d.prepared_chain(image)?;
                 let leaf = chain.last().ok_or_else(|| {
                     crate::error::Error::InvalidInput(format!("image {image} has no volume"))
                 })?;
-                if !crate::links::prepared(vg, image) {
-                    return Err(crate::error::Error::InvalidInput(format!(
-                        "image {image} is not prepared on this host: run `lvchain image prepare \
-                         {vg} {image}` first (its paths exist only then)"
-                    )));
-                }
                 let text = if *lease {
-                    let at = d.lease_location(&leaf.id)?.ok_or_else(|| {
+                    let at = d.lease_location(&leaf.0.id)?.ok_or_else(|| {
                         crate::error::Error::InvalidInput(format!(
                             "{vg} uses the local lock manager: it has no sanlock lease for \
                              libvirt to hold"
@@ -743,16 +737,11 @@ fn run_here(cli: &Cli, out: &output::Out) -> Result<()> {
                     })?;
                     libvirt::lease(&at)
                 } else {
-                    let paths: Vec<std::path::PathBuf> = chain
-                        .iter()
-                        .map(|v| crate::links::link_path(vg, image, &v.id))
-                        .collect();
                     let members: Vec<libvirt::Member<'_>> = chain
                         .iter()
-                        .zip(&paths)
                         .map(|(v, path)| libvirt::Member {
                             path,
-                            format: v.format,
+                            format: v.format.to_string(),
                         })
                         .collect();
                     let t = libvirt::Target { dev: target, bus };

@@ -20,6 +20,14 @@ use crate::metadata::Legality;
 use crate::volume::{Catalog, Volume};
 use std::io::Seek;
 
+pub use crate::lock::sanlock::LeaseLocation;
+
+/// Makes `dir` and its missing parents `0755` whatever the umask, as the link directories
+/// are: for a client's directories that other users walk (the agent's socket's).
+pub fn make_walkable_dirs(dir: &std::path::Path) -> std::io::Result<()> {
+    links::make_dirs(dir)
+}
+
 /// Who holds an image prepared on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Holding {

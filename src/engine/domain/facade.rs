@@ -105,7 +105,7 @@ impl Domain {
         size: Bytes,
         generation: Option<Generation>,
     ) -> Result<Volume> {
-        crate::units::check_volume_size(size).map_err(Error::InvalidInput)?;
+        crate::volume::check_size(size).map_err(Error::InvalidInput)?;
         if let Some(f) = &self.file {
             return match generation {
                 Some(g) => crate::fsdomain::op::run(f, id, g, &Work::Extend { size }),
@@ -168,12 +168,30 @@ impl Domain {
         operation::fence(self, id, generation)
     }
 
+    /// The chain of `image`, base first, each member with the path it has on this host (its
+    /// link, or a file domain's file); refused unless the image is prepared here (a block
+    /// domain's links exist only then).
+    pub fn prepared_chain(&self, image: &ImageId) -> Result<Vec<(Volume, std::path::PathBuf)>> {
+        let chain = self.chain(image)?;
+        if !crate::links::prepared(&self.vg, image) {
+            return Err(Error::InvalidInput(format!(
+                "image {image} is not prepared on this host: run `lvchain image prepare {} \
+                 {image}` first (its paths exist only then)",
+                self.vg
+            )));
+        }
+        Ok(chain
+            .into_iter()
+            .map(|v| {
+                let path = crate::links::link_path(&self.vg, image, &v.id);
+                (v, path)
+            })
+            .collect())
+    }
+
     /// Where volume `id`'s sanlock lease is, for a lock manager outside lvchain (libvirt's
     /// sanlock plugin holding the leaf of a running VM); None on a local domain.
-    pub fn lease_location(
-        &self,
-        id: &VolumeId,
-    ) -> Result<Option<crate::lock::sanlock::LeaseLocation>> {
+    pub fn lease_location(&self, id: &VolumeId) -> Result<Option<crate::image::LeaseLocation>> {
         let cat = self.catalog()?;
         let v = cat.get(&self.vg, id)?;
         if let Some(f) = &self.file {

@@ -89,7 +89,7 @@ pub(crate) fn plan_for(vg: &str, cat: &Catalog, req: &CreateRequest) -> Result<P
         (None, None) => Format::Raw,
     };
     if let Some(size) = req.size {
-        crate::units::check_volume_size(size).map_err(Error::InvalidInput)?;
+        crate::volume::check_size(size).map_err(Error::InvalidInput)?;
     }
     let capacity = match (req.size, &parent) {
         (Some(s), Some(p)) if s < p.capacity => {

@@ -277,3 +277,44 @@ pub(crate) fn update_meta(
     }
     Ok(meta)
 }
+
+/// The unit of every volume size: a disk sector.
+pub const SECTOR: u64 = 512;
+/// The largest volume: what qcow2 takes (2 PiB; LVM takes more).
+pub const MAX_VOLUME: Bytes = Bytes(2 << 50);
+
+/// The one check of a volume size, for every client: whole sectors, more than 0, at most
+/// [`MAX_VOLUME`].
+pub fn check_size(size: Bytes) -> std::result::Result<(), String> {
+    if size.0 == 0 {
+        return Err("a size of 0 bytes makes no volume".into());
+    }
+    if size.0 % SECTOR != 0 {
+        return Err(format!(
+            "size {} is not a whole number of {SECTOR}-byte sectors",
+            size.0
+        ));
+    }
+    if size > MAX_VOLUME {
+        return Err(format!(
+            "size {} is larger than the largest volume, {} bytes (2 PiB)",
+            size.0, MAX_VOLUME.0
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::{check_size, MAX_VOLUME};
+    use crate::units::Bytes;
+
+    #[test]
+    fn a_volume_size_is_whole_sectors_within_what_qcow2_takes() {
+        assert!(check_size(Bytes(512)).is_ok());
+        assert!(check_size(MAX_VOLUME).is_ok());
+        for bad in [0, 1, 511, 513, MAX_VOLUME.0 + 512, 1 << 63, u64::MAX] {
+            assert!(check_size(Bytes(bad)).is_err(), "{bad}");
+        }
+    }
+}
