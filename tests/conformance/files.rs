@@ -81,6 +81,23 @@ fn fill(d: &Fd) -> Vec<String> {
     vec![base, snap, other]
 }
 
+/// A domain formatted in [`open_dir`] and [`fill`]ed: its directory's keeper, the domain and
+/// its volumes; None (skipped) unless root, who alone can read as another user.
+fn filled(shared: bool) -> Option<(tempfile::TempDir, Fd, Vec<String>)> {
+    if !root() {
+        eprintln!("skipped: reading as another user needs root");
+        return None;
+    }
+    let (tmp, path) = open_dir(shared);
+    let d = Fd {
+        _tmp: domain_tmp(),
+        path,
+    };
+    d.ok(&["domain", "create", "--path", &d.path]);
+    let ids = fill(&d);
+    Some((tmp, d, ids))
+}
+
 fn data_of(d: &Fd, id: &str) -> PathBuf {
     walk(Path::new(&d.path))
         .into_iter()
@@ -90,17 +107,9 @@ fn data_of(d: &Fd, id: &str) -> PathBuf {
 
 #[test]
 fn a_file_domain_is_readable_by_its_owner_only() {
-    if !root() {
-        eprintln!("skipped: reading as another user needs root");
+    let Some((_tmp, d, ids)) = filled(false) else {
         return;
-    }
-    let (_tmp, path) = open_dir(false);
-    let d = Fd {
-        _tmp: domain_tmp(),
-        path,
     };
-    d.ok(&["domain", "create", "--path", &d.path]);
-    let ids = fill(&d);
     let all = walk(Path::new(&d.path));
     assert!(all.len() > 10, "{all:?}");
     for p in &all {
@@ -129,17 +138,9 @@ fn a_file_domain_is_readable_by_its_owner_only() {
 
 #[test]
 fn a_set_group_id_domain_directory_shares_reads_with_its_group_only() {
-    if !root() {
-        eprintln!("skipped: reading as another user needs root");
+    let Some((_tmp, d, ids)) = filled(true) else {
         return;
-    }
-    let (_tmp, path) = open_dir(true);
-    let d = Fd {
-        _tmp: domain_tmp(),
-        path,
     };
-    d.ok(&["domain", "create", "--path", &d.path]);
-    let ids = fill(&d);
     for p in walk(Path::new(&d.path)) {
         let m = std::fs::metadata(&p).unwrap();
         // This host's lock files (`flock`) hold no data and stay private.
