@@ -439,25 +439,17 @@ fn hold_as_vm(resource: &str) -> Child {
         .unwrap()
 }
 
-/// Whether process `pid` holds `resource` (`sanlock client status`).
+/// Whether process `pid` holds `resource` (`sanlock client status`: a line
+/// `r LOCKSPACE:NAME:PATH:OFFSET:LVER p PID` per lease held).
 fn holds(pid: u32, resource: &str) -> bool {
     let o = Command::new("sanlock")
         .args(["client", "status"])
         .output()
         .unwrap();
     let status = String::from_utf8_lossy(&o.stdout);
-    let mut owner = None;
-    for line in status.lines() {
-        if let Some(p) = line.strip_prefix("p ") {
-            owner = p
-                .split_whitespace()
-                .next()
-                .and_then(|p| p.parse::<u32>().ok());
-        } else if line.starts_with(&format!("r {resource}")) && owner == Some(pid) {
-            return true;
-        }
-    }
-    false
+    status
+        .lines()
+        .any(|l| l.starts_with(&format!("r {resource}:")) && l.ends_with(&format!(" p {pid}")))
 }
 
 #[test]
