@@ -360,11 +360,12 @@ fn sanlock_inuse_prepared_images_are_held_in_shared_mode_by_the_agent() {
     let img = uuid();
     let base = d.create(&["--image", &img, "--size", "64M"]);
     let leaf = d.create(&["--parent", &base]);
-    // In-process, nothing would hold the leases: refused, changing nothing, unless asked for.
+    // In-process, nothing would hold the leases: refused, changing nothing, unless asked for;
+    // the refusal names why the command ran here (the test's LVCHAIN_DEVICES).
     refused(
         &d,
         &["image", "prepare", vg, &img],
-        &["--without-agent", "agent"],
+        &["--without-agent", "agent", "LVCHAIN_DEVICES"],
     );
     d.ok(&["image", "prepare", vg, &img, "--without-agent"]);
     assert_eq!(prepared_on(&d, &leaf), json!([]));
@@ -523,7 +524,20 @@ fn sanlock_inuse_a_vm_lease_is_left_to_libvirt_and_the_chain_xml_validates() {
     }
     // Nobody else changes the leaf (the VM's lease) or its base (the agent's) meanwhile.
     refused(&d, &["volume", "remove", vg, &leaf], &[]);
-    refused(&d, &["volume", "remove", vg, &base], &["host 4"]);
+    refused(
+        &d,
+        &[
+            "volume",
+            "update",
+            vg,
+            &base,
+            "--generation",
+            "0",
+            "--description",
+            "x",
+        ],
+        &["host 4"],
+    );
     // The agent's restart leaves the leaf to the VM again.
     agent.kill();
     let mut agent = Agent::start(&d, dir.path());
