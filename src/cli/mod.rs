@@ -729,12 +729,9 @@ fn run_here(cli: &Cli, out: &output::Out) -> Result<()> {
                     crate::error::Error::InvalidInput(format!("image {image} has no volume"))
                 })?;
                 let text = if *lease {
-                    let at = d.lease_location(&leaf.0.id)?.ok_or_else(|| {
-                        crate::error::Error::InvalidInput(format!(
-                            "{vg} uses the local lock manager: it has no sanlock lease for \
-                             libvirt to hold"
-                        ))
-                    })?;
+                    let at = d
+                        .lease_location(&leaf.0)?
+                        .ok_or_else(|| crate::engine::image::no_vm_lease(vg))?;
                     libvirt::lease(&at)
                 } else {
                     let members: Vec<libvirt::Member<'_>> = chain

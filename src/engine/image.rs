@@ -116,14 +116,9 @@ pub(crate) fn prepare(
         tracing::warn!(image = %image, "preparing without the agent: no shared leases are held");
     }
     let held = match holding {
-        Holding::Leases => Some(hold(domain, &cat, &chain.iter().collect::<Vec<_>>())?),
-        Holding::LeasesLeafToVm => {
-            let below = chain.len().saturating_sub(1);
-            Some(hold(
-                domain,
-                &cat,
-                &chain[..below].iter().collect::<Vec<_>>(),
-            )?)
+        Holding::Leases | Holding::LeasesLeafToVm => {
+            let members = held_members(&chain, holding == Holding::LeasesLeafToVm);
+            Some(hold(domain, &cat, &members.iter().collect::<Vec<_>>())?)
         }
         Holding::None | Holding::NoneForRecovery => None,
     };
@@ -197,6 +192,15 @@ pub(crate) fn hold_prepared(domain: &Domain, image: &ImageId) -> Result<HeldImag
     hold(domain, &cat, &volumes)
 }
 
+/// The members of `chain` (base first) whose shared leases a holder takes: all, or all but
+/// the leaf when its lease is left to a VM.
+pub(crate) fn held_members(chain: &[Volume], leaf_to_vm: bool) -> &[Volume] {
+    match chain.split_last() {
+        Some((_, below)) if leaf_to_vm => below,
+        _ => chain,
+    }
+}
+
 /// The leaf of `image` when this host left its lease to a VM ([`links::vm_lease_marker`]).
 pub(crate) fn vm_leaf(cat: &Catalog, image: &ImageId) -> Option<VolumeId> {
     if !links::vm_lease_marker(image).exists() {
@@ -208,7 +212,7 @@ pub(crate) fn vm_leaf(cat: &Catalog, image: &ImageId) -> Option<VolumeId> {
 }
 
 /// The refusal of a VM's lease on a domain with the local lock manager.
-pub(crate) fn no_vm_lease(vg: &str) -> Error {
+pub fn no_vm_lease(vg: &str) -> Error {
     Error::InvalidInput(format!(
         "{vg} uses the local lock manager: its volumes have no sanlock lease for a VM's lock \
          manager to hold"

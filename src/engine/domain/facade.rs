@@ -189,18 +189,15 @@ impl Domain {
             .collect())
     }
 
-    /// Where volume `id`'s sanlock lease is, for a lock manager outside lvchain (libvirt's
-    /// sanlock plugin holding the leaf of a running VM); None on a local domain.
-    pub fn lease_location(&self, id: &VolumeId) -> Result<Option<crate::image::LeaseLocation>> {
-        let cat = self.catalog()?;
-        let v = cat.get(&self.vg, id)?;
+    /// Where the sanlock lease of `v` (a volume of this domain, as a reader returned it) is,
+    /// for a lock manager outside lvchain (libvirt's sanlock plugin holding the leaf of a
+    /// running VM); None on a local domain. No scan when one already taught the lock manager.
+    pub fn lease_location(&self, v: &Volume) -> Result<Option<crate::image::LeaseLocation>> {
         if let Some(f) = &self.file {
-            return f.lease_location(&v.image, id);
+            return f.lease_location(&v.image, &v.id);
         }
-        Ok(
-            (cat.snap.info.lock_manager == crate::lock::LockKind::Sanlock)
-                .then(|| crate::lock::sanlock::volume_location(&self.vg, id, v.slot)),
-        )
+        Ok((self.locks()?.kind() == crate::lock::LockKind::Sanlock)
+            .then(|| crate::lock::sanlock::volume_location(&self.vg, &v.id, v.slot)))
     }
 
     /// One committed volume, with the hosts that hold it prepared (`prepared_on`; left out,
@@ -350,7 +347,7 @@ fn hold_file(
     let ids = |c: &[Volume]| c.iter().map(|v| v.id).collect::<Vec<_>>();
     for _ in 0..3 {
         let chain = walk()?;
-        let held = &chain[..chain.len() - usize::from(leaf_to_vm && !chain.is_empty())];
+        let held = crate::image::held_members(&chain, leaf_to_vm);
         let mut leases = Vec::with_capacity(held.len());
         for v in held {
             leases.push(f.lease_shared(&v.image, &v.id)?);

@@ -201,7 +201,6 @@ impl FileDomain {
         self.images_dir().join(image.to_string())
     }
 
-    /// The domain record, refusing what is not a complete file domain.
     /// NotADomain unless the domain record is there.
     fn require_record(&self) -> Result<()> {
         if self.record_path().is_file() {
@@ -225,6 +224,7 @@ impl FileDomain {
         }
     }
 
+    /// The domain record, refusing what is not a complete file domain.
     pub fn record(&self) -> Result<DomainRecord> {
         let not = |hint: String| Error::NotADomain {
             vg: self.name.clone(),
